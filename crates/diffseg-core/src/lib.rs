@@ -1,0 +1,1 @@
+//! diffseg-core (being written).

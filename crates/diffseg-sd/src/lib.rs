@@ -1,0 +1,1 @@
+//! diffseg-sd (being written).

@@ -1,0 +1,164 @@
+//! Run-time choice among the Burn backends compiled in with Cargo features.
+//!
+//! Burn backends are types, but users pick one at run time (`--backend wgpu`).
+//! [`BackendKind::run`] bridges the two: it calls a [`BackendTask`]'s generic
+//! `run::<B>` with the concrete backend type and device.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+/// The CPU backend (burn-ndarray, multi-threaded, SIMD).
+#[cfg(feature = "ndarray")]
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The WGPU backend (Vulkan, Metal, DX12; lavapipe on machines without a GPU).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu<f32, i32>;
+/// The CUDA backend.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda<f32, i32>;
+
+/// A backend named at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// burn-ndarray on the CPU (Cargo feature `ndarray`, on by default).
+    #[default]
+    Cpu,
+    /// WGPU on the default adapter (Cargo feature `wgpu`).
+    Wgpu,
+    /// CUDA on the GPU with this index (Cargo feature `cuda`).
+    Cuda(usize),
+}
+
+/// Generic work that [`BackendKind::run`] instantiates for the chosen backend.
+pub trait BackendTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on backend `B` and its `device`.
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// A backend that this build of the crate does not contain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {kind} backend is not compiled in: rebuild with the Cargo feature `{feature}` (compiled in: {available})")]
+pub struct BackendUnavailable {
+    /// The backend asked for.
+    pub kind: BackendKind,
+    /// The Cargo feature that enables it.
+    pub feature: &'static str,
+    /// The backends this build has, comma-separated.
+    pub available: String,
+}
+
+impl BackendKind {
+    /// The backends compiled into this build.
+    pub fn compiled_in() -> Vec<BackendKind> {
+        let mut kinds = Vec::new();
+        if cfg!(feature = "ndarray") {
+            kinds.push(BackendKind::Cpu);
+        }
+        if cfg!(feature = "wgpu") {
+            kinds.push(BackendKind::Wgpu);
+        }
+        if cfg!(feature = "cuda") {
+            kinds.push(BackendKind::Cuda(0));
+        }
+        kinds
+    }
+
+    /// The Cargo feature that compiles this backend in.
+    pub fn feature(&self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda(_) => "cuda",
+        }
+    }
+
+    /// Runs `task` on this backend, or says that the backend is not compiled in.
+    pub fn run<T: BackendTask>(&self, task: T) -> Result<T::Output, BackendUnavailable> {
+        match *self {
+            #[cfg(feature = "ndarray")]
+            BackendKind::Cpu => Ok(task.run::<Cpu>(burn::backend::ndarray::NdArrayDevice::Cpu)),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(task.run::<Wgpu>(burn::backend::wgpu::WgpuDevice::DefaultDevice)),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda(index) => {
+                Ok(task.run::<Cuda>(burn::backend::cuda::CudaDevice::new(index)))
+            }
+            #[allow(unreachable_patterns)]
+            kind => Err(BackendUnavailable {
+                kind,
+                feature: kind.feature(),
+                available: BackendKind::compiled_in()
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendKind::Cpu => write!(f, "cpu"),
+            BackendKind::Wgpu => write!(f, "wgpu"),
+            BackendKind::Cuda(0) => write!(f, "cuda"),
+            BackendKind::Cuda(index) => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+/// A backend name that is not `cpu`, `wgpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend `{0}`: expected cpu, wgpu, cuda or cuda:N")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "ndarray" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse().ok())
+                .map(BackendKind::Cuda)
+                .ok_or_else(|| UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backend_names() {
+        assert_eq!("cpu".parse(), Ok(BackendKind::Cpu));
+        assert_eq!("WGPU".parse(), Ok(BackendKind::Wgpu));
+        assert_eq!("cuda".parse(), Ok(BackendKind::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(BackendKind::Cuda(3)));
+        assert!("tpu".parse::<BackendKind>().is_err());
+        assert!("cuda:x".parse::<BackendKind>().is_err());
+    }
+
+    struct DeviceName;
+    impl BackendTask for DeviceName {
+        type Output = String;
+        fn run<B: Backend>(self, device: B::Device) -> String {
+            format!("{}:{device:?}", B::name(&device))
+        }
+    }
+
+    #[test]
+    fn runs_on_the_cpu_backend() {
+        let name = BackendKind::Cpu.run(DeviceName).unwrap();
+        assert!(name.to_lowercase().contains("ndarray"), "{name}");
+    }
+}

@@ -1,0 +1,5 @@
+//! DiffSeg: unsupervised zero-shot image segmentation with Stable Diffusion.
+
+pub mod backend;
+
+pub use backend::{BackendKind, BackendTask, BackendUnavailable};

@@ -1,0 +1,1 @@
+//! Hosts the workspace's runnable examples (examples/) and criterion benchmarks (benches/).
