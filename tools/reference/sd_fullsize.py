@@ -149,7 +149,7 @@ class FullSizeRecorder:
     def __call__(self, layer: str, kind: str, probs: torch.Tensor) -> None:
         if kind == "self":
             self.layers.append(layer)
-            self.self_mean.append(probs.double().mean(dim=1).float())
+            self.self_mean.append(probs.double().mean(dim=1).to(probs.dtype))
             self.self_heads.append(probs[:, list(RAW_HEADS)].clone())
         else:
             self.cross.append(probs.clone())
@@ -235,17 +235,55 @@ def reference_io(unet, vae, text_encoder) -> tuple[dict, list[str], float]:
     return {k: v.contiguous() for k, v in io.items()}, order, sdpa_gap
 
 
+@torch.no_grad()
+def noise_floor(out: Path, init: str) -> dict:
+    """Max |diffusers f32 - diffusers f64| per output, same weights and inputs: the rounding noise
+    of any f32 implementation, i.e. the scale the Rust port's error should have. Reads the f32
+    reference from OUT/io.safetensors, reruns everything in float64 (~9 GB of RAM)."""
+    reference = load_file(out / "io.safetensors")
+    unet, vae, text_encoder = (m.double() for m in build_models(init))
+    image = reference["image"].double()
+    moments = vae.quant_conv(vae.encoder(image))
+    text_embedding = text_encoder(reference["input_ids"]).last_hidden_state
+    recorder = FullSizeRecorder()
+    common.install_capture(unet, recorder)
+    # UNet fed with the f32 reference inputs (as the Rust test does), so its gap is its own.
+    noise_pred = unet(
+        reference["latent"].double(), reference["timestep"], encoder_hidden_states=reference["text_embedding"].double()
+    ).sample
+    pairs = [
+        ("moments", reference["moments"], moments),
+        ("latent", reference["latent"], moments[:, :4] * common.VAE_SCALING_FACTOR),
+        ("text_embedding", reference["text_embedding"], text_embedding),
+        ("noise_pred", reference["noise_pred"], noise_pred),
+    ]
+    for i, (mean, heads, cross) in enumerate(zip(recorder.self_mean, recorder.self_heads, recorder.cross)):
+        pairs.append(("self_attn_mean", reference[f"self_attn_mean.{i:02}"], mean))
+        pairs.append(("self_attn_heads", reference[f"self_attn_heads.{i:02}"], heads))
+        pairs.append(("cross_attn", reference[f"cross_attn.{i:02}"], cross))
+    gaps: dict[str, float] = {}
+    for name, f32, f64 in pairs:
+        gaps[name] = max(gaps.get(name, 0.0), (f32.double() - f64).abs().max().item())
+    return gaps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="output directory (not in the repository; ~5 GB)")
     parser.add_argument("--init", choices=["default", "scaled"], default="default")
     parser.add_argument("--ldm", action="store_true", help="also write the LDM single-file checkpoint (+4.3 GB)")
     parser.add_argument("--timing-only", action="store_true")
+    parser.add_argument("--noise-floor", action="store_true", help="only compute the f32-vs-f64 gaps of an existing OUT")
     parser.add_argument("--repeats", type=int, default=3, help="timed UNet passes per variant")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.noise_floor:
+        gaps = noise_floor(out, args.init)
+        common.write_json(gaps, out / "noise_floor.json")
+        print(json.dumps(gaps, indent=2))
+        return
     unet, vae, text_encoder = build_models(args.init)
     if not args.timing_only:
         save_weights(out, unet, vae, text_encoder, args.ldm)
