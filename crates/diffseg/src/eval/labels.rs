@@ -1,0 +1,202 @@
+//! Label maps in and out: ground truth read and brought to the protocol's 512×512
+//! (method §7), predictions read and written as PNG.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageBuffer, Luma};
+
+use super::error::EvalError;
+
+/// The side of the square that images, labels and predictions are compared at.
+pub const EVAL_SIDE: usize = 512;
+
+/// A single-channel 8-bit label map, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height` raw label values.
+    pub values: Vec<u8>,
+}
+
+/// Reads a ground-truth label PNG as the paper's code does: 8-bit values, and
+/// channel 0 of a file with several channels (a palette PNG is expanded to RGB
+/// first). 16-bit files keep their high byte, as an 8-bit decoder does.
+pub fn read_label_png(path: &Path) -> Result<LabelImage, EvalError> {
+    let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
+    let (width, height) = (decoded.width(), decoded.height());
+    let values = match &decoded {
+        DynamicImage::ImageLuma8(buffer) => buffer.as_raw().clone(),
+        DynamicImage::ImageLumaA8(buffer) => first_channel(buffer.as_raw(), 2),
+        DynamicImage::ImageRgb8(buffer) => first_channel(buffer.as_raw(), 3),
+        DynamicImage::ImageRgba8(buffer) => first_channel(buffer.as_raw(), 4),
+        DynamicImage::ImageLuma16(buffer) => high_bytes(buffer.as_raw(), 1),
+        DynamicImage::ImageLumaA16(buffer) => high_bytes(buffer.as_raw(), 2),
+        DynamicImage::ImageRgb16(buffer) => high_bytes(buffer.as_raw(), 3),
+        DynamicImage::ImageRgba16(buffer) => high_bytes(buffer.as_raw(), 4),
+        // Float colour types do not come out of PNG files; anything else is converted.
+        other => first_channel(other.to_rgb8().as_raw(), 3),
+    };
+    Ok(LabelImage {
+        width,
+        height,
+        values,
+    })
+}
+
+/// Channel 0 of interleaved 8-bit pixels with `channels` channels.
+fn first_channel(interleaved: &[u8], channels: usize) -> Vec<u8> {
+    interleaved.iter().step_by(channels).copied().collect()
+}
+
+/// The high byte of channel 0 of interleaved 16-bit pixels.
+fn high_bytes(interleaved: &[u16], channels: usize) -> Vec<u8> {
+    interleaved
+        .iter()
+        .step_by(channels)
+        .map(|&value| (value >> 8) as u8)
+        .collect()
+}
+
+/// The source index that output index `i` of a nearest-neighbour resize from `source`
+/// to `target` samples, with TF2 `tf.image.resize` semantics (half-pixel centres):
+/// `floor((i + 0.5) · source / target)`, clamped to `source − 1`. Computed in integers,
+/// which is exact (TF's float32 product never crosses an integer differently here,
+/// since the fractional part of `(2i + 1) · source / (2 · target)` is either 0 or at
+/// least 1 / (2 · target)).
+pub fn nearest_source_index(i: usize, source: usize, target: usize) -> usize {
+    ((2 * i + 1) * source / (2 * target)).min(source - 1)
+}
+
+/// The protocol's label pre-processing (method §7): the centre square of side
+/// `c = min(H, W)` starting at row `(H − c) / 2` and column `(W − c) / 2`, resized to
+/// `side`×`side` by nearest neighbour ([`nearest_source_index`]). Row-major.
+pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
+    let (width, height) = (labels.width as usize, labels.height as usize);
+    let crop = width.min(height);
+    let top = (height - crop) / 2;
+    let left = (width - crop) / 2;
+    let columns: Vec<usize> = (0..side)
+        .map(|x| left + nearest_source_index(x, crop, side))
+        .collect();
+    let mut out = Vec::with_capacity(side * side);
+    for y in 0..side {
+        let row = (top + nearest_source_index(y, crop, side)) * width;
+        out.extend(columns.iter().map(|&x| labels.values[row + x]));
+    }
+    out
+}
+
+/// Reads a predicted label map: a greyscale 8- or 16-bit PNG of `side`×`side`
+/// whose pixel values are segment indices.
+pub fn read_prediction_png(path: &Path, side: usize) -> Result<Vec<u16>, EvalError> {
+    let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
+    if decoded.width() as usize != side || decoded.height() as usize != side {
+        return Err(EvalError::PredictionSize {
+            path: path.to_path_buf(),
+            width: decoded.width(),
+            height: decoded.height(),
+            side,
+        });
+    }
+    match decoded {
+        DynamicImage::ImageLuma8(buffer) => Ok(buffer.as_raw().iter().map(|&v| v as u16).collect()),
+        DynamicImage::ImageLuma16(buffer) => Ok(buffer.into_raw()),
+        other => Err(EvalError::PredictionFormat {
+            path: path.to_path_buf(),
+            found: format!("{:?}", other.color()),
+        }),
+    }
+}
+
+/// Writes a `side`×`side` label map as a greyscale PNG, 8-bit when every label fits
+/// in a byte and 16-bit otherwise. The file appears whole or not at all: it is
+/// written under a temporary name in the same folder and renamed.
+///
+/// # Panics
+///
+/// If `labels` does not hold `side * side` values.
+pub fn write_prediction_png(path: &Path, labels: &[u16], side: usize) -> Result<(), EvalError> {
+    assert_eq!(labels.len(), side * side, "a {side}×{side} label map");
+    let temporary = temporary_path(path);
+    let written = if labels.iter().all(|&label| label <= u8::MAX as u16) {
+        let bytes = labels.iter().map(|&label| label as u8).collect();
+        ImageBuffer::<Luma<u8>, Vec<u8>>::from_raw(side as u32, side as u32, bytes)
+            .expect("side × side labels")
+            .save_with_format(&temporary, image::ImageFormat::Png)
+    } else {
+        ImageBuffer::<Luma<u16>, Vec<u16>>::from_raw(side as u32, side as u32, labels.to_vec())
+            .expect("side × side labels")
+            .save_with_format(&temporary, image::ImageFormat::Png)
+    };
+    if let Err(source) = written {
+        // Best effort: a leftover temporary file would only waste space.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(EvalError::image(path, source));
+    }
+    std::fs::rename(&temporary, path).map_err(|source| {
+        let _ = std::fs::remove_file(&temporary);
+        EvalError::io(path, source)
+    })
+}
+
+/// A temporary name next to `path`, unique to this process: `.<name>.<pid>.tmp`.
+fn temporary_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_index_matches_the_protocol_formula() {
+        // Upsampling 3 → 512: thirds of the output, split at floor((i + 0.5) · 3 / 512).
+        assert_eq!(nearest_source_index(0, 3, 512), 0);
+        assert_eq!(nearest_source_index(170, 3, 512), 0); // 170.5 · 3 / 512 = 0.999
+        assert_eq!(nearest_source_index(171, 3, 512), 1);
+        assert_eq!(nearest_source_index(511, 3, 512), 2);
+        // Downsampling 1024 → 512 samples the odd source pixels.
+        assert_eq!(nearest_source_index(0, 1024, 512), 1);
+        assert_eq!(nearest_source_index(511, 1024, 512), 1023);
+    }
+
+    #[test]
+    fn crop_takes_the_centre_square() {
+        // 4 wide, 2 high: the centre square is columns 1..3.
+        let labels = LabelImage {
+            width: 4,
+            height: 2,
+            values: vec![0, 1, 2, 3, 4, 5, 6, 7],
+        };
+        assert_eq!(center_crop_resize_nearest(&labels, 2), vec![1, 2, 5, 6]);
+        assert_eq!(
+            center_crop_resize_nearest(&labels, 4),
+            vec![1, 1, 2, 2, 1, 1, 2, 2, 5, 5, 6, 6, 5, 5, 6, 6]
+        );
+    }
+
+    #[test]
+    fn predictions_round_trip_in_8_and_16_bits() {
+        let folder = tempfile::tempdir().unwrap();
+        for max in [200u16, 700] {
+            let path = folder.path().join(format!("p{max}.png"));
+            let labels: Vec<u16> = (0..16).map(|i| i * max / 15).collect();
+            write_prediction_png(&path, &labels, 4).unwrap();
+            assert_eq!(read_prediction_png(&path, 4).unwrap(), labels);
+            let error = read_prediction_png(&path, 8).unwrap_err();
+            assert!(
+                matches!(error, EvalError::PredictionSize { width: 4, .. }),
+                "{error}"
+            );
+        }
+        // Only the two PNGs: no temporary file left behind.
+        assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 2);
+    }
+}

@@ -1,0 +1,315 @@
+//! The evaluation harness against values computed independently by
+//! `tools/reference/eval_reference.py` (PIL, numpy, scipy's linear_sum_assignment)
+//! on a synthetic dataset written here as PNGs in the official layouts.
+//!
+//! Counts are integers and must match exactly; ACC, mIoU and IoU are ratios of
+//! those integers, compared to 1e-12 (float summation order differs).
+
+mod eval_support;
+
+use std::path::Path;
+
+use diffseg::eval::{
+    check_labels, load_ground_truth, match_segments, max_weight_assignment, nearest_source_index,
+    score_predictions, score_sample, Confusion, Dataset, EvalError, EvalReport, Scores, EVAL_SIDE,
+    NUM_CLASSES,
+};
+use eval_support::{images, load_fixture, numbers, prediction, write_labels, write_predictions};
+use serde_json::Value;
+
+/// Ratios of identical integer counts, summed in another order.
+const RATIO_TOLERANCE: f64 = 1e-12;
+
+fn dataset(name: &str) -> Dataset {
+    name.parse().unwrap()
+}
+
+/// The dataset's samples under `root`: COCO's synthetic images are the first three
+/// ids of the curated list, so the list is cut to the fixture's length.
+fn samples(name: &str, root: &Path, count: usize) -> Vec<diffseg::eval::Sample> {
+    let mut samples = dataset(name).samples(root).unwrap();
+    samples.truncate(count);
+    samples
+}
+
+fn assert_close(actual: f64, expected: f64, what: &str) {
+    assert!(
+        (actual - expected).abs() <= RATIO_TOLERANCE,
+        "{what}: {actual} != {expected}"
+    );
+}
+
+fn assert_scores_match(scores: &Scores, expected: &Value) {
+    assert_eq!(scores.images as u64, expected["images"].as_u64().unwrap());
+    assert_eq!(
+        scores.counts.labelled,
+        expected["labelled"].as_u64().unwrap()
+    );
+    assert_eq!(
+        scores.counts.tp.to_vec(),
+        numbers::<u64>(&expected["tp"]),
+        "TP"
+    );
+    assert_eq!(
+        scores.counts.fp.to_vec(),
+        numbers::<u64>(&expected["fp"]),
+        "FP"
+    );
+    assert_eq!(
+        scores.counts.fn_.to_vec(),
+        numbers::<u64>(&expected["fn"]),
+        "FN"
+    );
+    assert_close(
+        scores.accuracy().unwrap(),
+        expected["acc"].as_f64().unwrap(),
+        "ACC",
+    );
+    assert_close(
+        scores.mean_iou().unwrap(),
+        expected["miou"].as_f64().unwrap(),
+        "mIoU",
+    );
+    for (class, (iou, want)) in scores
+        .class_iou()
+        .iter()
+        .zip(expected["iou"].as_array().unwrap())
+        .enumerate()
+    {
+        match (iou, want.as_f64()) {
+            (Some(iou), Some(want)) => assert_close(*iou, want, &format!("IoU of class {class}")),
+            (None, None) => {}
+            _ => panic!("class {class}: IoU {iou:?}, expected {want}"),
+        }
+    }
+}
+
+#[test]
+fn nearest_indices_match_pil() {
+    let (inputs, _) = load_fixture();
+    for table in inputs["nearest"].as_array().unwrap() {
+        let source = table["source"].as_u64().unwrap() as usize;
+        let indices: Vec<usize> = numbers(&table["indices"]);
+        let ours: Vec<usize> = (0..EVAL_SIDE)
+            .map(|i| nearest_source_index(i, source, EVAL_SIDE))
+            .collect();
+        assert_eq!(ours, indices, "source side {source}");
+    }
+}
+
+#[test]
+fn assignments_match_scipy_including_its_choice_among_ties() {
+    let (inputs, expected) = load_fixture();
+    let cases = inputs["assignments"].as_array().unwrap();
+    let answers = expected["assignments"].as_array().unwrap();
+    assert_eq!(cases.len(), answers.len());
+    for (index, (case, answer)) in cases.iter().zip(answers).enumerate() {
+        let rows = case["rows"].as_u64().unwrap() as usize;
+        let columns = case["columns"].as_u64().unwrap() as usize;
+        let weights: Vec<u64> = numbers(&case["weights"]);
+        let pairs = max_weight_assignment(rows, columns, &weights);
+        let ours_rows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+        let ours_columns: Vec<usize> = pairs.iter().map(|p| p.1).collect();
+        assert_eq!(
+            ours_rows,
+            numbers::<usize>(&answer["matched_rows"]),
+            "case {index} ({rows}×{columns}) rows"
+        );
+        assert_eq!(
+            ours_columns,
+            numbers::<usize>(&answer["matched_columns"]),
+            "case {index} ({rows}×{columns}) columns"
+        );
+    }
+}
+
+/// Per image: the ground truth read from the PNGs (crop, resize, class map,
+/// channel 0 of the RGB file), the matching and the counts.
+#[test]
+fn per_image_counts_match_the_reference() {
+    let (inputs, expected) = load_fixture();
+    for name in ["cocostuff27", "cityscapes"] {
+        let root = tempfile::tempdir().unwrap();
+        write_labels(&inputs, name, root.path(), false);
+        let fixture_images = images(&inputs, name);
+        let samples = samples(name, root.path(), fixture_images.len());
+        for (image, want) in fixture_images
+            .iter()
+            .zip(expected[name]["per_image"].as_array().unwrap())
+        {
+            let id = image["id"].as_str().unwrap();
+            let sample = samples
+                .iter()
+                .find(|s| s.id == id)
+                .unwrap_or_else(|| panic!("{id} listed"));
+            let segments = prediction(&inputs, image);
+            let classes = load_ground_truth(dataset(name), sample).unwrap();
+            let confusion = Confusion::new(&classes, &segments);
+            assert_eq!(
+                confusion.columns() as u64,
+                want["columns"].as_u64().unwrap(),
+                "{id} K"
+            );
+            // scipy's choice among the tied optima, column for column.
+            let matched = match_segments(&confusion);
+            assert_eq!(
+                matched.to_vec(),
+                numbers::<usize>(&want["matched"]),
+                "{id} matching"
+            );
+            let counts = score_sample(dataset(name), sample, &segments).unwrap();
+            assert_eq!(
+                counts.labelled,
+                want["labelled"].as_u64().unwrap(),
+                "{id} labelled"
+            );
+            assert_eq!(counts.tp.to_vec(), numbers::<u64>(&want["tp"]), "{id} TP");
+            assert_eq!(counts.fp.to_vec(), numbers::<u64>(&want["fp"]), "{id} FP");
+            assert_eq!(counts.fn_.to_vec(), numbers::<u64>(&want["fn"]), "{id} FN");
+        }
+    }
+}
+
+#[test]
+fn prediction_folders_score_as_the_reference() {
+    let (inputs, expected) = load_fixture();
+    for (name, authors_layout, nested) in [
+        ("cocostuff27", false, false),
+        ("cocostuff27", true, false),
+        ("cityscapes", false, false),
+        ("cityscapes", false, true),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let predictions = tempfile::tempdir().unwrap();
+        write_labels(&inputs, name, root.path(), authors_layout);
+        write_predictions(&inputs, name, predictions.path(), nested);
+        let count = images(&inputs, name).len();
+        let samples = samples(name, root.path(), count);
+        let mut seen = Vec::new();
+        let scores = score_predictions(
+            dataset(name),
+            &samples,
+            predictions.path(),
+            |sample, running| {
+                seen.push((sample.id.clone(), running.images));
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), count);
+        assert_eq!(
+            seen.last().unwrap().1,
+            count,
+            "progress sees the running sums"
+        );
+        assert_scores_match(&scores, &expected[name]);
+        let report = EvalReport::new(dataset(name), &scores, count, "synthetic");
+        assert_eq!(report.classes.len(), NUM_CLASSES);
+        assert_eq!(report.images_scored, count);
+        // The empty classes are reported as null and left out of the mean.
+        let nulls = expected[name]["iou"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v.is_null())
+            .count();
+        assert_eq!(
+            report.classes.iter().filter(|c| c.iou.is_none()).count(),
+            nulls
+        );
+    }
+}
+
+#[test]
+fn missing_files_and_folders_are_named() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let predictions = tempfile::tempdir().unwrap();
+
+    // No dataset folder at all.
+    let error = Dataset::Cityscapes.samples(root.path()).unwrap_err();
+    assert!(matches!(error, EvalError::MissingFolder { .. }), "{error}");
+    assert!(error.to_string().contains("gtFine"), "{error}");
+    let error = Dataset::CocoStuff27.samples(root.path()).unwrap_err();
+    assert!(
+        error.to_string().contains("stuffthingmaps_trainval2017"),
+        "{error}"
+    );
+
+    // The whole curated list, of which only three labels exist.
+    write_labels(&inputs, "cocostuff27", root.path(), false);
+    let all = Dataset::CocoStuff27.samples(root.path()).unwrap();
+    let error = check_labels(&all).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("000000000872.png") && message.contains("2172 of 2175"),
+        "{message}"
+    );
+
+    // One prediction missing, one of the wrong size, one in colour.
+    let samples = samples("cocostuff27", root.path(), 3);
+    write_predictions(&inputs, "cocostuff27", predictions.path(), false);
+    let second = predictions.path().join("000000000724.png");
+    std::fs::remove_file(&second).unwrap();
+    let error = score_predictions(
+        Dataset::CocoStuff27,
+        &samples,
+        predictions.path(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EvalError::MissingPrediction {
+                missing: 1,
+                total: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("000000000724.png"), "{error}");
+
+    image::GrayImage::new(511, 512).save(&second).unwrap();
+    let error = score_predictions(
+        Dataset::CocoStuff27,
+        &samples,
+        predictions.path(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EvalError::PredictionSize {
+                width: 511,
+                height: 512,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("000000000724.png"), "{error}");
+
+    image::RgbImage::new(512, 512).save(&second).unwrap();
+    let error = score_predictions(
+        Dataset::CocoStuff27,
+        &samples,
+        predictions.path(),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(error, EvalError::PredictionFormat { .. }),
+        "{error}"
+    );
+
+    let error = score_predictions(
+        Dataset::CocoStuff27,
+        &samples,
+        &root.path().join("nowhere"),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(error, EvalError::MissingFolder { .. }), "{error}");
+}
