@@ -143,7 +143,7 @@ fn per_image_counts_match_the_reference() {
                 .find(|s| s.id == id)
                 .unwrap_or_else(|| panic!("{id} listed"));
             let segments = prediction(&inputs, image);
-            let classes = load_ground_truth(dataset(name), sample).unwrap();
+            let classes = load_ground_truth(dataset(name), sample, EVAL_SIDE).unwrap();
             let confusion = Confusion::new(&classes, &segments);
             assert_eq!(
                 confusion.columns() as u64,
@@ -157,7 +157,7 @@ fn per_image_counts_match_the_reference() {
                 numbers::<usize>(&want["matched"]),
                 "{id} matching"
             );
-            let counts = score_sample(dataset(name), sample, &segments).unwrap();
+            let counts = score_sample(dataset(name), sample, &segments, EVAL_SIDE).unwrap();
             assert_eq!(
                 counts.labelled,
                 want["labelled"].as_u64().unwrap(),

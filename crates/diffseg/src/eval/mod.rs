@@ -35,11 +35,17 @@ pub use metric::{
 };
 pub use report::{ClassReport, EvalReport};
 
-/// The ground truth of `sample` as the protocol compares it: 512×512 class indices
-/// in `0..27`, or [`IGNORED`], row-major.
-pub fn load_ground_truth(dataset: Dataset, sample: &Sample) -> Result<Vec<u8>, EvalError> {
+/// The ground truth of `sample` as the protocol compares it: `side`×`side` class
+/// indices in `0..27`, or [`IGNORED`], row-major. The protocol's side is
+/// [`EVAL_SIDE`] (512, SD 1.x's input); a model with another input size is scored
+/// at its own.
+pub fn load_ground_truth(
+    dataset: Dataset,
+    sample: &Sample,
+    side: usize,
+) -> Result<Vec<u8>, EvalError> {
     let raw = read_label_png(&sample.label)?;
-    let resized = center_crop_resize_nearest(&raw, EVAL_SIDE);
+    let resized = center_crop_resize_nearest(&raw, side);
     Ok(dataset.label_map().apply(&resized))
 }
 
@@ -68,13 +74,19 @@ pub fn locate_predictions(samples: &[Sample], folder: &Path) -> Result<Vec<PathB
     }
 }
 
-/// Scores one sample against its predicted label map (`EVAL_SIDE`² segment indices).
+/// Scores one sample against its predicted label map of `side`×`side` segment
+/// indices (see [`load_ground_truth`] for the side).
+///
+/// # Panics
+///
+/// If `prediction` does not hold `side * side` values.
 pub fn score_sample(
     dataset: Dataset,
     sample: &Sample,
     prediction: &[u16],
+    side: usize,
 ) -> Result<ClassCounts, EvalError> {
-    let classes = load_ground_truth(dataset, sample)?;
+    let classes = load_ground_truth(dataset, sample, side)?;
     Ok(score_image(&classes, prediction))
 }
 
@@ -92,7 +104,7 @@ pub fn score_predictions(
     let mut scores = Scores::default();
     for (sample, path) in samples.iter().zip(&predictions) {
         let prediction = read_prediction_png(path, EVAL_SIDE)?;
-        scores.add(&score_sample(dataset, sample, &prediction)?);
+        scores.add(&score_sample(dataset, sample, &prediction, EVAL_SIDE)?);
         progress(sample, &scores);
     }
     Ok(scores)
