@@ -1,1 +1,64 @@
-//! diffseg-core (being written).
+//! The DiffSeg algorithm (Tian et al., CVPR 2024) after the UNet, generic over any Burn
+//! backend: self-attention maps in, segmentation out.
+//!
+//! Steps (see `shared/diffseg-method.md` §4–6), each a documented function:
+//! [`AttentionAccumulator`] → [`AttentionMaps`] → [`aggregate`] → [`anchor_grid`] +
+//! [`initial_proposals`] (using [`kl_matrix`]) → [`merge_proposals`] × (N−1) → optional
+//! [`refine`] → [`label_map`] → [`Segmentation`]. [`segment_attention`] runs them all.
+
+mod aggregate;
+mod attention;
+mod error;
+mod label;
+mod merge;
+mod resample;
+mod segmentation;
+
+pub use aggregate::{aggregate, aggregation_weights, Aggregate};
+pub use attention::{AttentionAccumulator, AttentionMap, AttentionMaps};
+pub use error::Error;
+pub use label::label_map;
+pub use merge::{
+    anchor_grid, initial_proposals, kl_matrix, merge_proposals, proposals_from_matches, refine,
+    MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
+};
+pub use resample::{interpolation_matrix, interpolation_tensor, resize_bilinear_half_pixel};
+pub use segmentation::{BoundingBox, Segment, Segmentation, SegmentationSummary};
+
+use burn::tensor::backend::Backend;
+
+/// Segments from attention maps with the full method: aggregate, merge `options.iterations`
+/// times, optionally refine, and label an `out_width x out_height` map.
+pub fn segment_attention<B: Backend>(
+    maps: &AttentionMaps<B>,
+    options: &MergeOptions,
+    out_height: usize,
+    out_width: usize,
+) -> Result<Segmentation, Error> {
+    let proposals = merge_attention(maps, options)?;
+    label_map(
+        proposals.maps,
+        proposals.height,
+        proposals.width,
+        out_height,
+        out_width,
+    )
+}
+
+/// Everything of [`segment_attention`] before the label map: the final proposals.
+pub fn merge_attention<B: Backend>(
+    maps: &AttentionMaps<B>,
+    options: &MergeOptions,
+) -> Result<Proposals<B>, Error> {
+    options.validate()?;
+    let aggregate = aggregate(maps);
+    let anchors = anchor_grid(aggregate.height, aggregate.width, options.anchors)?;
+    let mut proposals = initial_proposals(&aggregate, &anchors, options.tau_at(0));
+    for iteration in 1..options.iterations {
+        proposals = merge_proposals(&proposals, options.tau_at(iteration));
+    }
+    if options.refine {
+        proposals = refine(&aggregate, &proposals);
+    }
+    Ok(proposals)
+}
