@@ -11,10 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Score segmentations with the paper's protocol.
 ///
-/// Predictions are label PNGs (8- or 16-bit greyscale, pixel = segment index) of
-/// 512×512, the protocol's centre square crop resized to 512, named
-/// `<image stem>.png`: `000000000139.png` for COCO, `frankfurt_000000_000294_leftImg8bit.png`
-/// for Cityscapes (directly in the folder, or in `<city>/`).
+/// Predictions are label PNGs (8- or 16-bit greyscale, pixel = segment index)
+/// named `<image stem>.png`: `000000000139.png` for COCO,
+/// `frankfurt_000000_000294_leftImg8bit.png` for Cityscapes (directly in the
+/// folder, or in `<city>/`), as `diffseg segment` names them. Exact protocol:
+/// 512×512, the centre square crop resized to 512. A label map at its image's own
+/// size (what `diffseg segment` writes) is centre-cropped and resized like the
+/// labels: close to the protocol, not exact, and the report says so.
 #[derive(clap::Args)]
 pub struct Args {
     /// The benchmark: `cocostuff27` or `cityscapes`.
@@ -67,18 +70,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
              segment the images with `diffseg segment` and pass --predictions DIR"
         );
     };
-    let scores = score_folder(args.dataset, &samples, folder)?;
-    let report = EvalReport::new(
+    let folder_scores = score_folder(args.dataset, &samples, folder)?;
+    let mut report = EvalReport::new(
         args.dataset,
-        &scores,
+        &folder_scores.scores,
         samples.len(),
         format!("label PNGs in {}", folder.display()),
     );
+    report.resized_predictions = folder_scores.resized;
     finish(&args, &report, available)
 }
 
 /// Scores a folder of predictions with a progress bar showing running ACC and mIoU.
-fn score_folder(dataset: Dataset, samples: &[Sample], folder: &Path) -> anyhow::Result<Scores> {
+fn score_folder(
+    dataset: Dataset,
+    samples: &[Sample],
+    folder: &Path,
+) -> anyhow::Result<eval::FolderScores> {
     let progress = progress_bar(samples.len());
     let scores = eval::score_predictions(dataset, samples, folder, |_, running| {
         progress.set_message(running_metrics(running));
@@ -123,6 +131,13 @@ fn finish(args: &Args, report: &EvalReport, available: usize) -> anyhow::Result<
             .with_context(|| format!("writing the Markdown report {}", path.display()))?;
     }
     print!("{}", report.to_markdown());
+    if report.resized_predictions > 0 {
+        eprintln!(
+            "note: {} predictions were at their image's size and were cropped and resized \
+             like the labels (close to the protocol, not exact: exact predictions are 512×512)",
+            report.resized_predictions
+        );
+    }
     eprintln!(
         "scored {} of {} images of {} ({} listed)",
         report.images_scored,

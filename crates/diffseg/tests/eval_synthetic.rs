@@ -186,7 +186,7 @@ fn prediction_folders_score_as_the_reference() {
         let count = images(&inputs, name).len();
         let samples = samples(name, root.path(), count);
         let mut seen = Vec::new();
-        let scores = score_predictions(
+        let folder_scores = score_predictions(
             dataset(name),
             &samples,
             predictions.path(),
@@ -195,6 +195,8 @@ fn prediction_folders_score_as_the_reference() {
             },
         )
         .unwrap();
+        assert_eq!(folder_scores.resized, 0, "all on the protocol's grid");
+        let scores = folder_scores.scores;
         assert_eq!(seen.len(), count);
         assert_eq!(
             seen.last().unwrap().1,
@@ -312,4 +314,51 @@ fn missing_files_and_folders_are_named() {
     )
     .unwrap_err();
     assert!(matches!(error, EvalError::MissingFolder { .. }), "{error}");
+}
+
+/// A prediction at its image's own size (as `diffseg segment` writes them) is cropped
+/// and resized like the labels. Predicting every raw label id as its own segment
+/// then matches each class to exactly its pixels: ACC and every present class's IoU
+/// are 1, and the other classes only meet segments of ignored pixels (no IoU).
+#[test]
+fn image_size_predictions_are_cropped_and_resized_like_the_labels() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let predictions = tempfile::tempdir().unwrap();
+    write_labels(&inputs, "cityscapes", root.path(), false);
+    for image in images(&inputs, "cityscapes") {
+        let (width, height) = (
+            image["width"].as_u64().unwrap() as u32,
+            image["height"].as_u64().unwrap() as u32,
+        );
+        let raw: Vec<u16> = numbers(&image["label"]);
+        let path = predictions
+            .path()
+            .join(format!("{}.png", image["id"].as_str().unwrap()));
+        image::ImageBuffer::<image::Luma<u16>, _>::from_raw(width, height, raw)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+    }
+    let samples = samples("cityscapes", root.path(), 3);
+    let result =
+        score_predictions(Dataset::Cityscapes, &samples, predictions.path(), |_, _| {}).unwrap();
+    assert_eq!(result.resized, 3);
+    assert_eq!(result.scores.accuracy(), Some(1.0));
+    assert_eq!(result.scores.mean_iou(), Some(1.0));
+    assert_eq!(result.scores.counts.fp, [0; NUM_CLASSES]);
+    assert_eq!(result.scores.counts.fn_, [0; NUM_CLASSES]);
+
+    // Neither the protocol's grid nor the image's size: refused, both sizes named.
+    let transposed = predictions
+        .path()
+        .join("lindau_000001_000019_leftImg8bit.png");
+    image::GrayImage::new(30, 18).save(&transposed).unwrap();
+    let error = score_predictions(Dataset::Cityscapes, &samples, predictions.path(), |_, _| {})
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("is 30×18, expected 512×512") && message.contains("or 18×30"),
+        "{message}"
+    );
 }

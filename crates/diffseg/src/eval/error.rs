@@ -49,8 +49,8 @@ pub enum EvalError {
         /// How many images were to be scored.
         total: usize,
     },
-    /// A prediction PNG that is not `side`×`side`.
-    #[error("prediction {path} is {width}×{height}, expected {side}×{side} (the protocol's centre crop resized to {side})")]
+    /// A prediction PNG of a size that cannot be compared with its labels.
+    #[error("prediction {path} is {width}×{height}, expected {expected}")]
     PredictionSize {
         /// The prediction file.
         path: PathBuf,
@@ -58,8 +58,8 @@ pub enum EvalError {
         width: u32,
         /// Its height.
         height: u32,
-        /// The side expected.
-        side: usize,
+        /// The size or sizes accepted, and why.
+        expected: String,
     },
     /// A prediction PNG that is not a single-channel 8- or 16-bit label map.
     #[error("prediction {path} is {found}: expected a greyscale 8- or 16-bit PNG whose pixels are segment indices")]

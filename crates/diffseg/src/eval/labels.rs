@@ -74,7 +74,26 @@ pub fn nearest_source_index(i: usize, source: usize, target: usize) -> usize {
 /// `c = min(H, W)` starting at row `(H − c) / 2` and column `(W − c) / 2`, resized to
 /// `side`×`side` by nearest neighbour ([`nearest_source_index`]). Row-major.
 pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
-    let (width, height) = (labels.width as usize, labels.height as usize);
+    crop_resize_nearest(
+        &labels.values,
+        labels.width as usize,
+        labels.height as usize,
+        side,
+    )
+}
+
+/// [`center_crop_resize_nearest`] for any row-major `width`×`height` map.
+///
+/// # Panics
+///
+/// If `values` does not hold `width * height` values.
+pub fn crop_resize_nearest<T: Copy>(
+    values: &[T],
+    width: usize,
+    height: usize,
+    side: usize,
+) -> Vec<T> {
+    assert_eq!(values.len(), width * height, "a width × height map");
     let crop = width.min(height);
     let top = (height - crop) / 2;
     let left = (width - crop) / 2;
@@ -84,31 +103,56 @@ pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(side * side);
     for y in 0..side {
         let row = (top + nearest_source_index(y, crop, side)) * width;
-        out.extend(columns.iter().map(|&x| labels.values[row + x]));
+        out.extend(columns.iter().map(|&x| values[row + x]));
     }
     out
 }
 
-/// Reads a predicted label map: a greyscale 8- or 16-bit PNG of `side`×`side`
-/// whose pixel values are segment indices.
-pub fn read_prediction_png(path: &Path, side: usize) -> Result<Vec<u16>, EvalError> {
+/// A predicted label map: segment indices, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height` segment indices.
+    pub segments: Vec<u16>,
+}
+
+/// Decodes a predicted label map of any size: a greyscale 8- or 16-bit PNG whose
+/// pixel values are segment indices.
+pub fn decode_prediction_png(path: &Path) -> Result<PredictionImage, EvalError> {
     let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
-    if decoded.width() as usize != side || decoded.height() as usize != side {
+    let (width, height) = (decoded.width(), decoded.height());
+    let segments = match decoded {
+        DynamicImage::ImageLuma8(buffer) => buffer.as_raw().iter().map(|&v| v as u16).collect(),
+        DynamicImage::ImageLuma16(buffer) => buffer.into_raw(),
+        other => {
+            return Err(EvalError::PredictionFormat {
+                path: path.to_path_buf(),
+                found: format!("{:?}", other.color()),
+            })
+        }
+    };
+    Ok(PredictionImage {
+        width,
+        height,
+        segments,
+    })
+}
+
+/// Reads a predicted label map of exactly `side`×`side` (see [`decode_prediction_png`]).
+pub fn read_prediction_png(path: &Path, side: usize) -> Result<Vec<u16>, EvalError> {
+    let prediction = decode_prediction_png(path)?;
+    if prediction.width as usize != side || prediction.height as usize != side {
         return Err(EvalError::PredictionSize {
             path: path.to_path_buf(),
-            width: decoded.width(),
-            height: decoded.height(),
-            side,
+            width: prediction.width,
+            height: prediction.height,
+            expected: format!("{side}×{side} (the protocol's centre crop resized to {side})"),
         });
     }
-    match decoded {
-        DynamicImage::ImageLuma8(buffer) => Ok(buffer.as_raw().iter().map(|&v| v as u16).collect()),
-        DynamicImage::ImageLuma16(buffer) => Ok(buffer.into_raw()),
-        other => Err(EvalError::PredictionFormat {
-            path: path.to_path_buf(),
-            found: format!("{:?}", other.color()),
-        }),
-    }
+    Ok(prediction.segments)
 }
 
 /// Writes a `side`×`side` label map as a greyscale PNG, 8-bit when every label fits

@@ -10,7 +10,8 @@
 //!   scipy's choice among ties) and counts TP/FP/FN; [`Scores`] sums them and gives
 //!   ACC, mIoU and per-class IoU; [`EvalReport`] writes them as JSON and Markdown.
 //! - [`score_predictions`] does all of it for a folder of predicted label PNGs named
-//!   `<image stem>.png` (see [`Sample::prediction_file_name`]).
+//!   `<image stem>.png` (see [`Sample::prediction_file_name`]), either on the
+//!   protocol's 512×512 grid or at their image's own size ([`load_prediction`]).
 
 mod dataset;
 mod error;
@@ -27,8 +28,9 @@ pub use dataset::{
 };
 pub use error::EvalError;
 pub use labels::{
-    center_crop_resize_nearest, nearest_source_index, read_label_png, read_prediction_png,
-    write_prediction_png, LabelImage, EVAL_SIDE,
+    center_crop_resize_nearest, crop_resize_nearest, decode_prediction_png, nearest_source_index,
+    read_label_png, read_prediction_png, write_prediction_png, LabelImage, PredictionImage,
+    EVAL_SIDE,
 };
 pub use metric::{
     match_segments, max_weight_assignment, score_image, ClassCounts, Confusion, Scores,
@@ -44,9 +46,54 @@ pub fn load_ground_truth(
     sample: &Sample,
     side: usize,
 ) -> Result<Vec<u8>, EvalError> {
-    let raw = read_label_png(&sample.label)?;
-    let resized = center_crop_resize_nearest(&raw, side);
-    Ok(dataset.label_map().apply(&resized))
+    Ok(ground_truth_from(
+        dataset,
+        &read_label_png(&sample.label)?,
+        side,
+    ))
+}
+
+/// [`load_ground_truth`] for a label map already read.
+fn ground_truth_from(dataset: Dataset, labels: &LabelImage, side: usize) -> Vec<u8> {
+    dataset
+        .label_map()
+        .apply(&center_crop_resize_nearest(labels, side))
+}
+
+/// A prediction on the protocol's `side`×`side` grid, and whether it had to be
+/// brought there.
+///
+/// A `side`×`side` PNG is taken as it is (the protocol's grid: the centre crop
+/// resized to `side`, as the model sees it). A PNG at its image's own size
+/// (`image_width`×`image_height`, as `diffseg segment` writes label maps) gets the
+/// labels' treatment: centre crop, nearest-neighbour resize. That comparison is
+/// close to the protocol's but not exact (the segments were labelled at the image's
+/// scale, not at `side`). Any other size is an error.
+pub fn load_prediction(
+    path: &Path,
+    side: usize,
+    image_width: u32,
+    image_height: u32,
+) -> Result<(Vec<u16>, bool), EvalError> {
+    let prediction = decode_prediction_png(path)?;
+    let (width, height) = (prediction.width, prediction.height);
+    if width as usize == side && height as usize == side {
+        Ok((prediction.segments, false))
+    } else if (width, height) == (image_width, image_height) {
+        let resized =
+            crop_resize_nearest(&prediction.segments, width as usize, height as usize, side);
+        Ok((resized, true))
+    } else {
+        Err(EvalError::PredictionSize {
+            path: path.to_path_buf(),
+            width,
+            height,
+            expected: format!(
+                "{side}×{side} (the protocol's centre crop resized to {side}) \
+                 or {image_width}×{image_height} (its image's own size)"
+            ),
+        })
+    }
 }
 
 /// The prediction file of every sample in `folder` ([`Sample::find_prediction`]), or
@@ -90,22 +137,36 @@ pub fn score_sample(
     Ok(score_image(&classes, prediction))
 }
 
-/// Scores the predictions in `folder` for `samples`: checks first that every label
-/// file and every prediction is there, then reads and scores them in order, calling `progress` after each image
+/// The scores of a folder of predictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FolderScores {
+    /// The dataset-level sums.
+    pub scores: Scores,
+    /// How many predictions were at their image's size and were cropped and resized
+    /// to the protocol's grid ([`load_prediction`]).
+    pub resized: usize,
+}
+
+/// Scores the predictions in `folder` for `samples` at the protocol's [`EVAL_SIDE`]:
+/// checks first that every label file and every prediction is there, then reads and
+/// scores them in order ([`load_prediction`]), calling `progress` after each image
 /// with the running sums.
 pub fn score_predictions(
     dataset: Dataset,
     samples: &[Sample],
     folder: &Path,
     mut progress: impl FnMut(&Sample, &Scores),
-) -> Result<Scores, EvalError> {
+) -> Result<FolderScores, EvalError> {
     check_labels(samples)?;
     let predictions = locate_predictions(samples, folder)?;
-    let mut scores = Scores::default();
+    let mut result = FolderScores::default();
     for (sample, path) in samples.iter().zip(&predictions) {
-        let prediction = read_prediction_png(path, EVAL_SIDE)?;
-        scores.add(&score_sample(dataset, sample, &prediction, EVAL_SIDE)?);
-        progress(sample, &scores);
+        let labels = read_label_png(&sample.label)?;
+        let (prediction, resized) = load_prediction(path, EVAL_SIDE, labels.width, labels.height)?;
+        let classes = ground_truth_from(dataset, &labels, EVAL_SIDE);
+        result.scores.add(&score_image(&classes, &prediction));
+        result.resized += usize::from(resized);
+        progress(sample, &result.scores);
     }
-    Ok(scores)
+    Ok(result)
 }

@@ -46,6 +46,11 @@ pub struct EvalReport {
     pub miou: Option<f64>,
     /// Where the predictions came from (a folder, or the model and its settings).
     pub source: String,
+    /// Predictions that were at their image's own size and were cropped and resized
+    /// like the labels: close to the protocol, not exact (see
+    /// [`super::load_prediction`]).
+    #[serde(default)]
+    pub resized_predictions: usize,
     /// Per-class results, by class index.
     pub classes: Vec<ClassReport>,
 }
@@ -77,6 +82,7 @@ impl EvalReport {
             acc: scores.accuracy(),
             miou: scores.mean_iou(),
             source: source.into(),
+            resized_predictions: 0,
             classes,
         }
     }
@@ -99,6 +105,15 @@ impl EvalReport {
             "Images scored: {} of {}. Labelled pixels: {}. Predictions: {}.\n",
             self.images_scored, self.images_requested, self.labelled_pixels, self.source
         );
+        if self.resized_predictions > 0 {
+            let _ = writeln!(
+                text,
+                "{} predictions were at their image's size and were centre-cropped and \
+                 resized to the protocol's grid like the labels: close to the protocol, \
+                 not exact.\n",
+                self.resized_predictions
+            );
+        }
         let _ = writeln!(text, "| metric | % |\n| --- | ---: |");
         let _ = writeln!(text, "| ACC | {} |", percent(self.acc));
         let _ = writeln!(text, "| mIoU | {} |\n", percent(self.miou));
