@@ -1,0 +1,246 @@
+//! The one error type of weight loading.
+//!
+//! Every variant names the file (or folder) it is about, so a user with a
+//! dozen checkpoints on disk can tell which one is wrong and what to do.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::Component;
+
+/// How many entries of each list a [`MismatchReport`] prints before
+/// summarising the rest as a count.
+const SHOWN_PER_LIST: usize = 5;
+
+/// Why weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file or folder could not be opened or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The path is neither a diffusers folder nor a `.safetensors` checkpoint.
+    #[error("{}: not a Stable Diffusion weights source: {reason}", path.display())]
+    UnrecognisedSource { path: PathBuf, reason: String },
+
+    /// A pickled PyTorch checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`).
+    ///
+    /// Unpickling can run arbitrary code and no maintained Rust crate reads
+    /// these files safely in this workspace, so they are refused.
+    #[error(
+        "{}: pickled PyTorch checkpoints are not loaded (unpickling can run arbitrary code); \
+         convert it to .safetensors first, e.g. in Python: \
+         `safetensors.torch.save_file(torch.load(path, weights_only=True)[\"state_dict\"], \"model.safetensors\")`",
+        path.display()
+    )]
+    PickleNotSupported { path: PathBuf },
+
+    /// The file is not a valid safetensors file: truncated, corrupt, or not
+    /// safetensors at all.
+    #[error(
+        "{}: not a valid safetensors file ({reason}); it may be truncated or corrupt, download it again",
+        path.display()
+    )]
+    CorruptSafetensors { path: PathBuf, reason: String },
+
+    /// A diffusers component folder has no `config.json`.
+    #[error(
+        "{}: missing; every diffusers component folder (unet/, vae/, text_encoder/) needs its config.json",
+        path.display()
+    )]
+    MissingConfig { path: PathBuf },
+
+    /// A `config.json` is not valid JSON or lacks a field the network needs.
+    #[error("{}: invalid config: {source}", path.display())]
+    BadConfig {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A `config.json` asks for an architecture the networks do not implement.
+    #[error("{}: unsupported model config: {reason}", path.display())]
+    UnsupportedConfig { path: PathBuf, reason: String },
+
+    /// A diffusers component folder holds no usable weights file.
+    #[error(
+        "{}: no {component} weights file; looked for {}",
+        folder.display(),
+        tried.join(", ")
+    )]
+    MissingWeights {
+        folder: PathBuf,
+        component: Component,
+        tried: Vec<String>,
+    },
+
+    /// An original (LDM/CompVis) single-file checkpoint was found where a
+    /// diffusers folder or component file was expected.
+    #[error(
+        "{}: expected diffusers {component} weights, found a single-file LDM checkpoint \
+         (keys start with `{ldm_prefix}`); load it with WeightsSource::SingleFile",
+        path.display()
+    )]
+    SingleFileGivenAsDiffusers {
+        path: PathBuf,
+        component: Component,
+        ldm_prefix: &'static str,
+    },
+
+    /// A diffusers folder or component file was given where a single-file
+    /// LDM checkpoint was expected.
+    #[error(
+        "{}: expected a single-file LDM checkpoint, found {found}; load diffusers weights with \
+         WeightsSource::Diffusers on the folder that holds unet/, vae/ and text_encoder/",
+        path.display()
+    )]
+    DiffusersGivenAsSingleFile { path: PathBuf, found: String },
+
+    /// The file's tensors do not fit the network built from the config.
+    #[error("{}: {component} weights do not match the network{report}", path.display())]
+    Mismatch {
+        path: PathBuf,
+        component: Component,
+        report: MismatchReport,
+    },
+
+    /// A tensor is stored in a type the loader cannot convert to floats.
+    #[error("{}: tensor `{key}` is stored as {dtype}, expected F32, F16 or BF16", path.display())]
+    UnsupportedDtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+
+    /// Weights hold NaN or infinite values after conversion to the compute
+    /// type (corrupt file, or f32 weights too large for f16).
+    #[error(
+        "{}: {component} weights hold NaN or infinite values after conversion to {dtype}: {}",
+        path.display(),
+        shorten(tensors, SHOWN_PER_LIST)
+    )]
+    NonFinite {
+        path: PathBuf,
+        component: Component,
+        dtype: String,
+        /// `key (n non-finite values)` per offending tensor.
+        tensors: Vec<String>,
+    },
+
+    /// A single-file checkpoint carries no config and its shapes match no
+    /// preset: the caller has to pass the configuration.
+    #[error(
+        "{}: {component} shapes match no known Stable Diffusion preset ({reason}); \
+         pass the configuration explicitly",
+        path.display()
+    )]
+    UnknownArchitecture {
+        path: PathBuf,
+        component: Component,
+        reason: String,
+    },
+}
+
+/// What went wrong when a file's tensors were applied to a network.
+///
+/// Missing keys are the network's parameter paths that the file did not
+/// provide; unexpected keys are the file's own key names that the network has
+/// no place for; shape mismatches name both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MismatchReport {
+    /// Network parameters (Burn module paths) the file does not provide.
+    pub missing: Vec<String>,
+    /// File keys the network has no parameter for.
+    pub unexpected: Vec<String>,
+    /// Tensors present on both sides with different shapes.
+    pub shape_mismatches: Vec<ShapeMismatch>,
+    /// Tensors whose data could not be read (file key and reason).
+    pub unreadable: Vec<String>,
+    /// How many tensors were loaded fine.
+    pub applied: usize,
+}
+
+/// One tensor whose stored shape differs from the network's parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// Key in the file.
+    pub key: String,
+    /// Shape the network expects (after any layout conversion).
+    pub expected: Vec<usize>,
+    /// Shape found in the file (after any layout conversion).
+    pub found: Vec<usize>,
+}
+
+impl MismatchReport {
+    /// True when nothing went wrong.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty()
+            && self.unexpected.is_empty()
+            && self.shape_mismatches.is_empty()
+            && self.unreadable.is_empty()
+    }
+}
+
+impl fmt::Display for MismatchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.applied == 0 {
+            write!(f, "; no tensor matched at all: is this the right file?")?;
+        }
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                "\n  {} missing: {}",
+                self.missing.len(),
+                shorten(&self.missing, SHOWN_PER_LIST)
+            )?;
+        }
+        if !self.unexpected.is_empty() {
+            write!(
+                f,
+                "\n  {} unexpected: {}",
+                self.unexpected.len(),
+                shorten(&self.unexpected, SHOWN_PER_LIST)
+            )?;
+        }
+        if !self.shape_mismatches.is_empty() {
+            let shown: Vec<String> = self
+                .shape_mismatches
+                .iter()
+                .map(|m| format!("{} (network {:?}, file {:?})", m.key, m.expected, m.found))
+                .collect();
+            write!(
+                f,
+                "\n  {} with the wrong shape: {}",
+                shown.len(),
+                shorten(&shown, SHOWN_PER_LIST)
+            )?;
+        }
+        if !self.unreadable.is_empty() {
+            write!(
+                f,
+                "\n  {} unreadable: {}",
+                self.unreadable.len(),
+                shorten(&self.unreadable, SHOWN_PER_LIST)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `a, b, c and 12 more`.
+fn shorten(items: &[String], shown: usize) -> String {
+    let head = items
+        .iter()
+        .take(shown)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match items.len().saturating_sub(shown) {
+        0 => head,
+        rest => format!("{head} and {rest} more"),
+    }
+}

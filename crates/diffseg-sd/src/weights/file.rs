@@ -1,0 +1,170 @@
+//! A memory-mapped safetensors file whose tensors become lazy burn-store
+//! snapshots under any name.
+//!
+//! The file is mapped once; its header is parsed once; each tensor's bytes
+//! are copied out of the mapping only when burn-store applies it to a
+//! parameter. One mapping serves all three networks of a single-file
+//! checkpoint.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use burn::module::ParamId;
+use burn::tensor::{DType, TensorData};
+use burn_store::{TensorSnapshot, TensorSnapshotError};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::LoadError;
+
+/// Length of the little-endian header-size prefix of a safetensors file.
+const HEADER_SIZE_PREFIX: usize = 8;
+
+/// One tensor's entry in the header.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Byte range inside the data section.
+    begin: usize,
+    end: usize,
+}
+
+/// A safetensors file, mapped into memory and with its header parsed.
+pub(crate) struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Arc<Mmap>,
+    /// Offset of the data section in the file.
+    data_start: usize,
+    tensors: BTreeMap<String, TensorEntry>,
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and validates its header against the file length, so a
+    /// truncated download fails here rather than halfway through loading.
+    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
+        let io_error = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_error)?;
+        let length = file.metadata().map_err(io_error)?.len();
+        if length < HEADER_SIZE_PREFIX as u64 {
+            return Err(LoadError::CorruptSafetensors {
+                path: path.to_path_buf(),
+                reason: format!("only {length} bytes long"),
+            });
+        }
+        // SAFETY: the mapping is read-only. Like every memory-mapped loader
+        // (safetensors, candle, burn-store), it assumes nobody truncates the
+        // file while the networks are being loaded.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io_error)?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| LoadError::CorruptSafetensors {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = TensorEntry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    begin: info.data_offsets.0,
+                    end: info.data_offsets.1,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap: Arc::new(mmap),
+            data_start: HEADER_SIZE_PREFIX + header_len,
+            tensors,
+        })
+    }
+
+    /// The file's path, for error messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All tensor names, sorted.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Stored shape of `key`.
+    pub(crate) fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.tensors.get(key).map(|t| t.shape.as_slice())
+    }
+
+    /// A lazy snapshot of tensor `key` that burn-store will match against the
+    /// module parameter at `module_path` (dot-separated).
+    ///
+    /// With `squeeze_to_matrix`, a `[out, in, 1, 1]` (or `[out, in, 1]`)
+    /// 1×1-convolution weight is presented as the `[out, in]` linear weight
+    /// it is equivalent to; the bytes are the same.
+    pub(crate) fn snapshot(
+        &self,
+        key: &str,
+        module_path: &str,
+        squeeze_to_matrix: bool,
+    ) -> Result<TensorSnapshot, LoadError> {
+        let entry = self
+            .tensors
+            .get(key)
+            .expect("snapshot() is only called with keys listed by keys()");
+        let dtype = float_dtype(entry.dtype).ok_or_else(|| LoadError::UnsupportedDtype {
+            path: self.path.clone(),
+            key: key.to_string(),
+            dtype: format!("{:?}", entry.dtype),
+        })?;
+        let mut shape = entry.shape.clone();
+        if squeeze_to_matrix && shape.len() > 2 && shape[2..].iter().all(|&d| d == 1) {
+            shape.truncate(2);
+        }
+        let mmap = Arc::clone(&self.mmap);
+        let range = self.data_start + entry.begin..self.data_start + entry.end;
+        let data_shape = shape.clone();
+        let data_fn = Rc::new(move || -> Result<TensorData, TensorSnapshotError> {
+            // `read_metadata` checked every range against the file length.
+            let bytes = mmap[range.clone()].to_vec();
+            Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), dtype))
+        });
+        let path_stack = module_path.split('.').map(str::to_string).collect();
+        Ok(TensorSnapshot::from_closure(
+            data_fn,
+            dtype,
+            shape,
+            path_stack,
+            Vec::new(),
+            ParamId::new(),
+        ))
+    }
+}
+
+/// The Burn type of a stored floating-point dtype; `None` for everything the
+/// networks cannot hold as weights.
+fn float_dtype(dtype: Dtype) -> Option<DType> {
+    match dtype {
+        Dtype::F64 => Some(DType::F64),
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        _ => None,
+    }
+}
