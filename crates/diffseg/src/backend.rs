@@ -19,6 +19,44 @@ pub type Wgpu = burn::backend::Wgpu<f32, i32>;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
+/// The WGPU backend computing in half precision.
+#[cfg(feature = "wgpu")]
+pub type WgpuF16 = burn::backend::Wgpu<half::f16, i32>;
+/// The CUDA backend computing in half precision.
+#[cfg(feature = "cuda")]
+pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
+
+/// The floating-point type the networks compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// 32-bit floats everywhere (the default, and the only choice on the CPU).
+    #[default]
+    F32,
+    /// 16-bit floats (GPU backends): half the memory, faster on tensor cores.
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            other => Err(format!("unknown precision `{other}`: expected f32 or f16")),
+        }
+    }
+}
+
 /// A backend named at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendKind {
@@ -82,7 +120,9 @@ impl BackendKind {
             #[cfg(feature = "ndarray")]
             BackendKind::Cpu => Ok(task.run::<Cpu>(burn::backend::ndarray::NdArrayDevice::Cpu)),
             #[cfg(feature = "wgpu")]
-            BackendKind::Wgpu => Ok(task.run::<Wgpu>(burn::backend::wgpu::WgpuDevice::DefaultDevice)),
+            BackendKind::Wgpu => {
+                Ok(task.run::<Wgpu>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
+            }
             #[cfg(feature = "cuda")]
             BackendKind::Cuda(index) => {
                 Ok(task.run::<Cuda>(burn::backend::cuda::CudaDevice::new(index)))
@@ -99,6 +139,45 @@ impl BackendKind {
             }),
         }
     }
+}
+
+impl BackendKind {
+    /// Runs `task` on this backend computing in `precision`, or says why it cannot.
+    pub fn run_in<T: BackendTask>(
+        &self,
+        precision: Precision,
+        task: T,
+    ) -> Result<T::Output, crate::Error> {
+        match (precision, *self) {
+            (Precision::F32, _) => Ok(self.run(task)?),
+            #[cfg(feature = "wgpu")]
+            (Precision::F16, BackendKind::Wgpu) => {
+                Ok(task.run::<WgpuF16>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
+            }
+            #[cfg(feature = "cuda")]
+            (Precision::F16, BackendKind::Cuda(index)) => {
+                Ok(task.run::<CudaF16>(burn::backend::cuda::CudaDevice::new(index)))
+            }
+            (Precision::F16, backend) => {
+                // Not compiled in at all: say so first, it is the actionable part.
+                if !BackendKind::compiled_in()
+                    .iter()
+                    .any(|kind| kind.feature() == backend.feature())
+                {
+                    self.run(NoTask)?;
+                }
+                Err(crate::Error::PrecisionUnavailable { precision, backend })
+            }
+        }
+    }
+}
+
+/// A task that does nothing: used to ask [`BackendKind::run`] whether a backend exists.
+struct NoTask;
+
+impl BackendTask for NoTask {
+    type Output = ();
+    fn run<B: Backend>(self, _device: B::Device) {}
 }
 
 impl fmt::Display for BackendKind {

@@ -1,6 +1,60 @@
-//! DiffSeg: unsupervised zero-shot image segmentation with Stable Diffusion.
+//! DiffSeg: unsupervised zero-shot image segmentation with Stable Diffusion
+//! (Tian et al., CVPR 2024), on the CPU, WGPU or CUDA.
+//!
+//! One Stable Diffusion 1.x UNet pass over an image, its self-attention maps
+//! aggregated and merged by KL divergence into segments. No prompt, no
+//! training, no classes: every segment is a region the model attends to as one.
+//!
+//! ```no_run
+//! use diffseg::{BackendKind, Segmenter};
+//!
+//! # fn main() -> Result<(), diffseg::Error> {
+//! // Loads SD 1.5 from $DIFFSEG_WEIGHTS or the Hugging Face cache, else downloads it.
+//! let segmenter = Segmenter::new(BackendKind::Cpu)?;
+//! let image = diffseg::open_image("examples/images/astronaut.png".as_ref())?;
+//! let segmentation = segmenter.segment(&image)?;
+//! for segment in segmentation.segments() {
+//!     println!("segment {}: {} pixels, box {:?}", segment.label, segment.area, segment.bbox);
+//! }
+//! segmentation.save_overlay(&image, "astronaut.overlay.png")?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every choice has a builder method:
+//!
+//! ```no_run
+//! use diffseg::{BackendKind, Fit, MergeOptions, Precision, Segmenter};
+//!
+//! # fn main() -> Result<(), diffseg::Error> {
+//! let segmenter = Segmenter::builder()
+//!     .backend(BackendKind::Wgpu)
+//!     .weights("/models/stable-diffusion-v1-4") // or .model(diffseg::weights::PAPER_MODEL)
+//!     .precision(Precision::F16)
+//!     .fit(Fit::CenterCrop) // the paper's protocol; the default Fit::Pad labels every pixel
+//!     .merge_options(MergeOptions::default().with_tau(0.9))
+//!     .build()?;
+//! # let _ = segmenter; Ok(()) }
+//! ```
+//!
+//! Modules: [`input`] (decoding, fitting, method §1 resampling), [`weights`]
+//! (finding and downloading weights), [`output`] (JSON with COCO RLE masks,
+//! atomic writes), [`backend`] (run-time backend choice). The algorithm lives in
+//! `diffseg-core`, the networks in `diffseg-sd`.
 
+mod attention;
 pub mod backend;
+mod error;
 pub mod eval;
+pub mod input;
+pub mod output;
+mod pipeline;
+mod segmenter;
+pub mod weights;
 
-pub use backend::{BackendKind, BackendTask, BackendUnavailable};
+pub use attention::{SelfAttention, SelfAttentionMap};
+pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
+pub use diffseg_core::{MergeOptions, Segment, Segmentation};
+pub use error::Error;
+pub use input::{open_image, Fit};
+pub use pipeline::{model_input_size, TIMESTEP};
+pub use segmenter::{Segmenter, SegmenterBuilder};

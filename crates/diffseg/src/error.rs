@@ -1,0 +1,103 @@
+//! The one error type of the facade.
+
+use std::path::PathBuf;
+
+use crate::backend::BackendUnavailable;
+use crate::weights::WeightsOrigin;
+
+/// Everything that can go wrong between an image file and its segments, each
+/// naming the file or option it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An image file could not be opened or read.
+    #[error("{path}: cannot read: {source}")]
+    ImageRead {
+        /// The image file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// An image file is corrupt, truncated or not an image.
+    #[error("{path}: cannot decode: {reason}")]
+    ImageDecode {
+        /// The image file.
+        path: PathBuf,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// An image larger than the decoding limits.
+    #[error("{path}: image too large: {reason}")]
+    ImageTooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// The limit that was hit.
+        reason: String,
+    },
+    /// An image with no pixels.
+    #[error("the image has no pixels")]
+    EmptyImage,
+    /// A model input side of zero (a broken model config).
+    #[error("invalid model input size {0}")]
+    InvalidInputSize(usize),
+    /// The backend asked for is not compiled in.
+    #[error(transparent)]
+    Backend(#[from] BackendUnavailable),
+    /// A precision the backend cannot compute in.
+    #[error("precision {precision} is not available on the {backend} backend (use f32)")]
+    PrecisionUnavailable {
+        /// The precision asked for.
+        precision: crate::Precision,
+        /// The backend asked for.
+        backend: crate::BackendKind,
+    },
+    /// An explicit or `DIFFSEG_WEIGHTS` weights path that does not exist.
+    #[error("weights {path} ({origin}) do not exist")]
+    WeightsPathMissing {
+        /// The path given.
+        path: PathBuf,
+        /// Where the path came from.
+        origin: WeightsOrigin,
+    },
+    /// No weights anywhere, and no download possible.
+    #[error(
+        "no Stable Diffusion weights for {model}: not given with --weights or {env}, not in the \
+         Hugging Face cache {cache}, and {reason}. Run `diffseg fetch --model {model}` where there \
+         is network, or put these files in a folder and pass it with --weights (or {env}): {files}; \
+         a single-file .safetensors checkpoint works too",
+        env = crate::weights::WEIGHTS_ENV,
+        cache = cache.display(),
+        files = files.join(", ")
+    )]
+    WeightsNotFound {
+        /// The model id looked for.
+        model: String,
+        /// Why nothing was downloaded.
+        reason: String,
+        /// The Hugging Face cache folder searched.
+        cache: PathBuf,
+        /// The files a diffusers folder needs.
+        files: Vec<String>,
+    },
+    /// The weights exist but cannot be loaded.
+    #[error("loading weights {path}: {source}")]
+    Load {
+        /// The folder or file.
+        path: PathBuf,
+        /// What the loader said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The model produced attention that is not usable (NaN, wrong shapes).
+    #[error("the model's attention is unusable: {0}")]
+    Model(String),
+    /// The segmentation algorithm failed.
+    #[error(transparent)]
+    Segment(#[from] diffseg_core::Error),
+    /// An output file could not be written.
+    #[error("{path}: cannot write: {reason}")]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}

@@ -1,0 +1,374 @@
+//! Image in: decoding with limits, fitting any image to the model's square
+//! input, and the exact resampling and scaling of method §1.
+//!
+//! Two ways to fit a non-square image (see [`Fit`]):
+//! - [`Fit::Pad`] (default) pads the image to a square with neutral grey, so the
+//!   model sees all of it; the segmentation is mapped back to every pixel.
+//! - [`Fit::CenterCrop`] is the paper's protocol: the centre square only, as the
+//!   evaluation uses. Pixels outside the square take the label of the nearest
+//!   pixel on the square's border.
+
+use std::io::BufReader;
+use std::path::Path;
+
+use image::{DynamicImage, ImageReader, Limits};
+
+use crate::Error;
+
+/// How a non-square image is fitted to the model's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fit {
+    /// Pad to a square (image centred, neutral grey around it), segment, and crop the
+    /// result back: every pixel of the image gets a segment. The default.
+    #[default]
+    Pad,
+    /// The paper's protocol (method §1): the centre square of side `min(H, W)`.
+    /// The evaluation uses this.
+    CenterCrop,
+}
+
+impl std::str::FromStr for Fit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "pad" => Ok(Fit::Pad),
+            "center-crop" | "centre-crop" | "crop" => Ok(Fit::CenterCrop),
+            other => Err(format!(
+                "unknown fit `{other}`: expected pad or center-crop"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fit::Pad => "pad",
+            Fit::CenterCrop => "center-crop",
+        })
+    }
+}
+
+/// The largest width or height [`open_image`] decodes.
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most memory [`open_image`] lets a decoder allocate (1 GiB): enough for a
+/// 16384×16384 RGB image, and a header that claims more fails before allocating.
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// Opens and decodes an image file of any format the `image` crate reads here
+/// (PNG, JPEG including CMYK, TIFF, WebP, BMP), with decoding limits so that a
+/// header claiming a huge size gives [`Error::ImageTooLarge`] instead of
+/// exhausting memory.
+pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
+    let file = std::fs::File::open(path).map_err(|source| Error::ImageRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|source| Error::ImageRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if reader.format().is_none() {
+        return Err(Error::ImageDecode {
+            path: path.to_path_buf(),
+            reason: "not an image in a supported format (PNG, JPEG, TIFF, WebP, BMP)".into(),
+        });
+    }
+    let mut limited = reader;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limited.limits(limits);
+    let image = limited.decode().map_err(|error| match error {
+        image::ImageError::Limits(limit) => Error::ImageTooLarge {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{limit} (at most {MAX_IMAGE_SIDE}×{MAX_IMAGE_SIDE} pixels, {} MiB decoded)",
+                MAX_DECODE_BYTES >> 20
+            ),
+        },
+        other => Error::ImageDecode {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    })?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err(Error::EmptyImage);
+    }
+    Ok(image)
+}
+
+/// Where the model's square input came from in the original image: the square
+/// region, in original pixel coordinates, that was resized to the model's input.
+/// For [`Fit::Pad`] the square extends past the image (negative `top`/`left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The original image's width.
+    pub image_width: u32,
+    /// The original image's height.
+    pub image_height: u32,
+    /// Row of the square's top edge in image coordinates.
+    pub top: i64,
+    /// Column of the square's left edge in image coordinates.
+    pub left: i64,
+    /// The square's side in image pixels.
+    pub side: u32,
+}
+
+impl Placement {
+    /// Where the model's square sits for `fit` on a `width`×`height` image.
+    pub fn new(width: u32, height: u32, fit: Fit) -> Placement {
+        match fit {
+            Fit::CenterCrop => {
+                // Method §1: side min(H, W), from row (H − c) // 2, column (W − c) // 2.
+                let side = width.min(height);
+                Placement {
+                    image_width: width,
+                    image_height: height,
+                    top: ((height - side) / 2) as i64,
+                    left: ((width - side) / 2) as i64,
+                    side,
+                }
+            }
+            Fit::Pad => {
+                let side = width.max(height);
+                Placement {
+                    image_width: width,
+                    image_height: height,
+                    top: -(((side - height) / 2) as i64),
+                    left: -(((side - width) / 2) as i64),
+                    side,
+                }
+            }
+        }
+    }
+}
+
+/// An image ready for the VAE: `[3, size, size]` channel-major, values in [-1, 1].
+#[derive(Debug, Clone)]
+pub struct ModelInput {
+    /// Channel-major pixels, `3 * size * size` values in [-1, 1].
+    pub pixels: Vec<f32>,
+    /// The model's input side in pixels.
+    pub size: usize,
+    /// Where the square came from in the original image.
+    pub placement: Placement,
+}
+
+/// Method §1 for one image: fit the image into a square (crop or pad), resize it
+/// to `size`×`size` with TF2 bilinear semantics (half-pixel centres, no
+/// antialiasing, float output) and scale pixels to [-1, 1] (`x / 127.5 − 1`).
+///
+/// Any colour type or bit depth is first converted as `image` converts to RGB8
+/// (16-bit scaled to 8-bit, grey replicated, alpha dropped), which is what the
+/// reference's PIL `convert("RGB")` does.
+pub fn prepare_image(image: &DynamicImage, size: usize, fit: Fit) -> Result<ModelInput, Error> {
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 {
+        return Err(Error::EmptyImage);
+    }
+    if size == 0 {
+        return Err(Error::InvalidInputSize(size));
+    }
+    let rgb = image.to_rgb8();
+    let placement = Placement::new(width, height, fit);
+    let side = placement.side as usize;
+    // Mid-grey (0 after scaling to [-1, 1]) for the padding: no colour that a
+    // segment could share with real content edges more than another.
+    const PAD_VALUE: f32 = 127.5;
+    let mut square = vec![PAD_VALUE; 3 * side * side];
+    for y in 0..side {
+        let source_y = y as i64 + placement.top;
+        if source_y < 0 || source_y >= height as i64 {
+            continue;
+        }
+        for x in 0..side {
+            let source_x = x as i64 + placement.left;
+            if source_x < 0 || source_x >= width as i64 {
+                continue;
+            }
+            let pixel = rgb.get_pixel(source_x as u32, source_y as u32);
+            for channel in 0..3 {
+                square[channel * side * side + y * side + x] = pixel[channel] as f32;
+            }
+        }
+    }
+    let mut pixels = Vec::with_capacity(3 * size * size);
+    for channel in square.chunks_exact(side * side) {
+        let resized = resize_bilinear_half_pixel(channel, side, side, size, size);
+        pixels.extend(resized.into_iter().map(|value| value / 127.5 - 1.0));
+    }
+    Ok(ModelInput {
+        pixels,
+        size,
+        placement,
+    })
+}
+
+/// One axis of a half-pixel bilinear resize: for each output index, the two
+/// source indices and the weight of the second.
+fn half_pixel_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
+    let scale = input as f64 / output as f64;
+    (0..output)
+        .map(|i| {
+            // Source coordinate of the output pixel's centre; clamped at 0 as
+            // TF2 and PyTorch (align_corners=False) do.
+            let source = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+            let low = (source.floor() as usize).min(input - 1);
+            let high = (low + 1).min(input - 1);
+            (low, high, (source - low as f64) as f32)
+        })
+        .collect()
+}
+
+/// Bilinear resize of one row-major `[in_h, in_w]` plane to `[out_h, out_w]`
+/// with half-pixel centres and no antialiasing: TF2 `tf.image.resize(...,
+/// "bilinear")` and PyTorch `interpolate(mode="bilinear", align_corners=False,
+/// antialias=False)`. Values stay in float.
+pub fn resize_bilinear_half_pixel(
+    plane: &[f32],
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Vec<f32> {
+    assert_eq!(plane.len(), in_h * in_w, "plane is not {in_h}×{in_w}");
+    let rows = half_pixel_taps(in_h, out_h);
+    let columns = half_pixel_taps(in_w, out_w);
+    let mut output = Vec::with_capacity(out_h * out_w);
+    for &(top, bottom, row_weight) in &rows {
+        let top_row = &plane[top * in_w..(top + 1) * in_w];
+        let bottom_row = &plane[bottom * in_w..(bottom + 1) * in_w];
+        for &(left, right, column_weight) in &columns {
+            let upper = top_row[left] + (top_row[right] - top_row[left]) * column_weight;
+            let lower = bottom_row[left] + (bottom_row[right] - bottom_row[left]) * column_weight;
+            output.push(upper + (lower - upper) * row_weight);
+        }
+    }
+    output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, Rgb};
+
+    #[test]
+    fn upsampling_uses_half_pixel_centres() {
+        // PyTorch interpolate([[0,1],[2,3]], size=4, bilinear, align_corners=False)
+        // first row: [0, 0.25, 0.75, 1].
+        let out = resize_bilinear_half_pixel(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
+        assert_eq!(&out[..4], &[0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(&out[12..], &[2.0, 2.25, 2.75, 3.0]);
+    }
+
+    #[test]
+    fn downsampling_does_not_antialias() {
+        // 4 → 2 without antialiasing samples at source 0.5 and 2.5: the mean of
+        // neighbours 0,1 and 2,3, not the mean of all four.
+        let out = resize_bilinear_half_pixel(&[0.0, 10.0, 20.0, 30.0], 1, 4, 1, 2);
+        assert_eq!(out, vec![5.0, 25.0]);
+        // 3 → 2: sources 0.25 and 1.75.
+        let out = resize_bilinear_half_pixel(&[0.0, 10.0, 20.0], 1, 3, 1, 2);
+        assert_eq!(out, vec![2.5, 17.5]);
+    }
+
+    #[test]
+    fn resize_matches_pytorch() {
+        // tools/reference/resize_reference.py: torch interpolate, bilinear,
+        // align_corners=False, antialias=False, in float64. Tolerance 1e-3 on
+        // values up to 255: f32 rounding of the interpolation, nothing more.
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/resize_reference.json")).unwrap();
+        let as_f32 = |value: &serde_json::Value| -> Vec<f32> {
+            value
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let (in_h, in_w) = (
+            fixture["in_h"].as_u64().unwrap() as usize,
+            fixture["in_w"].as_u64().unwrap() as usize,
+        );
+        let plane = as_f32(&fixture["plane"]);
+        for case in fixture["cases"].as_array().unwrap() {
+            let (out_h, out_w) = (
+                case["out_h"].as_u64().unwrap() as usize,
+                case["out_w"].as_u64().unwrap() as usize,
+            );
+            let ours = resize_bilinear_half_pixel(&plane, in_h, in_w, out_h, out_w);
+            let expected = as_f32(&case["values"]);
+            assert_eq!(ours.len(), expected.len());
+            for (index, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "{out_h}×{out_w} at {index}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity() {
+        let plane: Vec<f32> = (0..35).map(|v| v as f32 * 1.5).collect();
+        assert_eq!(resize_bilinear_half_pixel(&plane, 5, 7, 5, 7), plane);
+    }
+
+    #[test]
+    fn center_crop_follows_the_method() {
+        let placement = Placement::new(640, 480, Fit::CenterCrop);
+        assert_eq!(
+            (placement.top, placement.left, placement.side),
+            (0, 80, 480)
+        );
+        let placement = Placement::new(5, 8, Fit::CenterCrop);
+        assert_eq!((placement.top, placement.left, placement.side), (1, 0, 5));
+    }
+
+    #[test]
+    fn pad_centres_the_image() {
+        let placement = Placement::new(640, 480, Fit::Pad);
+        assert_eq!(
+            (placement.top, placement.left, placement.side),
+            (-80, 0, 640)
+        );
+    }
+
+    #[test]
+    fn prepared_pixels_are_scaled_to_unit_range() {
+        let image = DynamicImage::ImageRgb8(ImageBuffer::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                Rgb([0, 255, 0])
+            } else {
+                Rgb([255, 0, 255])
+            }
+        }));
+        let input = prepare_image(&image, 2, Fit::CenterCrop).unwrap();
+        // The centre 2×2 is columns 1..3: one black-green column and one magenta.
+        assert_eq!(input.pixels.len(), 12);
+        assert_eq!(&input.pixels[0..4], &[-1.0, 1.0, -1.0, 1.0]);
+        assert_eq!(&input.pixels[4..8], &[1.0, -1.0, 1.0, -1.0]);
+        let padded = prepare_image(&image, 4, Fit::Pad).unwrap();
+        // Rows 0 and 3 are padding: neutral grey, 0 after scaling.
+        assert!(padded.pixels[0..4].iter().all(|&v| v == 0.0));
+        assert_eq!(padded.pixels[4], -1.0);
+    }
+
+    #[test]
+    fn any_colour_type_becomes_rgb() {
+        let grey16 = DynamicImage::ImageLuma16(ImageBuffer::from_pixel(3, 3, Luma([65535u16])));
+        let input = prepare_image(&grey16, 2, Fit::Pad).unwrap();
+        assert!(input.pixels.iter().all(|&v| v == 1.0));
+        let one_pixel = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(1, 1, Rgb([255, 0, 0])));
+        let input = prepare_image(&one_pixel, 8, Fit::Pad).unwrap();
+        assert_eq!(input.pixels.len(), 3 * 64);
+        assert!(input.pixels[..64].iter().all(|&v| v == 1.0));
+        assert!(input.pixels[64..].iter().all(|&v| v == -1.0));
+    }
+}

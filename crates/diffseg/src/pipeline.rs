@@ -1,0 +1,287 @@
+//! The pipeline on one backend: image tensor → VAE latent → one UNet pass with
+//! attention capture → per-resolution self-attention → segments.
+
+use std::path::Path;
+
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use diffseg_core::{
+    label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Segmentation,
+};
+use diffseg_sd::weights::WeightsSource;
+use diffseg_sd::{empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion};
+
+use crate::attention::{SelfAttention, SelfAttentionMap};
+use crate::input::{ModelInput, Placement};
+use crate::Error;
+
+/// Method §2: the diffusion timestep of the single UNet pass.
+pub const TIMESTEP: f32 = 300.0;
+
+/// How far an averaged attention row may sum away from 1 before the model's
+/// output is called broken: f16 softmax rows summed over 4096 keys drift by
+/// about 1e-3, NaN or garbage is far beyond this.
+const ROW_SUM_TOLERANCE: f32 = 1e-2;
+
+/// The side of the square image the model takes: the UNet's latent
+/// `sample_size` times the VAE's downscaling factor (2 per VAE block after the
+/// first). SD 1.x: 64 × 8 = 512; the tiny test model: 16 × 8 = 128.
+pub fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
+    const SD1_INPUT: usize = 512;
+    let WeightsSource::Diffusers { root, .. } = source else {
+        // Single-file checkpoints are SD 1.x (the loader checks the shapes).
+        return Ok(SD1_INPUT);
+    };
+    let read = |file: &str| -> Result<serde_json::Value, Error> {
+        let path = root.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|error| load_error(&path, error))?;
+        serde_json::from_str(&text).map_err(|error| load_error(&path, error))
+    };
+    let latent = read("unet/config.json")?["sample_size"]
+        .as_u64()
+        .unwrap_or(64) as usize;
+    let vae_blocks = read("vae/config.json")?["block_out_channels"]
+        .as_array()
+        .map_or(4, Vec::len);
+    Ok(latent << vae_blocks.saturating_sub(1))
+}
+
+fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Load {
+        path: path.to_path_buf(),
+        source: Box::new(error),
+    }
+}
+
+/// A loaded model on backend `B`, with the empty-prompt text embedding
+/// computed once.
+pub(crate) struct Pipeline<B: Backend> {
+    model: StableDiffusion<B>,
+    /// `[1, 77, cross_attention_dim]`: CLIP's output for the empty prompt.
+    empty_prompt: Tensor<B, 3>,
+    device: B::Device,
+    input_size: usize,
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Loads the three networks from `source` onto `device`.
+    pub(crate) fn load(source: &WeightsSource, device: B::Device) -> Result<Self, Error> {
+        let input_size = model_input_size(source)?;
+        let model = StableDiffusion::<B>::load(source, &device)
+            .map_err(|error| load_error(source.path(), error))?;
+        let empty_prompt = model.text_encoder.forward(empty_prompt_ids::<B>(&device));
+        ensure_finite(&empty_prompt, "the empty-prompt text embedding")
+            .map_err(|error| Error::Model(error.to_string()))?;
+        Ok(Self {
+            model,
+            empty_prompt,
+            device,
+            input_size,
+        })
+    }
+
+    pub(crate) fn input_size(&self) -> usize {
+        self.input_size
+    }
+
+    /// Method §1–3 for a batch: the VAE latent (posterior mean × scaling), one
+    /// UNet pass at t = 300 with the empty prompt, and per image the
+    /// self-attention averaged over heads and layers per resolution.
+    pub(crate) fn attention_maps(
+        &self,
+        inputs: &[ModelInput],
+    ) -> Result<Vec<AttentionMaps<B>>, Error> {
+        let batch = inputs.len();
+        let size = self.input_size;
+        let mut pixels = Vec::with_capacity(batch * 3 * size * size);
+        for input in inputs {
+            if input.size != size {
+                return Err(Error::InvalidInputSize(input.size));
+            }
+            pixels.extend_from_slice(&input.pixels);
+        }
+        let images = Tensor::<B, 4>::from_data(
+            TensorData::new(pixels, [batch, 3, size, size]).convert::<B::FloatElem>(),
+            &self.device,
+        );
+        let latent = self.model.vae.encode_latent(images);
+        let context = self.empty_prompt.clone().repeat_dim(0, batch);
+        let mut sink = BatchSink {
+            accumulators: (0..batch)
+                .map(|_| AttentionAccumulator::new(&self.device))
+                .collect(),
+            error: None,
+        };
+        self.model
+            .unet
+            .capture_attention(latent, TIMESTEP, context, &mut sink);
+        if let Some(error) = sink.error {
+            return Err(Error::Model(error.to_string()));
+        }
+        sink.accumulators
+            .into_iter()
+            .map(|accumulator| {
+                let maps = accumulator
+                    .finish()
+                    .map_err(|error| Error::Model(error.to_string()))?;
+                maps.check_distributions(ROW_SUM_TOLERANCE)
+                    .map_err(|error| Error::Model(error.to_string()))?;
+                Ok(maps)
+            })
+            .collect()
+    }
+
+    /// Segments a batch; each result covers its image at `Target`'s size.
+    pub(crate) fn segment(
+        &self,
+        inputs: &[ModelInput],
+        options: &MergeOptions,
+        target: Target,
+    ) -> Result<Vec<Segmentation>, Error> {
+        let maps = self.attention_maps(inputs)?;
+        maps.iter()
+            .zip(inputs)
+            .map(|(maps, input)| {
+                let proposals = merge_attention(maps, options)?;
+                match target {
+                    Target::ModelInput => Ok(label_map(
+                        proposals.maps,
+                        proposals.height,
+                        proposals.width,
+                        self.input_size,
+                        self.input_size,
+                    )?),
+                    Target::Image => {
+                        // Label the fitted square at the image's own scale, then
+                        // map it onto the image's pixels.
+                        let side = input.placement.side as usize;
+                        let square = label_map(
+                            proposals.maps,
+                            proposals.height,
+                            proposals.width,
+                            side,
+                            side,
+                        )?;
+                        Ok(square_to_image(&square, &input.placement)?)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The per-resolution self-attention of one image, copied off the device.
+    pub(crate) fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
+        let maps = self.attention_maps(std::slice::from_ref(input))?.remove(0);
+        let maps = maps
+            .iter()
+            .map(|map| {
+                let probs = map
+                    .probs
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|error| {
+                        Error::Model(format!("attention {}x{}: {error:?}", map.height, map.width))
+                    })?;
+                Ok(SelfAttentionMap {
+                    height: map.height,
+                    width: map.width,
+                    probs,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(SelfAttention { maps })
+    }
+}
+
+/// Which pixel grid a segmentation is returned on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The input image's own pixels.
+    Image,
+    /// The model's square input (e.g. 512×512): the evaluation protocol's grid.
+    ModelInput,
+}
+
+/// Maps a label map of the fitted square (at the image's scale: one square
+/// pixel per image pixel) onto the image: with padding the image is a window
+/// of the square; with a centre crop, pixels outside the square take the label
+/// of the nearest square pixel.
+fn square_to_image(
+    square: &Segmentation,
+    placement: &Placement,
+) -> Result<Segmentation, diffseg_core::Error> {
+    let side = square.width() as i64;
+    let (width, height) = (
+        placement.image_width as usize,
+        placement.image_height as usize,
+    );
+    let mut labels = Vec::with_capacity(width * height);
+    for y in 0..height as i64 {
+        let row = (y - placement.top).clamp(0, side - 1) as usize;
+        for x in 0..width as i64 {
+            let column = (x - placement.left).clamp(0, side - 1) as usize;
+            labels.push(square.label_at(column, row));
+        }
+    }
+    Segmentation::from_labels(labels, width, height)
+}
+
+/// Feeds each image's slice of the batch into its own running mean.
+struct BatchSink<B: Backend> {
+    accumulators: Vec<AttentionAccumulator<B>>,
+    /// The first error (the sink interface cannot return one).
+    error: Option<diffseg_core::Error>,
+}
+
+impl<B: Backend> AttentionSink<B> for BatchSink<B> {
+    fn self_attention(
+        &mut self,
+        layer: &AttentionLayer,
+        _head: Option<usize>,
+        probs: Tensor<B, 3>,
+    ) {
+        if self.error.is_some() {
+            return;
+        }
+        let [_, queries, keys] = probs.dims();
+        for (index, accumulator) in self.accumulators.iter_mut().enumerate() {
+            let image = probs
+                .clone()
+                .slice([index..index + 1, 0..queries, 0..keys])
+                .reshape([queries, keys]);
+            if let Err(error) = accumulator.add_mean(image, layer.height, layer.width) {
+                self.error = Some(error);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::Fit;
+
+    #[test]
+    fn padding_maps_back_to_the_image_window() {
+        // A 4×4 square whose rows are labels 0..4; the image is 4 wide, 2 high,
+        // padded by one row above and below.
+        let labels: Vec<u32> = (0..16).map(|i| i / 4).collect();
+        let square = Segmentation::from_labels(labels, 4, 4).unwrap();
+        let placement = Placement::new(4, 2, Fit::Pad);
+        let image = square_to_image(&square, &placement).unwrap();
+        assert_eq!((image.width(), image.height()), (4, 2));
+        // Rows 1 and 2 of the square, renumbered to 0 and 1.
+        assert_eq!(image.labels(), &[0, 0, 0, 0, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn centre_crop_extends_the_border_labels() {
+        // A 2×2 square (columns labelled 0, 1) cropped from a 4×2 image.
+        let square = Segmentation::from_labels(vec![0, 1, 0, 1], 2, 2).unwrap();
+        let placement = Placement::new(4, 2, Fit::CenterCrop);
+        let image = square_to_image(&square, &placement).unwrap();
+        assert_eq!(image.labels(), &[0, 0, 1, 1, 0, 0, 1, 1]);
+    }
+}
