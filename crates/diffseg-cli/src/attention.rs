@@ -1,10 +1,47 @@
-//! `diffseg attention` (being written: placeholder until its issue lands).
+//! `diffseg attention IMAGE --out attn.safetensors`: the image's self-attention
+//! averaged over heads and layers per resolution (`self_attn.64` … `self_attn.8`,
+//! f32 `[r*r, r*r]`), the input of `diffseg merge`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`diffseg attention` is not implemented yet")
+use crate::options::{MergeArgs, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// Output safetensors file.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let image = diffseg::open_image(&args.image)?;
+    // Merging options do not affect the attention: the defaults only satisfy the builder.
+    let segmenter = args
+        .model
+        .builder(&MergeArgs::paper())
+        .build()
+        .context("cannot load the model")?;
+    let attention = segmenter.attention(&image)?;
+    attention.save_safetensors(&args.out)?;
+    let shapes: Vec<String> = attention
+        .maps
+        .iter()
+        .map(|map| {
+            format!(
+                "{} [{cells}, {cells}]",
+                map.tensor_name(),
+                cells = map.height * map.width
+            )
+        })
+        .collect();
+    eprintln!("wrote {}: {}", args.out.display(), shapes.join(", "));
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,64 @@
-//! `diffseg info` (being written: placeholder until its issue lands).
+//! `diffseg info`: the compiled-in backends, the devices found and where the
+//! weights would come from.
 
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use burn::tensor::backend::Backend;
+use diffseg::weights::{cache_dir, locate_weights, DEFAULT_MODEL, PAPER_MODEL, WEIGHTS_ENV};
+use diffseg::{BackendKind, BackendTask};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`diffseg info` is not implemented yet")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Do not start the backends' devices (WGPU and CUDA initialise their driver).
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+/// Starts the backend by making a small tensor on its device.
+struct Probe;
+
+impl BackendTask for Probe {
+    type Output = String;
+
+    fn run<B: Backend>(self, device: B::Device) -> String {
+        // One tiny computation proves the device works.
+        burn::tensor::Tensor::<B, 1>::ones([4], &device)
+            .sum()
+            .into_data();
+        format!("{} on {device:?}", B::name(&device))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    println!("diffseg {}", env!("CARGO_PKG_VERSION"));
+    println!("backends compiled in:");
+    for kind in BackendKind::compiled_in() {
+        if !args.no_probe {
+            // A missing driver panics deep inside the backend: report it as unavailable.
+            let probed = std::panic::catch_unwind(|| kind.run(Probe));
+            match probed {
+                Ok(Ok(device)) => println!("  {kind}: {device}"),
+                Ok(Err(error)) => println!("  {kind}: {error}"),
+                Err(_) => println!("  {kind}: no usable device"),
+            }
+        } else {
+            println!("  {kind}");
+        }
+    }
+    println!("weights:");
+    match std::env::var_os(WEIGHTS_ENV) {
+        Some(value) => println!("  {WEIGHTS_ENV} = {}", value.to_string_lossy()),
+        None => println!("  {WEIGHTS_ENV} not set"),
+    }
+    println!("  Hugging Face cache: {}", cache_dir().display());
+    for model in [DEFAULT_MODEL, PAPER_MODEL] {
+        match locate_weights(None, model) {
+            Ok(Some(found)) => println!("  {model}: {} ({})", found.path.display(), found.origin),
+            Ok(None) => {
+                println!("  {model}: not found (`diffseg fetch --model {model}` downloads it)")
+            }
+            Err(error) => println!("  {model}: {error}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

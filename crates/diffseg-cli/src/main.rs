@@ -5,6 +5,7 @@ mod eval;
 mod fetch;
 mod info;
 mod merge;
+mod options;
 mod segment;
 
 use std::process::ExitCode;

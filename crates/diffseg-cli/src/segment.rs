@@ -1,10 +1,307 @@
-//! `diffseg segment` (being written: placeholder until its issue lands).
+//! `diffseg segment PATH... --out DIR`: segment image files and folders.
+//!
+//! For each image, in DIR (mirroring the sub-folders of a folder argument):
+//! `<stem>.png` (label map), `<stem>.overlay.png` (segments tinted over the
+//! image) and `<stem>.json` (size, segments with area, box and COCO RLE mask).
+//! Each file is written atomically; an image whose three files exist is skipped
+//! unless `--overwrite`, so an interrupted run resumes where it stopped. A bad
+//! image is reported and skipped; the exit status is non-zero if any failed.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
+use diffseg::output::{describe_labels, write_atomically, write_json_atomically};
+use diffseg::{open_image, Segmentation};
+use image::DynamicImage;
+use indicatif::{ProgressBar, ProgressStyle};
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`diffseg segment` is not implemented yet")
+use crate::options::{MergeArgs, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Image files and folders (searched recursively for .png, .jpg, .jpeg,
+    /// .tif, .tiff, .webp, .bmp).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long, short, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Redo images whose results already exist.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Images per model pass.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub merge: MergeArgs,
+}
+
+/// File extensions taken from folders (files named explicitly are always tried).
+const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp"];
+
+/// One image to segment and where its results go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The image file.
+    pub input: PathBuf,
+    /// Output path without extension: `<out>/<sub-folders>/<stem>`.
+    pub output_base: PathBuf,
+}
+
+impl Job {
+    /// The three result files: label PNG, overlay PNG, JSON.
+    pub fn outputs(&self) -> [PathBuf; 3] {
+        let base = self.output_base.as_os_str().to_owned();
+        let with = |suffix: &str| {
+            let mut path = base.clone();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        [with(".png"), with(".overlay.png"), with(".json")]
+    }
+
+    fn done(&self) -> bool {
+        self.outputs().iter().all(|path| path.is_file())
+    }
+}
+
+/// Expands the arguments into jobs: folders recursively (sorted, image
+/// extensions only), files as given. Paths that do not exist are returned
+/// separately. Two inputs that would share a result name keep their extension
+/// in it (`photo.jpg.png`) so neither overwrites the other.
+pub fn collect_jobs(paths: &[PathBuf], out: &Path) -> (Vec<Job>, Vec<PathBuf>) {
+    let mut found: Vec<(PathBuf, PathBuf)> = Vec::new(); // (input, relative folder)
+    let mut missing = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut files = Vec::new();
+            walk(path, &mut files);
+            files.sort();
+            for file in files {
+                let relative = file
+                    .parent()
+                    .and_then(|parent| parent.strip_prefix(path).ok())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                found.push((file, relative));
+            }
+        } else if path.exists() {
+            found.push((path.clone(), PathBuf::new()));
+        } else {
+            missing.push(path.clone());
+        }
+    }
+    found.dedup_by(|a, b| a.0 == b.0);
+    let stem_of = |input: &Path| input.file_stem().unwrap_or(input.as_os_str()).to_owned();
+    let mut uses: HashMap<PathBuf, usize> = HashMap::new();
+    for (input, relative) in &found {
+        *uses.entry(relative.join(stem_of(input))).or_default() += 1;
+    }
+    let jobs = found
+        .into_iter()
+        .map(|(input, relative)| {
+            let key = relative.join(stem_of(&input));
+            let name = if uses[&key] > 1 {
+                input.file_name().unwrap_or(input.as_os_str()).to_owned()
+            } else {
+                stem_of(&input)
+            };
+            Job {
+                output_base: out.join(relative).join(name),
+                input,
+            }
+        })
+        .collect();
+    (jobs, missing)
+}
+
+fn walk(folder: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, files);
+        } else if path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .is_some_and(|extension| {
+                IMAGE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str())
+            })
+        {
+            files.push(path);
+        }
+    }
+}
+
+/// Writes a job's three results, each atomically; if one fails, the ones
+/// already written are removed so the image is redone on the next run.
+pub fn write_results(
+    job: &Job,
+    image: &DynamicImage,
+    segmentation: &Segmentation,
+) -> Result<(), diffseg::Error> {
+    let [labels, overlay, json] = job.outputs();
+    let core_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error: diffseg_core::Error| diffseg::Error::Write {
+            path: path.clone(),
+            reason: error.to_string(),
+        }
+    };
+    let result = write_atomically(&labels, |temporary| {
+        segmentation
+            .save_label_png(temporary)
+            .map_err(core_error(&labels))
+    })
+    .and_then(|()| {
+        write_atomically(&overlay, |temporary| {
+            segmentation
+                .save_overlay(image, temporary)
+                .map_err(core_error(&overlay))
+        })
+    })
+    .and_then(|()| {
+        let description = describe_labels(
+            segmentation.labels(),
+            segmentation.width() as u32,
+            segmentation.height() as u32,
+            job.input
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned()),
+        );
+        write_json_atomically(&json, &description)
+    });
+    if result.is_err() {
+        for path in [&labels, &overlay, &json] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (jobs, missing) = collect_jobs(&args.paths, &args.out);
+    let mut failed = 0usize;
+    for path in &missing {
+        eprintln!("error: {}: no such file or folder", path.display());
+        failed += 1;
+    }
+    let total = jobs.len();
+    let (todo, done): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|job| args.overwrite || !job.done());
+    if !done.is_empty() {
+        eprintln!(
+            "{} of {total} images already segmented in {} (skipped; --overwrite redoes them)",
+            done.len(),
+            args.out.display()
+        );
+    }
+    let mut segmented = 0usize;
+    if !todo.is_empty() {
+        let segmenter = args
+            .model
+            .builder(&args.merge)
+            .build()
+            .context("cannot load the model")?;
+        let progress = ProgressBar::new(todo.len() as u64).with_style(
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} images, {elapsed} elapsed, ~{eta} left {msg}",
+            )
+            .expect("valid template"),
+        );
+        for chunk in todo.chunks(args.batch_size as usize) {
+            let mut batch: Vec<(&Job, DynamicImage)> = Vec::with_capacity(chunk.len());
+            for job in chunk {
+                match open_image(&job.input) {
+                    Ok(image) => batch.push((job, image)),
+                    Err(error) => {
+                        progress.suspend(|| eprintln!("skipped: {error}"));
+                        failed += 1;
+                        progress.inc(1);
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let images: Vec<DynamicImage> = batch.iter().map(|(_, image)| image.clone()).collect();
+            match segmenter.segment_batch(&images) {
+                Ok(segmentations) => {
+                    for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
+                        match write_results(job, image, segmentation) {
+                            Ok(()) => segmented += 1,
+                            Err(error) => {
+                                progress.suspend(|| {
+                                    eprintln!("failed: {}: {error}", job.input.display())
+                                });
+                                failed += 1;
+                            }
+                        }
+                        progress.inc(1);
+                    }
+                }
+                Err(error) => {
+                    for (job, _) in &batch {
+                        progress.suspend(|| eprintln!("failed: {}: {error}", job.input.display()));
+                        failed += 1;
+                        progress.inc(1);
+                    }
+                }
+            }
+        }
+        progress.finish_and_clear();
+    }
+    eprintln!(
+        "{segmented} segmented, {} skipped (already done), {failed} failed; results in {}",
+        done.len(),
+        args.out.display()
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_walked_and_names_kept_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let images = root.path().join("images");
+        std::fs::create_dir_all(images.join("sub")).unwrap();
+        for name in ["a.png", "a.jpg", "b.JPG", "notes.txt", "sub/c.webp"] {
+            std::fs::write(images.join(name), b"").unwrap();
+        }
+        let out = root.path().join("out");
+        let (jobs, missing) = collect_jobs(&[images.clone(), root.path().join("nope.png")], &out);
+        assert_eq!(missing, vec![root.path().join("nope.png")]);
+        let bases: Vec<PathBuf> = jobs.iter().map(|job| job.output_base.clone()).collect();
+        assert_eq!(
+            bases,
+            vec![
+                out.join("a.jpg"),
+                out.join("a.png"),
+                out.join("b"),
+                out.join("sub/c")
+            ]
+        );
+        assert_eq!(
+            jobs[2].outputs(),
+            [
+                out.join("b.png"),
+                out.join("b.overlay.png"),
+                out.join("b.json")
+            ]
+        );
+    }
 }

@@ -1,0 +1,90 @@
+//! Command-line options shared by every command that runs the model or merges
+//! attention.
+
+use std::path::PathBuf;
+
+use diffseg::weights::DEFAULT_MODEL;
+use diffseg::{BackendKind, Fit, MergeOptions, Precision, SegmenterBuilder};
+
+/// Where the model runs and which weights it loads.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Compute backend: cpu, wgpu, cuda or cuda:N (each needs its Cargo feature).
+    #[arg(long, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Weights: a diffusers folder or a single-file .safetensors checkpoint
+    /// (default: $DIFFSEG_WEIGHTS, then the Hugging Face cache, then a download).
+    #[arg(long, value_name = "PATH")]
+    pub weights: Option<PathBuf>,
+    /// Hugging Face model id to look up in the cache or download.
+    #[arg(long, default_value = DEFAULT_MODEL, value_name = "ID")]
+    pub model: String,
+    /// Compute precision: f32, or f16 on GPU backends.
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// How a non-square image is fitted to the model's square input:
+    /// pad (every pixel gets a segment) or center-crop (the paper's protocol).
+    #[arg(long, default_value = "pad")]
+    pub fit: Fit,
+    /// Never download weights; fail with a list of the files needed instead.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// The merging options of method §5 (the paper's values by default).
+#[derive(clap::Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// KL threshold τ: one value for every iteration, or one per iteration,
+    /// comma-separated (1.1 for COCO-Stuff-27, 0.9 for Cityscapes).
+    #[arg(long, value_delimiter = ',', default_value = "1.1")]
+    pub tau: Vec<f32>,
+    /// Anchors per side of the anchor grid (M).
+    #[arg(long, default_value_t = 16)]
+    pub anchors: usize,
+    /// Merging iterations (N).
+    #[arg(long, default_value_t = 3)]
+    pub iterations: usize,
+    /// Refine the proposals with one k-means run (off in the paper's benchmarks).
+    #[arg(long)]
+    pub refine: bool,
+}
+
+impl MergeArgs {
+    /// The paper's options (τ 1.1, 16 anchors, 3 iterations, no refinement).
+    pub fn paper() -> Self {
+        let options = MergeOptions::default();
+        Self {
+            tau: options.tau,
+            anchors: options.anchors,
+            iterations: options.iterations,
+            refine: options.refine,
+        }
+    }
+
+    /// The options these arguments describe.
+    pub fn to_options(&self) -> MergeOptions {
+        MergeOptions {
+            tau: self.tau.clone(),
+            anchors: self.anchors,
+            iterations: self.iterations,
+            refine: self.refine,
+        }
+    }
+}
+
+impl ModelArgs {
+    /// A segmenter builder with these options (and the merge options given).
+    pub fn builder(&self, merge: &MergeArgs) -> SegmenterBuilder {
+        let mut builder = diffseg::Segmenter::builder()
+            .backend(self.backend)
+            .model(&self.model)
+            .precision(self.precision)
+            .fit(self.fit)
+            .allow_download(!self.offline)
+            .merge_options(merge.to_options());
+        if let Some(weights) = &self.weights {
+            builder = builder.weights(weights);
+        }
+        builder
+    }
+}
