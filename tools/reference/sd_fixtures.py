@@ -312,6 +312,18 @@ only the self-attention maps with <= 64 queries are stored (size), the 16x16 lay
 | --- | --- | --- |
 {describe(io)}
 
+## diffusers details a port must match (all exercised by these fixtures)
+
+- `attention_head_dim` in SD 1.x UNet configs is the number of heads (2 here, 8 in SD 1.5); head dim = channels / heads.
+- Epsilons: UNet resnets and `conv_norm_out` GroupNorm eps = `norm_eps` 1e-5, but the Transformer2DModel `norm`
+  GroupNorm uses eps 1e-6; transformer-block LayerNorms 1e-5; every VAE GroupNorm 1e-6; CLIP LayerNorms 1e-5.
+- UNet downsamplers: 3x3 conv stride 2 padding 1. VAE downsamplers: padding 0 after an asymmetric pad of
+  (0 left, 1 right, 0 top, 1 bottom).
+- VAE mid attention: one head of all channels (scale 1/sqrt(channels)), GroupNorm before, softmax in f32,
+  residual added; LDM stores its q/k/v/proj_out as 1x1 convs.
+- Timestep embedding: `flip_sin_to_cos` true ([cos, sin]), `freq_shift` 0, half = block_out_channels[0] / 2.
+- CLIP: causal mask, quick_gelu (x * sigmoid(1.702 x)), final layer norm; positions 0..76.
+
 ## Captured layers in execution order (NN)
 
 | NN | UNet module (attn1 = self, attn2 = cross) |
