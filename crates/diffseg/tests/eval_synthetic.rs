@@ -10,9 +10,9 @@ mod eval_support;
 use std::path::Path;
 
 use diffseg::eval::{
-    check_labels, load_ground_truth, match_segments, max_weight_assignment, nearest_source_index,
-    score_predictions, score_sample, Confusion, Dataset, EvalError, EvalReport, Scores, EVAL_SIDE,
-    NUM_CLASSES,
+    check_images, check_labels, load_ground_truth, match_segments, max_weight_assignment,
+    nearest_source_index, score_predictions, score_sample, Confusion, Dataset, EvalError,
+    EvalReport, Scores, EVAL_SIDE, NUM_CLASSES,
 };
 use eval_support::{images, load_fixture, numbers, prediction, write_labels, write_predictions};
 use serde_json::Value;
@@ -360,5 +360,54 @@ fn image_size_predictions_are_cropped_and_resized_like_the_labels() {
     assert!(
         message.contains("is 30×18, expected 512×512") && message.contains("or 18×30"),
         "{message}"
+    );
+}
+
+#[test]
+fn images_must_exist_and_match_their_labels() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    write_labels(&inputs, "cityscapes", root.path(), false);
+    let samples = samples("cityscapes", root.path(), 3);
+    // No images yet: the first one is named.
+    let error = check_images(&samples).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("frankfurt_000000_000294_leftImg8bit.png"),
+        "{error}"
+    );
+    for (sample, image) in samples.iter().zip(images(&inputs, "cityscapes")) {
+        let width = image["width"].as_u64().unwrap() as u32;
+        let height = image["height"].as_u64().unwrap() as u32;
+        // The last image is one pixel too wide.
+        let width = if sample.id.starts_with("lindau") {
+            width + 1
+        } else {
+            width
+        };
+        std::fs::create_dir_all(sample.image.parent().unwrap()).unwrap();
+        image::RgbImage::new(width, height)
+            .save(&sample.image)
+            .unwrap();
+    }
+    check_images(&samples[..2]).unwrap();
+    let error = check_images(&samples).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            EvalError::SizeMismatch {
+                image_width: 19,
+                label_width: 18,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("lindau_000001_000019_gtFine_labelIds.png are 18×30"),
+        "{error}"
     );
 }

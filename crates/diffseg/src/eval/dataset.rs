@@ -333,6 +333,30 @@ pub fn check_labels(samples: &[Sample]) -> Result<(), EvalError> {
     }
 }
 
+/// Fails unless every sample's image file exists and has its label map's size
+/// (reading only the files' headers): a mismatched pair would be cropped
+/// differently. [`EvalError::SizeMismatch`] names both files.
+pub fn check_images(samples: &[Sample]) -> Result<(), EvalError> {
+    for sample in samples {
+        let size_of = |path: &Path| {
+            image::image_dimensions(path).map_err(|source| EvalError::image(path, source))
+        };
+        let (image_width, image_height) = size_of(&sample.image)?;
+        let (label_width, label_height) = size_of(&sample.label)?;
+        if (image_width, image_height) != (label_width, label_height) {
+            return Err(EvalError::SizeMismatch {
+                image: sample.image.clone(),
+                image_width,
+                image_height,
+                label: sample.label.clone(),
+                label_width,
+                label_height,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// COCO-Stuff samples for `ids`, labels in the official or the authors' layout.
 fn coco_samples(root: &Path, ids: &[&str]) -> Result<Vec<Sample>, EvalError> {
     require_folder(root.to_path_buf(), "the COCO-Stuff root folder")?;

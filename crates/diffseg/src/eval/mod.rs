@@ -22,7 +22,7 @@ mod report;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{
-    check_labels, Dataset, LabelMap, Sample, UnknownDataset, CITYSCAPES_CLASS_NAMES,
+    check_images, check_labels, Dataset, LabelMap, Sample, UnknownDataset, CITYSCAPES_CLASS_NAMES,
     COCOSTUFF27_CLASS_NAMES, COCOSTUFF27_FINE_TO_COARSE, COCOSTUFF27_VAL_CURATED, IGNORED,
     NUM_CLASSES,
 };
