@@ -190,7 +190,7 @@ fn refine_finds_clusters<B: Backend>(device: &B::Device) {
         height: 2,
         width: 2,
     };
-    // Both centres start nearer the first cluster; the second must move to the other one.
+    // The second centre starts between the clusters and must move onto the second one.
     let initial = Proposals {
         maps: tensor2::<B>(vec![0.8, 0.1, 0.1, 0.0, 0.1, 0.1, 0.4, 0.4], [2, 4], device),
         height: 2,
