@@ -1,1 +1,80 @@
-//! diffseg-sd (being written).
+//! Stable Diffusion 1.x in Burn: the three networks DiffSeg needs (VAE
+//! encoder, CLIP text encoder, UNet) with their attention maps exposed through
+//! [`capture::AttentionSink`].
+//!
+//! Module field names mirror diffusers/transformers keys so that weights load
+//! by path; the few exceptions are listed in [`keys`].
+
+pub mod attention;
+pub mod capture;
+pub mod check;
+pub mod clip;
+pub mod config;
+pub mod down_block;
+pub mod embeddings;
+pub mod keys;
+pub mod mid_block;
+pub mod resnet;
+pub mod sampling;
+pub mod transformer;
+pub mod unet;
+pub mod up_block;
+pub mod vae;
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+
+pub use capture::{AttentionLayer, AttentionSink, HeadReduction};
+pub use check::{ensure_finite, NonFiniteError};
+pub use clip::{empty_prompt_ids, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
+pub use config::ConfigError;
+pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
+pub use vae::{AutoencoderKL, AutoencoderKLConfig};
+
+/// The architectures of the three networks of an SD pipeline.
+#[derive(Debug, Clone)]
+pub struct StableDiffusionConfig {
+    pub vae: AutoencoderKLConfig,
+    pub text_encoder: ClipTextConfig,
+    pub unet: UNet2DConditionModelConfig,
+}
+
+impl StableDiffusionConfig {
+    /// SD 1.5 (and 1.4, which shares the architecture).
+    pub fn sd_v1_5() -> Self {
+        Self {
+            vae: AutoencoderKLConfig::sd_v1_5(),
+            text_encoder: ClipTextConfig::sd_v1_5(),
+            unet: UNet2DConditionModelConfig::sd_v1_5(),
+        }
+    }
+
+    /// Reads `vae/config.json`, `text_encoder/config.json` and
+    /// `unet/config.json` of a diffusers pipeline folder.
+    pub fn from_diffusers_dir(dir: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let dir = dir.as_ref();
+        Ok(Self {
+            vae: AutoencoderKLConfig::from_json_file(dir.join("vae/config.json"))?,
+            text_encoder: ClipTextConfig::from_json_file(dir.join("text_encoder/config.json"))?,
+            unet: UNet2DConditionModelConfig::from_json_file(dir.join("unet/config.json"))?,
+        })
+    }
+
+    /// Builds the three networks with random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> StableDiffusion<B> {
+        StableDiffusion {
+            vae: self.vae.init(device),
+            text_encoder: self.text_encoder.init(device),
+            unet: self.unet.init(device),
+        }
+    }
+}
+
+/// The three networks of an SD 1.x pipeline that DiffSeg runs.
+#[derive(Debug)]
+pub struct StableDiffusion<B: Backend> {
+    pub vae: AutoencoderKL<B>,
+    pub text_encoder: ClipTextModel<B>,
+    pub unet: UNet2DConditionModel<B>,
+}

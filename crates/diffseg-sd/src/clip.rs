@@ -1,0 +1,276 @@
+//! The CLIP text transformer (transformers `CLIPTextModel`) that turns token
+//! ids into SD's text context.
+
+use std::path::Path;
+
+use burn::{
+    config::Config,
+    module::Module,
+    nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    tensor::{
+        activation::{gelu, sigmoid, softmax},
+        backend::Backend,
+        Bool, Int, Tensor, TensorData,
+    },
+};
+use serde::Deserialize;
+
+use crate::config::{read_json, ConfigError};
+
+/// CLIP's start-of-text token.
+pub const BOS_TOKEN_ID: i64 = 49406;
+/// CLIP's end-of-text token, which SD 1.x's tokenizer also pads with.
+pub const EOS_TOKEN_ID: i64 = 49407;
+/// Context length of SD's text encoder.
+pub const MAX_TOKENS: usize = 77;
+
+/// Token ids of the empty prompt as SD 1.x's tokenizer produces them:
+/// BOS, then EOS repeated as padding to 77 tokens (method section 2).
+pub const EMPTY_PROMPT_IDS: [i64; MAX_TOKENS] = {
+    let mut ids = [EOS_TOKEN_ID; MAX_TOKENS];
+    ids[0] = BOS_TOKEN_ID;
+    ids
+};
+
+/// [`EMPTY_PROMPT_IDS`] as a `[1, 77]` tensor, ready for [`ClipTextModel::forward`].
+pub fn empty_prompt_ids<B: Backend>(device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(EMPTY_PROMPT_IDS.to_vec(), [1, MAX_TOKENS]), device)
+}
+
+/// The feed-forward activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub enum ClipActivation {
+    /// `x · sigmoid(1.702 x)` (SD 1.x, OpenAI CLIP).
+    QuickGelu,
+    /// Exact erf GELU (SD 2.x, OpenCLIP).
+    Gelu,
+}
+
+/// Architecture of the text encoder, read from transformers' `text_encoder/config.json`.
+#[derive(Config, Debug)]
+pub struct ClipTextConfig {
+    #[config(default = 49408)]
+    pub vocab_size: usize,
+    #[config(default = 768)]
+    pub hidden_size: usize,
+    #[config(default = 3072)]
+    pub intermediate_size: usize,
+    #[config(default = 12)]
+    pub num_hidden_layers: usize,
+    #[config(default = 12)]
+    pub num_attention_heads: usize,
+    #[config(default = 77)]
+    pub max_position_embeddings: usize,
+    #[config(default = "ClipActivation::QuickGelu")]
+    pub hidden_act: ClipActivation,
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+}
+
+#[derive(Deserialize)]
+struct TransformersClipTextConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    max_position_embeddings: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+}
+
+impl ClipTextConfig {
+    /// SD 1.x's text encoder, OpenAI CLIP ViT-L/14
+    /// (`runwayml/stable-diffusion-v1-5/text_encoder/config.json`).
+    pub fn sd_v1_5() -> Self {
+        Self::new()
+    }
+
+    /// Reads a transformers `CLIPTextConfig` JSON file (unknown fields are ignored).
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let raw: TransformersClipTextConfig = read_json(path)?;
+        let hidden_act = match raw.hidden_act.as_str() {
+            "quick_gelu" => ClipActivation::QuickGelu,
+            "gelu" => ClipActivation::Gelu,
+            other => {
+                return Err(ConfigError::Unsupported {
+                    path: path.to_path_buf(),
+                    reason: format!("hidden_act = {other}"),
+                })
+            }
+        };
+        Ok(Self::new()
+            .with_vocab_size(raw.vocab_size)
+            .with_hidden_size(raw.hidden_size)
+            .with_intermediate_size(raw.intermediate_size)
+            .with_num_hidden_layers(raw.num_hidden_layers)
+            .with_num_attention_heads(raw.num_attention_heads)
+            .with_max_position_embeddings(raw.max_position_embeddings)
+            .with_hidden_act(hidden_act)
+            .with_layer_norm_eps(raw.layer_norm_eps))
+    }
+
+    /// Builds the model with random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipTextModel<B> {
+        let width = self.hidden_size;
+        let norm = || {
+            LayerNormConfig::new(width)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let layer = || ClipEncoderLayer {
+            self_attn: ClipAttention {
+                q_proj: linear(width, width),
+                k_proj: linear(width, width),
+                v_proj: linear(width, width),
+                out_proj: linear(width, width),
+                heads: self.num_attention_heads,
+            },
+            layer_norm1: norm(),
+            mlp: ClipMlp {
+                fc1: linear(width, self.intermediate_size),
+                fc2: linear(self.intermediate_size, width),
+                quick_gelu: self.hidden_act == ClipActivation::QuickGelu,
+            },
+            layer_norm2: norm(),
+        };
+        ClipTextModel {
+            text_model: ClipTextTransformer {
+                embeddings: ClipTextEmbeddings {
+                    token_embedding: EmbeddingConfig::new(self.vocab_size, width).init(device),
+                    position_embedding: EmbeddingConfig::new(self.max_position_embeddings, width)
+                        .init(device),
+                },
+                encoder: ClipEncoder {
+                    layers: (0..self.num_hidden_layers).map(|_| layer()).collect(),
+                },
+                final_layer_norm: norm(),
+            },
+        }
+    }
+}
+
+/// transformers `CLIPTextModel`; its only child mirrors the `text_model.` key prefix.
+#[derive(Module, Debug)]
+pub struct ClipTextModel<B: Backend> {
+    pub text_model: ClipTextTransformer<B>,
+}
+
+/// transformers `CLIPTextTransformer`.
+#[derive(Module, Debug)]
+pub struct ClipTextTransformer<B: Backend> {
+    pub embeddings: ClipTextEmbeddings<B>,
+    pub encoder: ClipEncoder<B>,
+    pub final_layer_norm: LayerNorm<B>,
+}
+
+/// Token plus learned absolute position embeddings.
+#[derive(Module, Debug)]
+pub struct ClipTextEmbeddings<B: Backend> {
+    pub token_embedding: Embedding<B>,
+    pub position_embedding: Embedding<B>,
+}
+
+/// The stack of pre-LayerNorm encoder layers.
+#[derive(Module, Debug)]
+pub struct ClipEncoder<B: Backend> {
+    pub layers: Vec<ClipEncoderLayer<B>>,
+}
+
+/// One pre-LayerNorm transformer layer with causal self-attention.
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer<B: Backend> {
+    pub self_attn: ClipAttention<B>,
+    pub layer_norm1: LayerNorm<B>,
+    pub mlp: ClipMlp<B>,
+    pub layer_norm2: LayerNorm<B>,
+}
+
+/// Multi-head self-attention with biases on every projection.
+#[derive(Module, Debug)]
+pub struct ClipAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub heads: usize,
+}
+
+/// `fc2(act(fc1(x)))`.
+#[derive(Module, Debug)]
+pub struct ClipMlp<B: Backend> {
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+    /// quick-GELU (SD 1.x) rather than exact GELU.
+    pub quick_gelu: bool,
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// The last hidden state after the final layer norm: SD's text context.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, tokens]` (tokens ≤ `max_position_embeddings`)
+    /// - output: `[batch, tokens, hidden_size]`
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let model = &self.text_model;
+        let [batch, tokens] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..tokens as i64, &device)
+            .reshape([1, tokens])
+            .expand([batch, tokens]);
+        let mut hidden = model.embeddings.token_embedding.forward(input_ids)
+            + model.embeddings.position_embedding.forward(positions);
+        // `true` above the diagonal: a token attends to itself and earlier tokens only.
+        let causal_mask = Tensor::<B, 2, Bool>::tril_mask([tokens, tokens], 0, &device);
+        for layer in &model.encoder.layers {
+            hidden = layer.forward(hidden, causal_mask.clone());
+        }
+        model.final_layer_norm.forward(hidden)
+    }
+}
+
+impl<B: Backend> ClipEncoderLayer<B> {
+    fn forward(&self, hidden: Tensor<B, 3>, causal_mask: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let hidden = self
+            .self_attn
+            .forward(self.layer_norm1.forward(hidden.clone()), causal_mask)
+            + hidden;
+        self.mlp.forward(self.layer_norm2.forward(hidden.clone())) + hidden
+    }
+}
+
+impl<B: Backend> ClipAttention<B> {
+    /// # Shapes
+    /// - `hidden`, output: `[batch, tokens, width]`; `causal_mask`: `[tokens, tokens]`
+    fn forward(&self, hidden: Tensor<B, 3>, causal_mask: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let [batch, tokens, width] = hidden.dims();
+        let head_dim = width / self.heads;
+        let split = |x: Tensor<B, 3>| {
+            x.reshape([batch, tokens, self.heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let query = split(self.q_proj.forward(hidden.clone())).mul_scalar((head_dim as f64).powf(-0.5));
+        let key = split(self.k_proj.forward(hidden.clone()));
+        let value = split(self.v_proj.forward(hidden));
+        let scores = query
+            .matmul(key.swap_dims(2, 3))
+            .mask_fill(causal_mask.reshape([1, 1, tokens, tokens]), f32::NEG_INFINITY);
+        let attended = softmax(scores, 3).matmul(value);
+        self.out_proj
+            .forward(attended.swap_dims(1, 2).reshape([batch, tokens, width]))
+    }
+}
+
+impl<B: Backend> ClipMlp<B> {
+    fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let hidden = self.fc1.forward(hidden);
+        let hidden = if self.quick_gelu {
+            hidden.clone() * sigmoid(hidden.mul_scalar(1.702))
+        } else {
+            gelu(hidden)
+        };
+        self.fc2.forward(hidden)
+    }
+}

@@ -1,0 +1,52 @@
+//! Reading the `config.json` files that ship with each diffusers/transformers model.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize};
+
+/// A model configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read model config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid model config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("unsupported model config {path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+}
+
+/// Reads and deserialises a JSON config file; unknown fields are ignored.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A diffusers option given either once for all blocks or per block.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrPerBlock {
+    One(usize),
+    PerBlock(Vec<usize>),
+}
+
+impl OneOrPerBlock {
+    /// The per-block list for `blocks` blocks.
+    pub(crate) fn per_block(&self, blocks: usize) -> Vec<usize> {
+        match self {
+            OneOrPerBlock::One(value) => vec![*value; blocks],
+            OneOrPerBlock::PerBlock(values) => values.clone(),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! diffusers `ResnetBlock2D`, shared by the UNet (with a time embedding) and
+//! the VAE encoder (without).
+
+use burn::{
+    config::Config,
+    module::Module,
+    nn::{
+        conv::{Conv2d, Conv2dConfig},
+        GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
+    },
+    tensor::{activation::silu, backend::Backend, Tensor},
+};
+
+/// Configuration of [`ResnetBlock2D`].
+#[derive(Config, Debug)]
+pub struct ResnetBlock2DConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Width of the time embedding; `None` in the VAE (no `time_emb_proj`).
+    pub temb_channels: Option<usize>,
+    #[config(default = 32)]
+    pub groups: usize,
+    /// GroupNorm epsilon: `norm_eps` (1e-5) in the UNet, 1e-6 in the VAE.
+    #[config(default = 1e-5)]
+    pub eps: f64,
+    /// The output is divided by this (`mid_block_scale_factor`, 1 in SD).
+    #[config(default = 1.0)]
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2DConfig {
+    /// Builds the module with random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ResnetBlock2D<B> {
+        let norm = |channels| {
+            GroupNormConfig::new(self.groups, channels)
+                .with_epsilon(self.eps)
+                .init(device)
+        };
+        let conv3 = |c_in, c_out| {
+            Conv2dConfig::new([c_in, c_out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1))
+                .init(device)
+        };
+        ResnetBlock2D {
+            norm1: norm(self.in_channels),
+            conv1: conv3(self.in_channels, self.out_channels),
+            time_emb_proj: self
+                .temb_channels
+                .map(|t| LinearConfig::new(t, self.out_channels).init(device)),
+            norm2: norm(self.out_channels),
+            conv2: conv3(self.out_channels, self.out_channels),
+            conv_shortcut: (self.in_channels != self.out_channels).then(|| {
+                Conv2dConfig::new([self.in_channels, self.out_channels], [1, 1]).init(device)
+            }),
+            output_scale_factor: self.output_scale_factor,
+        }
+    }
+}
+
+/// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, swish).
+#[derive(Module, Debug)]
+pub struct ResnetBlock2D<B: Backend> {
+    pub norm1: GroupNorm<B>,
+    pub conv1: Conv2d<B>,
+    pub time_emb_proj: Option<Linear<B>>,
+    pub norm2: GroupNorm<B>,
+    pub conv2: Conv2d<B>,
+    /// 1×1 convolution when the channel count changes.
+    pub conv_shortcut: Option<Conv2d<B>>,
+    pub output_scale_factor: f64,
+}
+
+impl<B: Backend> ResnetBlock2D<B> {
+    /// # Shapes
+    /// - `input`: `[batch, in_channels, h, w]`; `temb`: `[batch, temb_channels]`
+    /// - output: `[batch, out_channels, h, w]`
+    pub fn forward(&self, input: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
+        let hidden = self.conv1.forward(silu(self.norm1.forward(input.clone())));
+        let hidden = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => {
+                let [batch, channels] = [hidden.dims()[0], hidden.dims()[1]];
+                let temb = proj.forward(silu(temb));
+                hidden + temb.reshape([batch, channels, 1, 1])
+            }
+            _ => hidden,
+        };
+        let hidden = self.conv2.forward(silu(self.norm2.forward(hidden)));
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward(input),
+            None => input,
+        };
+        let output = shortcut + hidden;
+        if self.output_scale_factor == 1.0 {
+            output
+        } else {
+            output.div_scalar(self.output_scale_factor)
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! diffusers `UNet2DConditionModel` (SD 1.x/2.x layout) with attention capture.
+
+use std::path::Path;
+
+use burn::{
+    config::Config,
+    module::Module,
+    nn::{
+        conv::{Conv2d, Conv2dConfig},
+        GroupNorm, GroupNormConfig, PaddingConfig2d,
+    },
+    tensor::{activation::silu, backend::Backend, Tensor},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    capture::{AttentionSink, Recorder},
+    config::{read_json, ConfigError, OneOrPerBlock},
+    down_block::{CrossAttentionSettings, DownBlock2D, DownBlock2DConfig},
+    embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig},
+    mid_block::{UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig},
+    up_block::{UpBlock2D, UpBlock2DConfig},
+};
+
+/// Whether a down or up block carries spatial transformers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UNetBlockKind {
+    /// `CrossAttnDownBlock2D` / `CrossAttnUpBlock2D`.
+    CrossAttention,
+    /// `DownBlock2D` / `UpBlock2D`.
+    Plain,
+}
+
+/// Architecture of a [`UNet2DConditionModel`], normalised from diffusers' `config.json`.
+#[derive(Config, Debug)]
+pub struct UNet2DConditionModelConfig {
+    #[config(default = 4)]
+    pub in_channels: usize,
+    #[config(default = 4)]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<UNetBlockKind>,
+    /// In execution order (lowest resolution first).
+    pub up_block_types: Vec<UNetBlockKind>,
+    #[config(default = 2)]
+    pub layers_per_block: usize,
+    /// Heads per down block (the up blocks use the reversed list). For SD 1.x
+    /// diffusers stores this in `attention_head_dim`; see [`Self::from_json_file`].
+    pub num_attention_heads: Vec<usize>,
+    /// Transformer blocks per spatial transformer, per down block.
+    pub transformer_layers_per_block: Vec<usize>,
+    #[config(default = 768)]
+    pub cross_attention_dim: usize,
+    #[config(default = 32)]
+    pub norm_num_groups: usize,
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    #[config(default = true)]
+    pub flip_sin_to_cos: bool,
+    #[config(default = 0.0)]
+    pub freq_shift: f64,
+    #[config(default = 1)]
+    pub downsample_padding: usize,
+    #[config(default = 1.0)]
+    pub mid_block_scale_factor: f64,
+    #[config(default = false)]
+    pub use_linear_projection: bool,
+    #[config(default = false)]
+    pub center_input_sample: bool,
+}
+
+/// The subset of diffusers' `UNet2DConditionModel` config this port reads;
+/// options that change the architecture in ways not ported are read too so
+/// that they can be rejected instead of silently ignored.
+#[derive(Deserialize)]
+struct DiffusersUNetConfig {
+    #[serde(default = "default_latent_channels")]
+    in_channels: usize,
+    #[serde(default = "default_latent_channels")]
+    out_channels: usize,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default = "default_true")]
+    flip_sin_to_cos: bool,
+    #[serde(default)]
+    freq_shift: f64,
+    down_block_types: Vec<String>,
+    #[serde(default)]
+    mid_block_type: Option<String>,
+    up_block_types: Vec<String>,
+    block_out_channels: Vec<usize>,
+    #[serde(default = "default_layers_per_block")]
+    layers_per_block: OneOrPerBlock,
+    #[serde(default = "default_downsample_padding")]
+    downsample_padding: usize,
+    #[serde(default = "default_one")]
+    mid_block_scale_factor: f64,
+    #[serde(default = "default_act_fn")]
+    act_fn: String,
+    #[serde(default = "default_groups")]
+    norm_num_groups: usize,
+    #[serde(default = "default_norm_eps")]
+    norm_eps: f64,
+    cross_attention_dim: OneOrPerBlock,
+    #[serde(default)]
+    transformer_layers_per_block: Option<OneOrPerBlock>,
+    #[serde(default)]
+    attention_head_dim: Option<OneOrPerBlock>,
+    #[serde(default)]
+    num_attention_heads: Option<OneOrPerBlock>,
+    #[serde(default)]
+    use_linear_projection: bool,
+    #[serde(default)]
+    only_cross_attention: serde_json::Value,
+    #[serde(default)]
+    dual_cross_attention: bool,
+    #[serde(default)]
+    resnet_time_scale_shift: Option<String>,
+    #[serde(default)]
+    time_embedding_type: Option<String>,
+    #[serde(default)]
+    class_embed_type: Option<String>,
+    #[serde(default)]
+    addition_embed_type: Option<String>,
+    #[serde(default)]
+    encoder_hid_dim: Option<usize>,
+    #[serde(default)]
+    time_embedding_dim: Option<usize>,
+    #[serde(default)]
+    time_cond_proj_dim: Option<usize>,
+    #[serde(default)]
+    reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    #[serde(default)]
+    conv_in_kernel: Option<usize>,
+    #[serde(default)]
+    conv_out_kernel: Option<usize>,
+    #[serde(default)]
+    attention_type: Option<String>,
+}
+
+fn default_latent_channels() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_layers_per_block() -> OneOrPerBlock {
+    OneOrPerBlock::One(2)
+}
+fn default_downsample_padding() -> usize {
+    1
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_act_fn() -> String {
+    "silu".into()
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+impl UNet2DConditionModelConfig {
+    /// SD 1.5's UNet (`runwayml/stable-diffusion-v1-5/unet/config.json`;
+    /// SD 1.4 has the same architecture).
+    pub fn sd_v1_5() -> Self {
+        use UNetBlockKind::{CrossAttention, Plain};
+        Self::new(
+            vec![320, 640, 1280, 1280],
+            vec![CrossAttention, CrossAttention, CrossAttention, Plain],
+            vec![Plain, CrossAttention, CrossAttention, CrossAttention],
+            vec![8; 4],
+            vec![1; 4],
+        )
+    }
+
+    /// Reads a diffusers `unet/config.json`.
+    ///
+    /// diffusers quirk: SD 1.x/2.x configs name the number of heads
+    /// `attention_head_dim`; the heads are `num_attention_heads` when set,
+    /// otherwise `attention_head_dim` (as diffusers itself does).
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let raw: DiffusersUNetConfig = read_json(path)?;
+        let unsupported = |reason: String| ConfigError::Unsupported {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let blocks = raw.block_out_channels.len();
+        let kinds = |names: &[String], cross: &str, plain: &str| {
+            names
+                .iter()
+                .map(|name| match name.as_str() {
+                    n if n == cross => Ok(UNetBlockKind::CrossAttention),
+                    n if n == plain => Ok(UNetBlockKind::Plain),
+                    other => Err(unsupported(format!("block type {other}"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let down_block_types = kinds(&raw.down_block_types, "CrossAttnDownBlock2D", "DownBlock2D")?;
+        let up_block_types = kinds(&raw.up_block_types, "CrossAttnUpBlock2D", "UpBlock2D")?;
+        if down_block_types.len() != blocks || up_block_types.len() != blocks {
+            return Err(unsupported(format!(
+                "{} down and {} up block types for {blocks} block_out_channels",
+                down_block_types.len(),
+                up_block_types.len()
+            )));
+        }
+        let layers_per_block = match raw.layers_per_block {
+            OneOrPerBlock::One(layers) => layers,
+            OneOrPerBlock::PerBlock(_) => {
+                return Err(unsupported("per-block layers_per_block".into()))
+            }
+        };
+        let cross_attention_dim = match raw.cross_attention_dim {
+            OneOrPerBlock::One(dim) => dim,
+            OneOrPerBlock::PerBlock(_) => {
+                return Err(unsupported("per-block cross_attention_dim".into()))
+            }
+        };
+        let heads = raw
+            .num_attention_heads
+            .or(raw.attention_head_dim)
+            .unwrap_or(OneOrPerBlock::One(8))
+            .per_block(blocks);
+        let transformer_layers = raw
+            .transformer_layers_per_block
+            .unwrap_or(OneOrPerBlock::One(1))
+            .per_block(blocks);
+        if heads.len() != blocks || transformer_layers.len() != blocks {
+            return Err(unsupported("per-block lists of the wrong length".into()));
+        }
+        let not_default = [
+            ("act_fn", Some(raw.act_fn.as_str()), "silu"),
+            ("mid_block_type", raw.mid_block_type.as_deref(), "UNetMidBlock2DCrossAttn"),
+            ("resnet_time_scale_shift", raw.resnet_time_scale_shift.as_deref(), "default"),
+            ("time_embedding_type", raw.time_embedding_type.as_deref(), "positional"),
+            ("attention_type", raw.attention_type.as_deref(), "default"),
+        ];
+        for (name, value, expected) in not_default {
+            if let Some(value) = value.filter(|v| *v != expected) {
+                return Err(unsupported(format!("{name} = {value}")));
+            }
+        }
+        let unported = [
+            ("class_embed_type", raw.class_embed_type.is_some()),
+            ("addition_embed_type", raw.addition_embed_type.is_some()),
+            ("encoder_hid_dim", raw.encoder_hid_dim.is_some()),
+            ("time_cond_proj_dim", raw.time_cond_proj_dim.is_some()),
+            ("time_embedding_dim", raw.time_embedding_dim.is_some()),
+            (
+                "reverse_transformer_layers_per_block",
+                raw.reverse_transformer_layers_per_block
+                    .as_ref()
+                    .is_some_and(|v| !v.is_null()),
+            ),
+            ("dual_cross_attention", raw.dual_cross_attention),
+            (
+                "only_cross_attention",
+                !matches!(raw.only_cross_attention, serde_json::Value::Null | serde_json::Value::Bool(false)),
+            ),
+            ("conv_in_kernel", raw.conv_in_kernel.is_some_and(|k| k != 3)),
+            ("conv_out_kernel", raw.conv_out_kernel.is_some_and(|k| k != 3)),
+        ];
+        if let Some((name, _)) = unported.iter().find(|(_, set)| *set) {
+            return Err(unsupported(format!("{name} is not supported")));
+        }
+        Ok(Self::new(
+            raw.block_out_channels,
+            down_block_types,
+            up_block_types,
+            heads,
+            transformer_layers,
+        )
+        .with_in_channels(raw.in_channels)
+        .with_out_channels(raw.out_channels)
+        .with_layers_per_block(layers_per_block)
+        .with_cross_attention_dim(cross_attention_dim)
+        .with_norm_num_groups(raw.norm_num_groups)
+        .with_norm_eps(raw.norm_eps)
+        .with_flip_sin_to_cos(raw.flip_sin_to_cos)
+        .with_freq_shift(raw.freq_shift)
+        .with_downsample_padding(raw.downsample_padding)
+        .with_mid_block_scale_factor(raw.mid_block_scale_factor)
+        .with_use_linear_projection(raw.use_linear_projection)
+        .with_center_input_sample(raw.center_input_sample))
+    }
+
+    /// Number of transformer blocks, i.e. of self-attention layers a capture
+    /// reports (16 for SD 1.x).
+    pub fn attention_layer_count(&self) -> usize {
+        let blocks = self.block_out_channels.len();
+        let down: usize = (0..blocks)
+            .filter(|&i| self.down_block_types[i] == UNetBlockKind::CrossAttention)
+            .map(|i| self.layers_per_block * self.transformer_layers_per_block[i])
+            .sum();
+        let up: usize = (0..blocks)
+            .filter(|&i| self.up_block_types[i] == UNetBlockKind::CrossAttention)
+            .map(|i| (self.layers_per_block + 1) * self.transformer_layers_per_block[blocks - 1 - i])
+            .sum();
+        down + self.transformer_layers_per_block[blocks - 1] + up
+    }
+
+    fn cross_attention(&self, kind: UNetBlockKind, heads: usize, layers: usize) -> Option<CrossAttentionSettings> {
+        (kind == UNetBlockKind::CrossAttention).then(|| {
+            CrossAttentionSettings::new(heads, self.cross_attention_dim)
+                .with_transformer_layers(layers)
+                .with_use_linear_projection(self.use_linear_projection)
+        })
+    }
+
+    /// Builds the model with random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> UNet2DConditionModel<B> {
+        let channels = &self.block_out_channels;
+        let blocks = channels.len();
+        let time_channels = channels[0];
+        let temb = 4 * time_channels;
+        let groups = self.norm_num_groups;
+        let conv3 = |c_in, c_out| {
+            Conv2dConfig::new([c_in, c_out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1))
+                .init(device)
+        };
+
+        let down_blocks = (0..blocks)
+            .map(|i| {
+                let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
+                DownBlock2DConfig::new(
+                    in_channels,
+                    channels[i],
+                    temb,
+                    self.layers_per_block,
+                    i + 1 < blocks,
+                )
+                .with_cross_attention(self.cross_attention(
+                    self.down_block_types[i],
+                    self.num_attention_heads[i],
+                    self.transformer_layers_per_block[i],
+                ))
+                .with_groups(groups)
+                .with_eps(self.norm_eps)
+                .with_downsample_padding(self.downsample_padding)
+                .init(device)
+            })
+            .collect();
+
+        let last = blocks - 1;
+        let mid_block = UNetMidBlock2DCrossAttnConfig::new(
+            channels[last],
+            temb,
+            CrossAttentionSettings::new(self.num_attention_heads[last], self.cross_attention_dim)
+                .with_transformer_layers(self.transformer_layers_per_block[last])
+                .with_use_linear_projection(self.use_linear_projection),
+        )
+        .with_groups(groups)
+        .with_eps(self.norm_eps)
+        .with_output_scale_factor(self.mid_block_scale_factor)
+        .init(device);
+
+        // Up block i mirrors down block `blocks - 1 - i`.
+        let up_blocks = (0..blocks)
+            .map(|i| {
+                let mirror = last - i;
+                let prev_output = if i == 0 { channels[last] } else { channels[mirror + 1] };
+                let skip_in = channels[mirror.saturating_sub(1)];
+                UpBlock2DConfig::new(
+                    skip_in,
+                    prev_output,
+                    channels[mirror],
+                    temb,
+                    self.layers_per_block + 1,
+                    i < last,
+                )
+                .with_cross_attention(self.cross_attention(
+                    self.up_block_types[i],
+                    self.num_attention_heads[mirror],
+                    self.transformer_layers_per_block[mirror],
+                ))
+                .with_groups(groups)
+                .with_eps(self.norm_eps)
+                .init(device)
+            })
+            .collect();
+
+        UNet2DConditionModel {
+            conv_in: conv3(self.in_channels, channels[0]),
+            time_embedding: TimestepEmbeddingConfig::new(time_channels, temb).init(device),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNormConfig::new(groups, channels[0])
+                .with_epsilon(self.norm_eps)
+                .init(device),
+            conv_out: conv3(channels[0], self.out_channels),
+            time_proj_channels: time_channels,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+            center_input_sample: self.center_input_sample,
+        }
+    }
+}
+
+/// diffusers `UNet2DConditionModel`: predicts the noise of a latent at a
+/// timestep given a text context, and can report its attention maps.
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub down_blocks: Vec<DownBlock2D<B>>,
+    pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    pub up_blocks: Vec<UpBlock2D<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+    /// Width of the sinusoidal timestep features (`time_proj`, no weights).
+    pub time_proj_channels: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub center_input_sample: bool,
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// The noise prediction.
+    ///
+    /// # Shapes
+    /// - `sample`: `[batch, in_channels, h, w]` (the latent)
+    /// - `context`: `[batch, tokens, cross_attention_dim]` (text encoder output)
+    /// - output: `[batch, out_channels, h, w]`
+    pub fn forward(&self, sample: Tensor<B, 4>, timestep: f32, context: Tensor<B, 3>) -> Tensor<B, 4> {
+        self.run(sample, timestep, context, None, true)
+            .expect("a finished pass returns the noise prediction")
+    }
+
+    /// The noise prediction, handing every attention map to `sink` on the way
+    /// (self-attention always, cross-attention if the sink wants it).
+    pub fn forward_with_attention(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f32,
+        context: Tensor<B, 3>,
+        sink: &mut impl AttentionSink<B>,
+    ) -> Tensor<B, 4> {
+        let mut recorder = Recorder::new(sink);
+        self.run(sample, timestep, context, Some(&mut recorder), true)
+            .expect("a finished pass returns the noise prediction")
+    }
+
+    /// Runs the UNet only as far as its last transformer block, handing every
+    /// attention map to `sink`; the output head (`conv_norm_out`, `conv_out`)
+    /// is skipped since only the maps are wanted.
+    pub fn capture_attention(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f32,
+        context: Tensor<B, 3>,
+        sink: &mut impl AttentionSink<B>,
+    ) {
+        let mut recorder = Recorder::new(sink);
+        self.run(sample, timestep, context, Some(&mut recorder), false);
+    }
+
+    /// The pass itself, following diffusers' `forward` step by step. Returns
+    /// `None` when `finish` is false (stopped after the up blocks).
+    fn run(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f32,
+        context: Tensor<B, 3>,
+        mut recorder: Option<&mut Recorder<'_, B>>,
+        finish: bool,
+    ) -> Option<Tensor<B, 4>> {
+        let [batch, _, height, width] = sample.dims();
+        let device = sample.device();
+        // 0. centre input, and whether upsamplers need explicit sizes because
+        // the side is not a multiple of 2^(number of upsamplers).
+        let sample = if self.center_input_sample {
+            sample.mul_scalar(2.0).sub_scalar(1.0)
+        } else {
+            sample
+        };
+        let up_factor = 1usize << (self.up_blocks.len().saturating_sub(1));
+        let explicit_upsample_size = height % up_factor != 0 || width % up_factor != 0;
+
+        // 1. time
+        let features = timestep_embedding::<B>(
+            &vec![timestep; batch],
+            self.time_proj_channels,
+            self.flip_sin_to_cos,
+            self.freq_shift as f32,
+            &device,
+        );
+        let temb = self.time_embedding.forward(features);
+
+        // 2. pre-process
+        let mut hidden = self.conv_in.forward(sample);
+
+        // 3. down
+        let mut skips = vec![hidden.clone()];
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let (out, block_skips) = block.forward(
+                hidden,
+                temb.clone(),
+                context.clone(),
+                recorder.as_deref_mut(),
+                &format!("down_blocks.{i}"),
+            );
+            hidden = out;
+            skips.extend(block_skips);
+        }
+
+        // 4. mid
+        hidden = self
+            .mid_block
+            .forward(hidden, temb.clone(), context.clone(), recorder.as_deref_mut());
+
+        // 5. up
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let consumed = block.resnets.len();
+            let upsample_size = (explicit_upsample_size && skips.len() > consumed).then(|| {
+                let [_, _, h, w] = skips[skips.len() - consumed - 1].dims();
+                [h, w]
+            });
+            hidden = block.forward(
+                hidden,
+                &mut skips,
+                temb.clone(),
+                context.clone(),
+                upsample_size,
+                recorder.as_deref_mut(),
+                &format!("up_blocks.{i}"),
+            );
+        }
+        if !finish {
+            return None;
+        }
+
+        // 6. post-process
+        let hidden = silu(self.conv_norm_out.forward(hidden));
+        Some(self.conv_out.forward(hidden))
+    }
+}
