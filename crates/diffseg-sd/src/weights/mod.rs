@@ -37,7 +37,7 @@ mod error;
 mod file;
 pub mod ldm;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -160,18 +160,15 @@ impl WeightsSource {
     pub fn config(&self) -> Result<StableDiffusionConfig, LoadError> {
         match self {
             Self::Diffusers { root, .. } => Ok(StableDiffusionConfig {
-                vae: AutoencoderKLConfig::from_json_file(diffusers::config_path(
-                    root,
-                    Component::Vae,
-                ))?,
-                text_encoder: ClipTextConfig::from_json_file(diffusers::config_path(
+                vae: AutoencoderKLConfig::from_json_file(config_path(root, Component::Vae)?)?,
+                text_encoder: ClipTextConfig::from_json_file(config_path(
                     root,
                     Component::TextEncoder,
-                ))?,
-                unet: UNet2DConditionModelConfig::from_json_file(diffusers::config_path(
+                )?)?,
+                unet: UNet2DConditionModelConfig::from_json_file(config_path(
                     root,
                     Component::Unet,
-                ))?,
+                )?)?,
             }),
             Self::SingleFile(path) => sd_v1_preset_for(&open_single_file(path)?),
         }
@@ -184,9 +181,9 @@ pub fn load_unet<B: Backend>(
     device: &B::Device,
 ) -> Result<UNet2DConditionModel<B>, LoadError> {
     let config = match source {
-        WeightsSource::Diffusers { root, .. } => UNet2DConditionModelConfig::from_json_file(
-            diffusers::config_path(root, Component::Unet),
-        )?,
+        WeightsSource::Diffusers { root, .. } => {
+            UNet2DConditionModelConfig::from_json_file(config_path(root, Component::Unet)?)?
+        }
         WeightsSource::SingleFile(_) => source.config()?.unet,
     };
     load_unet_with_config(source, &config, device)
@@ -211,7 +208,7 @@ pub fn load_vae_encoder<B: Backend>(
 ) -> Result<AutoencoderKL<B>, LoadError> {
     let config = match source {
         WeightsSource::Diffusers { root, .. } => {
-            AutoencoderKLConfig::from_json_file(diffusers::config_path(root, Component::Vae))?
+            AutoencoderKLConfig::from_json_file(config_path(root, Component::Vae)?)?
         }
         WeightsSource::SingleFile(_) => source.config()?.vae,
     };
@@ -243,7 +240,7 @@ pub fn load_text_encoder<B: Backend>(
 ) -> Result<ClipTextModel<B>, LoadError> {
     let config = match source {
         WeightsSource::Diffusers { root, .. } => {
-            ClipTextConfig::from_json_file(diffusers::config_path(root, Component::TextEncoder))?
+            ClipTextConfig::from_json_file(config_path(root, Component::TextEncoder)?)?
         }
         WeightsSource::SingleFile(_) => source.config()?.text_encoder,
     };
@@ -368,22 +365,39 @@ fn open_component_file(
 ) -> Result<SafetensorsFile, LoadError> {
     match source {
         WeightsSource::Diffusers { root, variant } => {
-            if root.is_file() {
-                // A single file passed as a folder: say what it is.
-                if is_pickle(root) {
-                    return Err(LoadError::PickleNotSupported { path: root.clone() });
-                }
-                let file = SafetensorsFile::open(root)?;
-                check_diffusers_layout(&file, component)?;
-                return Err(LoadError::UnrecognisedSource {
-                    path: root.clone(),
-                    reason: "a diffusers source must be the pipeline folder, not a file".into(),
-                });
-            }
+            check_pipeline_root(root, component)?;
             SafetensorsFile::open(&diffusers::weights_path(root, component, *variant)?)
         }
         WeightsSource::SingleFile(path) => open_single_file(path),
     }
+}
+
+/// Refuses a file given as a diffusers pipeline folder, saying what it is.
+fn check_pipeline_root(root: &Path, component: Component) -> Result<(), LoadError> {
+    let metadata = std::fs::metadata(root).map_err(|source| LoadError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if metadata.is_dir() {
+        return Ok(());
+    }
+    if is_pickle(root) {
+        return Err(LoadError::PickleNotSupported {
+            path: root.to_path_buf(),
+        });
+    }
+    let file = SafetensorsFile::open(root)?;
+    check_diffusers_layout(&file, component)?;
+    Err(LoadError::UnrecognisedSource {
+        path: root.to_path_buf(),
+        reason: "a diffusers source must be the pipeline folder, not a file".into(),
+    })
+}
+
+/// `root/<component>/config.json`, once `root` is known to be a folder.
+fn config_path(root: &Path, component: Component) -> Result<PathBuf, LoadError> {
+    check_pipeline_root(root, component)?;
+    Ok(diffusers::config_path(root, component))
 }
 
 /// Opens a single-file checkpoint, refusing folders and pickles.
@@ -537,9 +551,14 @@ fn load_network<B: Backend, M: Module<B>>(
 
     report.applied = result.applied.len();
     report.missing = result.missing.into_iter().map(|(path, _)| path).collect();
-    report
-        .unexpected
-        .extend(result.unused.iter().map(|path| file_key(path)));
+    let applied: HashSet<&str> = result.applied.iter().map(String::as_str).collect();
+    report.unexpected.extend(
+        result
+            .unused
+            .iter()
+            .filter(|path| !applied_under_norm_name(path, &applied))
+            .map(|path| file_key(path)),
+    );
     for error in result.errors {
         match error {
             ApplyError::ShapeMismatch {
@@ -576,6 +595,23 @@ fn load_network<B: Backend, M: Module<B>>(
         });
     }
     Ok(module)
+}
+
+/// Whether burn-store applied `path` (`….weight`/`….bias`) to a norm layer's
+/// `gamma`/`beta`.
+///
+/// burn-store 0.20.1 finds norm parameters through the adapter's alternative
+/// name but still lists the file key as unused; without this every
+/// GroupNorm/LayerNorm would look like an unexpected key.
+fn applied_under_norm_name(path: &str, applied: &HashSet<&str>) -> bool {
+    let burn_name = |prefix: &str, name: &str| applied.contains(format!("{prefix}{name}").as_str());
+    if let Some(prefix) = path.strip_suffix("weight") {
+        burn_name(prefix, "gamma")
+    } else if let Some(prefix) = path.strip_suffix("bias") {
+        burn_name(prefix, "beta")
+    } else {
+        false
+    }
 }
 
 /// The [`DIFFUSERS_KEY_REMAP`] patterns, compiled.
