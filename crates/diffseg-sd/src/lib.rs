@@ -20,6 +20,7 @@ pub mod transformer;
 pub mod unet;
 pub mod up_block;
 pub mod vae;
+pub mod weights;
 
 use std::path::Path;
 
