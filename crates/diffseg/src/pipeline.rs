@@ -151,9 +151,10 @@ impl<B: Backend> Pipeline<B> {
                         self.input_size,
                     )?),
                     Target::Image => {
-                        // Label the fitted square at the image's own scale, then
-                        // map it onto the image's pixels.
-                        let side = input.placement.side as usize;
+                        // Label the fitted square at the image's own scale (capped:
+                        // 64×64 proposals hold no detail finer than that), then map
+                        // it onto the image's pixels.
+                        let side = (input.placement.side as usize).min(MAX_LABEL_SIDE);
                         let square = label_map(
                             proposals.maps,
                             proposals.height,
@@ -194,6 +195,11 @@ impl<B: Backend> Pipeline<B> {
     }
 }
 
+/// The largest square label map computed for [`Target::Image`]: 32 times the
+/// 64×64 proposals. Bigger images take labels from it by nearest neighbour,
+/// which keeps memory bounded for huge images.
+const MAX_LABEL_SIDE: usize = 2048;
+
 /// Which pixel grid a segmentation is returned on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -203,26 +209,33 @@ pub(crate) enum Target {
     ModelInput,
 }
 
-/// Maps a label map of the fitted square (at the image's scale: one square
-/// pixel per image pixel) onto the image: with padding the image is a window
-/// of the square; with a centre crop, pixels outside the square take the label
-/// of the nearest square pixel.
+/// Maps a label map of the fitted square onto the image: with padding the
+/// image is a window of the square; with a centre crop, pixels outside the
+/// square take the label of the nearest square pixel. The square's label map
+/// may be coarser than the image (see [`MAX_LABEL_SIDE`]): then each image
+/// pixel takes the label under its centre.
 fn square_to_image(
     square: &Segmentation,
     placement: &Placement,
 ) -> Result<Segmentation, diffseg_core::Error> {
-    let side = square.width() as i64;
+    let labelled = square.width() as i64;
+    let side = placement.side as i64;
+    // Square pixel (in image units) → label-map pixel, by the pixel centre.
+    let to_map = |offset: i64| -> usize {
+        let clamped = offset.clamp(0, side - 1);
+        (((2 * clamped + 1) * labelled) / (2 * side)).min(labelled - 1) as usize
+    };
     let (width, height) = (
         placement.image_width as usize,
         placement.image_height as usize,
     );
+    let columns: Vec<usize> = (0..width as i64)
+        .map(|x| to_map(x - placement.left))
+        .collect();
     let mut labels = Vec::with_capacity(width * height);
     for y in 0..height as i64 {
-        let row = (y - placement.top).clamp(0, side - 1) as usize;
-        for x in 0..width as i64 {
-            let column = (x - placement.left).clamp(0, side - 1) as usize;
-            labels.push(square.label_at(column, row));
-        }
+        let row = to_map(y - placement.top);
+        labels.extend(columns.iter().map(|&column| square.label_at(column, row)));
     }
     Segmentation::from_labels(labels, width, height)
 }
@@ -274,6 +287,18 @@ mod tests {
         assert_eq!((image.width(), image.height()), (4, 2));
         // Rows 1 and 2 of the square, renumbered to 0 and 1.
         assert_eq!(image.labels(), &[0, 0, 0, 0, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_coarser_square_is_sampled_at_pixel_centres() {
+        // A 2×2 label map standing for a 4×4 square (a 4×4 image, no padding).
+        let square = Segmentation::from_labels(vec![0, 1, 2, 3], 2, 2).unwrap();
+        let placement = Placement::new(4, 4, Fit::Pad);
+        let image = square_to_image(&square, &placement).unwrap();
+        assert_eq!(
+            image.labels(),
+            &[0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+        );
     }
 
     #[test]
