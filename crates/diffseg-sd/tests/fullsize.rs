@@ -282,10 +282,12 @@ fn sd15_random_weights_match_diffusers() {
     println!("loaded in {:.1} s", started.elapsed().as_secs_f32());
     let mut stats = BTreeMap::new();
 
-    // VAE: moments and latent from the reference image.
+    // VAE: moments from the reference image; the latent is derived from them as `encode_latent`
+    // does (mean half × 0.18215) rather than by a second encoder pass, which would double the
+    // slowest part of this test (the tiny fixtures test `encode_latent` itself).
     let started = std::time::Instant::now();
-    let image = reference.tensor4("image", &device);
-    let moments = sd.vae.moments(image.clone());
+    let moments = sd.vae.moments(reference.tensor4("image", &device));
+    let latent = moments.clone().narrow(1, 0, 4).mul_scalar(0.18215);
     compare_all(
         &mut stats,
         "moments",
@@ -295,7 +297,7 @@ fn sd15_random_weights_match_diffusers() {
     compare_all(
         &mut stats,
         "latent",
-        to_vec(sd.vae.encode_latent(image)),
+        to_vec(latent),
         &reference.f32_all("latent").0,
     );
     println!("VAE encoder in {:.1} s", started.elapsed().as_secs_f32());
