@@ -202,9 +202,18 @@ fn attention_per_head<B: Backend>(
     let mut probs_sum: Option<Tensor<B, 3>> = None;
     let mut outputs = Vec::with_capacity(heads);
     for head in 0..heads {
-        let q = query.clone().narrow(1, head, 1).reshape([batch, queries, head_dim]);
-        let k_t = key_t.clone().narrow(1, head, 1).reshape([batch, head_dim, keys]);
-        let v = value.clone().narrow(1, head, 1).reshape([batch, keys, head_dim]);
+        let q = query
+            .clone()
+            .narrow(1, head, 1)
+            .reshape([batch, queries, head_dim]);
+        let k_t = key_t
+            .clone()
+            .narrow(1, head, 1)
+            .reshape([batch, head_dim, keys]);
+        let v = value
+            .clone()
+            .narrow(1, head, 1)
+            .reshape([batch, keys, head_dim]);
         let probs = softmax(q.matmul(k_t), 2);
         outputs.push(probs.clone().matmul(v));
         match reduction {

@@ -34,7 +34,10 @@ pub const EMPTY_PROMPT_IDS: [i64; MAX_TOKENS] = {
 
 /// [`EMPTY_PROMPT_IDS`] as a `[1, 77]` tensor, ready for [`ClipTextModel::forward`].
 pub fn empty_prompt_ids<B: Backend>(device: &B::Device) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(EMPTY_PROMPT_IDS.to_vec(), [1, MAX_TOKENS]), device)
+    Tensor::from_data(
+        TensorData::new(EMPTY_PROMPT_IDS.to_vec(), [1, MAX_TOKENS]),
+        device,
+    )
 }
 
 /// The feed-forward activation.
@@ -251,12 +254,14 @@ impl<B: Backend> ClipAttention<B> {
             x.reshape([batch, tokens, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let query = split(self.q_proj.forward(hidden.clone())).mul_scalar((head_dim as f64).powf(-0.5));
+        let query =
+            split(self.q_proj.forward(hidden.clone())).mul_scalar((head_dim as f64).powf(-0.5));
         let key = split(self.k_proj.forward(hidden.clone()));
         let value = split(self.v_proj.forward(hidden));
-        let scores = query
-            .matmul(key.swap_dims(2, 3))
-            .mask_fill(causal_mask.reshape([1, 1, tokens, tokens]), f32::NEG_INFINITY);
+        let scores = query.matmul(key.swap_dims(2, 3)).mask_fill(
+            causal_mask.reshape([1, 1, tokens, tokens]),
+            f32::NEG_INFINITY,
+        );
         let attended = softmax(scores, 3).matmul(value);
         self.out_proj
             .forward(attended.swap_dims(1, 2).reshape([batch, tokens, width]))

@@ -64,7 +64,11 @@ impl DownBlock2DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> DownBlock2D<B> {
         let resnets = (0..self.num_layers)
             .map(|i| {
-                let in_channels = if i == 0 { self.in_channels } else { self.out_channels };
+                let in_channels = if i == 0 {
+                    self.in_channels
+                } else {
+                    self.out_channels
+                };
                 ResnetBlock2DConfig::new(in_channels, self.out_channels)
                     .with_temb_channels(Some(self.temb_channels))
                     .with_groups(self.groups)

@@ -38,7 +38,9 @@ impl UNetMidBlock2DCrossAttnConfig {
         let transformer = self.cross_attention.transformer(self.channels, self.groups);
         UNetMidBlock2DCrossAttn {
             resnets: (0..=self.num_layers).map(|_| resnet.init(device)).collect(),
-            attentions: (0..self.num_layers).map(|_| transformer.init(device)).collect(),
+            attentions: (0..self.num_layers)
+                .map(|_| transformer.init(device))
+                .collect(),
         }
     }
 }
@@ -62,7 +64,9 @@ impl<B: Backend> UNetMidBlock2DCrossAttn<B> {
     ) -> Tensor<B, 4> {
         let mut hidden = self.resnets[0].forward(hidden, Some(temb.clone()));
         for (i, (attention, resnet)) in self.attentions.iter().zip(&self.resnets[1..]).enumerate() {
-            let name = recorder.as_ref().map(|_| format!("mid_block.attentions.{i}"));
+            let name = recorder
+                .as_ref()
+                .map(|_| format!("mid_block.attentions.{i}"));
             let capture = recorder.as_deref_mut().zip(name.as_deref());
             hidden = attention.forward_captured(hidden, context.clone(), capture);
             hidden = resnet.forward(hidden, Some(temb.clone()));

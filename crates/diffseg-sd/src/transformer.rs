@@ -218,10 +218,10 @@ impl<B: Backend> BasicTransformerBlock<B> {
             None => (None, None),
         };
         let self_capture = request(&mut recorder, &layer, AttentionKind::SelfAttention);
-        let tokens = self
-            .attn1
-            .forward_captured(self.norm1.forward(tokens.clone()), None, self_capture)
-            + tokens;
+        let tokens =
+            self.attn1
+                .forward_captured(self.norm1.forward(tokens.clone()), None, self_capture)
+                + tokens;
         let cross_capture = request(&mut recorder, &layer, AttentionKind::CrossAttention);
         let tokens = self.attn2.forward_captured(
             self.norm2.forward(tokens.clone()),

@@ -235,9 +235,21 @@ impl UNet2DConditionModelConfig {
         }
         let not_default = [
             ("act_fn", Some(raw.act_fn.as_str()), "silu"),
-            ("mid_block_type", raw.mid_block_type.as_deref(), "UNetMidBlock2DCrossAttn"),
-            ("resnet_time_scale_shift", raw.resnet_time_scale_shift.as_deref(), "default"),
-            ("time_embedding_type", raw.time_embedding_type.as_deref(), "positional"),
+            (
+                "mid_block_type",
+                raw.mid_block_type.as_deref(),
+                "UNetMidBlock2DCrossAttn",
+            ),
+            (
+                "resnet_time_scale_shift",
+                raw.resnet_time_scale_shift.as_deref(),
+                "default",
+            ),
+            (
+                "time_embedding_type",
+                raw.time_embedding_type.as_deref(),
+                "positional",
+            ),
             ("attention_type", raw.attention_type.as_deref(), "default"),
         ];
         for (name, value, expected) in not_default {
@@ -260,10 +272,16 @@ impl UNet2DConditionModelConfig {
             ("dual_cross_attention", raw.dual_cross_attention),
             (
                 "only_cross_attention",
-                !matches!(raw.only_cross_attention, serde_json::Value::Null | serde_json::Value::Bool(false)),
+                !matches!(
+                    raw.only_cross_attention,
+                    serde_json::Value::Null | serde_json::Value::Bool(false)
+                ),
             ),
             ("conv_in_kernel", raw.conv_in_kernel.is_some_and(|k| k != 3)),
-            ("conv_out_kernel", raw.conv_out_kernel.is_some_and(|k| k != 3)),
+            (
+                "conv_out_kernel",
+                raw.conv_out_kernel.is_some_and(|k| k != 3),
+            ),
         ];
         if let Some((name, _)) = unported.iter().find(|(_, set)| *set) {
             return Err(unsupported(format!("{name} is not supported")));
@@ -299,12 +317,19 @@ impl UNet2DConditionModelConfig {
             .sum();
         let up: usize = (0..blocks)
             .filter(|&i| self.up_block_types[i] == UNetBlockKind::CrossAttention)
-            .map(|i| (self.layers_per_block + 1) * self.transformer_layers_per_block[blocks - 1 - i])
+            .map(|i| {
+                (self.layers_per_block + 1) * self.transformer_layers_per_block[blocks - 1 - i]
+            })
             .sum();
         down + self.transformer_layers_per_block[blocks - 1] + up
     }
 
-    fn cross_attention(&self, kind: UNetBlockKind, heads: usize, layers: usize) -> Option<CrossAttentionSettings> {
+    fn cross_attention(
+        &self,
+        kind: UNetBlockKind,
+        heads: usize,
+        layers: usize,
+    ) -> Option<CrossAttentionSettings> {
         (kind == UNetBlockKind::CrossAttention).then(|| {
             CrossAttentionSettings::new(heads, self.cross_attention_dim)
                 .with_transformer_layers(layers)
@@ -364,7 +389,11 @@ impl UNet2DConditionModelConfig {
         let up_blocks = (0..blocks)
             .map(|i| {
                 let mirror = last - i;
-                let prev_output = if i == 0 { channels[last] } else { channels[mirror + 1] };
+                let prev_output = if i == 0 {
+                    channels[last]
+                } else {
+                    channels[mirror + 1]
+                };
                 let skip_in = channels[mirror.saturating_sub(1)];
                 UpBlock2DConfig::new(
                     skip_in,
@@ -428,7 +457,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
     /// - `sample`: `[batch, in_channels, h, w]` (the latent)
     /// - `context`: `[batch, tokens, cross_attention_dim]` (text encoder output)
     /// - output: `[batch, out_channels, h, w]`
-    pub fn forward(&self, sample: Tensor<B, 4>, timestep: f32, context: Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f32,
+        context: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
         self.run(sample, timestep, context, None, true)
             .expect("a finished pass returns the noise prediction")
     }
@@ -511,9 +545,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
 
         // 4. mid
-        hidden = self
-            .mid_block
-            .forward(hidden, temb.clone(), context.clone(), recorder.as_deref_mut());
+        hidden = self.mid_block.forward(
+            hidden,
+            temb.clone(),
+            context.clone(),
+            recorder.as_deref_mut(),
+        );
 
         // 5. up
         for (i, block) in self.up_blocks.iter().enumerate() {

@@ -50,9 +50,9 @@ impl UpBlock2DConfig {
                 };
                 ResnetBlock2DConfig::new(input_channels + skip_channels, self.out_channels)
                     .with_temb_channels(Some(self.temb_channels))
-                .with_groups(self.groups)
-                .with_eps(self.eps)
-                .init(device)
+                    .with_groups(self.groups)
+                    .with_eps(self.eps)
+                    .init(device)
             })
             .collect();
         let attentions = match &self.cross_attention {

@@ -114,7 +114,9 @@ impl AutoencoderKLConfig {
             return Err(unsupported(format!("down block type {other}")));
         }
         if raw.down_block_types.len() != raw.block_out_channels.len() {
-            return Err(unsupported("down_block_types and block_out_channels differ in length".into()));
+            return Err(unsupported(
+                "down_block_types and block_out_channels differ in length".into(),
+            ));
         }
         Ok(Self::new(raw.block_out_channels)
             .with_in_channels(raw.in_channels)
@@ -147,10 +149,14 @@ impl AutoencoderKLConfig {
                 let in_channels = if i == 0 { channels[0] } else { channels[i - 1] };
                 DownEncoderBlock2D {
                     resnets: (0..self.layers_per_block)
-                        .map(|j| resnet(if j == 0 { in_channels } else { channels[i] }, channels[i]))
+                        .map(|j| {
+                            resnet(if j == 0 { in_channels } else { channels[i] }, channels[i])
+                        })
                         .collect(),
                     downsamplers: if i + 1 < channels.len() {
-                        vec![Downsample2DConfig::new(channels[i]).with_padding(0).init(device)]
+                        vec![Downsample2DConfig::new(channels[i])
+                            .with_padding(0)
+                            .init(device)]
                     } else {
                         Vec::new()
                     },
@@ -238,7 +244,8 @@ impl<B: Backend> Encoder<B> {
         if mid.attentions.is_empty() {
             hidden = mid.resnets[1].forward(hidden, None);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(hidden)))
+        self.conv_out
+            .forward(silu(self.conv_norm_out.forward(hidden)))
     }
 }
 
