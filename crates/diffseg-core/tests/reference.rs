@@ -184,9 +184,11 @@ fn kl_matrix_matches_float64<B: Backend>(device: &B::Device) {
     {
         let error = (kl[anchor * CELLS + cell] as f64 - expected).abs();
         worst = worst.max(error);
-        // Tolerance: the dot-product form cancels terms of size ~|log 4096| ≈ 8 in float32.
+        // Tolerance: the dot-product form cancels terms of size ~|log 4096| ≈ 8 in float32
+        // (measured: 3e-5 on ndarray); GPU `log` may be off by a few ulp and matmuls sum in
+        // another order (measured: 2.1e-4 on wgpu/lavapipe).
         assert!(
-            error <= 2e-4 * expected.abs().max(1.0),
+            error <= FLOAT32_KL_ERROR * expected.abs().max(1.0),
             "KL[{anchor}, {cell}] off by {error} from {expected}"
         );
     }
