@@ -7,9 +7,17 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use diffseg::eval::{self, Dataset, EvalReport, Sample, Scores};
+use diffseg::{Fit, Segmenter};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::options::{MergeArgs, ModelArgs};
+
 /// Score segmentations with the paper's protocol.
+///
+/// With `--predictions DIR` the label PNGs in DIR are scored. Without it the model
+/// segments each image (centre crop, as the protocol says: `--fit` is ignored) and
+/// its label PNG is kept in the `--cache` folder, so an interrupted evaluation
+/// resumes where it stopped.
 ///
 /// Predictions are label PNGs (8- or 16-bit greyscale, pixel = segment index)
 /// named `<image stem>.png`: `000000000139.png` for COCO,
@@ -31,10 +39,28 @@ pub struct Args {
     /// Score the label PNGs in this folder instead of running the model.
     #[arg(long)]
     predictions: Option<PathBuf>,
-    /// Merging threshold τ when running the model (default: 1.1 for COCO-Stuff-27,
-    /// 0.9 for Cityscapes, as in the paper).
+    /// Keep the model's predictions here (default: `diffseg-eval-<dataset>`); the
+    /// ones already there are reused.
+    #[arg(long, value_name = "DIR", conflicts_with = "predictions")]
+    cache: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// KL threshold τ: one value, or one per iteration, comma-separated (default:
+    /// 1.1 for COCO-Stuff-27, 0.9 for Cityscapes, as in the paper).
+    #[arg(long, value_delimiter = ',')]
+    tau: Vec<f32>,
+    /// Anchors per side of the anchor grid (M).
+    #[arg(long, default_value_t = 16)]
+    anchors: usize,
+    /// Merging iterations (N).
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    /// Refine the proposals with one k-means run (off in the paper's benchmarks).
     #[arg(long)]
-    tau: Option<f32>,
+    refine: bool,
+    /// Images per model pass when running the model.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    batch_size: u32,
     /// Write the report as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -64,21 +90,210 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     eval::check_labels(&samples)?;
 
-    let Some(folder) = &args.predictions else {
-        anyhow::bail!(
-            "running the model from `diffseg eval` is not available in this build yet: \
-             segment the images with `diffseg segment` and pass --predictions DIR"
-        );
+    let (scores, resized, source) = match &args.predictions {
+        Some(folder) => {
+            let folder_scores = score_folder(args.dataset, &samples, folder)?;
+            let source = format!("label PNGs in {}", folder.display());
+            (folder_scores.scores, folder_scores.resized, source)
+        }
+        None => {
+            let (scores, source) = run_model(&args, &samples)?;
+            (scores, 0, source)
+        }
     };
-    let folder_scores = score_folder(args.dataset, &samples, folder)?;
-    let mut report = EvalReport::new(
-        args.dataset,
-        &folder_scores.scores,
-        samples.len(),
-        format!("label PNGs in {}", folder.display()),
-    );
-    report.resized_predictions = folder_scores.resized;
+    let mut report = EvalReport::new(args.dataset, &scores, samples.len(), source);
+    report.resized_predictions = resized;
     finish(&args, &report, available)
+}
+
+/// The merging options: the paper's, with the dataset's τ unless `--tau` is given.
+fn merge_args(args: &Args) -> MergeArgs {
+    let tau = if args.tau.is_empty() {
+        vec![args.dataset.default_tau()]
+    } else {
+        args.tau.clone()
+    };
+    MergeArgs {
+        tau,
+        anchors: args.anchors,
+        iterations: args.iterations,
+        refine: args.refine,
+    }
+}
+
+/// What the predictions in a cache folder were made with; a cache made otherwise
+/// is refused rather than mixed in.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct CacheSettings {
+    dataset: String,
+    model: String,
+    weights: Option<PathBuf>,
+    precision: String,
+    tau: Vec<f32>,
+    anchors: usize,
+    iterations: usize,
+    refine: bool,
+}
+
+/// The file in a cache folder that records its [`CacheSettings`].
+const CACHE_SETTINGS: &str = "diffseg-eval-settings.json";
+
+/// Creates the cache folder and records the settings, or checks that an existing
+/// cache was made with the same ones.
+fn open_cache(folder: &Path, settings: &CacheSettings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("creating the prediction cache {}", folder.display()))?;
+    let path = folder.join(CACHE_SETTINGS);
+    let wanted = serde_json::to_string_pretty(settings)? + "\n";
+    match std::fs::read_to_string(&path) {
+        Ok(found) => {
+            let found: CacheSettings = serde_json::from_str(&found)
+                .with_context(|| format!("reading the cache settings {}", path.display()))?;
+            if &found != settings {
+                anyhow::bail!(
+                    "the prediction cache {} was made with other settings ({}): \
+                     pass another --cache folder, or delete this one",
+                    folder.display(),
+                    serde_json::to_string(&found)?
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Segments every image not yet in the cache, keeping each prediction there, and
+/// scores all of them.
+fn run_model(args: &Args, samples: &[Sample]) -> anyhow::Result<(Scores, String)> {
+    let merge = merge_args(args);
+    let options = merge.to_options();
+    let folder = args
+        .cache
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("diffseg-eval-{}", args.dataset.name())));
+    let settings = CacheSettings {
+        dataset: args.dataset.name().to_string(),
+        model: args.model.model.clone(),
+        weights: args.model.weights.clone(),
+        precision: args.model.precision.to_string(),
+        tau: options.tau.clone(),
+        anchors: options.anchors,
+        iterations: options.iterations,
+        refine: options.refine,
+    };
+    open_cache(&folder, &settings)?;
+    let cached = |sample: &Sample| folder.join(sample.prediction_file_name());
+    let missing: Vec<Sample> = samples
+        .iter()
+        .filter(|s| !cached(s).is_file())
+        .cloned()
+        .collect();
+    // Bad images fail now, not after loading the model and segmenting the others.
+    eval::check_images(&missing)?;
+    // The model is loaded only when something is left to segment.
+    let segmenter = if !missing.is_empty() {
+        eprintln!(
+            "segmenting {} of {} images (the rest are in {})",
+            missing.len(),
+            samples.len(),
+            folder.display()
+        );
+        Some(args.model.builder(&merge).fit(Fit::CenterCrop).build()?)
+    } else {
+        None
+    };
+    let progress = progress_bar(samples.len());
+    let mut scores = Scores::default();
+    for chunk in samples.chunks(args.batch_size as usize) {
+        if let Some(segmenter) = &segmenter {
+            let to_segment: Vec<&Sample> = chunk.iter().filter(|s| !cached(s).is_file()).collect();
+            segment_into_cache(segmenter, &to_segment, &folder)?;
+        }
+        for sample in chunk {
+            let path = cached(sample);
+            let prediction = eval::decode_prediction_png(&path)?;
+            // Scored on the grid the model saw (512 for SD 1.x): the cache's square.
+            if prediction.width != prediction.height {
+                return Err(eval::EvalError::PredictionSize {
+                    path,
+                    width: prediction.width,
+                    height: prediction.height,
+                    expected: "a square label map on the model's input grid".into(),
+                }
+                .into());
+            }
+            let side = prediction.width as usize;
+            scores.add(&eval::score_sample(
+                args.dataset,
+                sample,
+                &prediction.segments,
+                side,
+            )?);
+            progress.set_message(running_metrics(&scores));
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    let source = format!(
+        "{} (τ {:?}, M {}, N {}, refine {}), cached in {}",
+        args.model
+            .weights
+            .as_ref()
+            .map_or(args.model.model.clone(), |w| w.display().to_string()),
+        options.tau,
+        options.anchors,
+        options.iterations,
+        options.refine,
+        folder.display()
+    );
+    Ok((scores, source))
+}
+
+/// Segments `samples` as one batch on the model's square input grid (the centre
+/// crop: the protocol's 512×512 for SD 1.x) and writes each label map into the
+/// cache folder as `<image stem>.png` (atomically).
+fn segment_into_cache(
+    segmenter: &Segmenter,
+    samples: &[&Sample],
+    folder: &Path,
+) -> anyhow::Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let images = samples
+        .iter()
+        .map(|sample| diffseg::open_image(&sample.image))
+        .collect::<Result<Vec<_>, _>>()?;
+    let segmentations = segmenter
+        .segment_model_input_batch(&images)
+        .with_context(|| format!("segmenting {}", samples[0].image.display()))?;
+    for (sample, segmentation) in samples.iter().zip(&segmentations) {
+        let labels: Vec<u16> = segmentation
+            .labels()
+            .iter()
+            .map(|&label| u16::try_from(label))
+            .collect::<Result<_, _>>()
+            .with_context(|| {
+                format!(
+                    "{}: more than 65536 segments do not fit a 16-bit label PNG",
+                    sample.image.display()
+                )
+            })?;
+        anyhow::ensure!(
+            segmentation.width() == segmentation.height(),
+            "{}: the model returned a {}×{} label map, not its square input grid",
+            sample.image.display(),
+            segmentation.width(),
+            segmentation.height()
+        );
+        let path = folder.join(sample.prediction_file_name());
+        eval::write_prediction_png(&path, &labels, segmentation.width())?;
+    }
+    Ok(())
 }
 
 /// Scores a folder of predictions with a progress bar showing running ACC and mIoU.

@@ -1,0 +1,192 @@
+//! `diffseg eval` running the model (no `--predictions`) on the tiny random-weight
+//! SD fixtures of diffseg-sd: predictions land in the cache folder, a second run
+//! reuses them, a run with other settings refuses the cache.
+
+// Shared with the prediction-folder tests; this one writes no predictions.
+#[allow(dead_code)]
+#[path = "../../diffseg/tests/eval_support/mod.rs"]
+mod eval_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use eval_support::{images, label_path, load_fixture};
+use serde_json::Value;
+
+fn tiny_weights() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny")
+}
+
+fn diffseg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffseg"))
+        .arg("eval")
+        .args(args)
+        .output()
+        .expect("diffseg runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Writes an RGB image for every Cityscapes label of the fixture, at the label's
+/// size (or `override_size` for the image named), where the official layout has it.
+fn write_images(inputs: &Value, root: &Path, override_size: Option<(&str, u32, u32)>) {
+    for image in images(inputs, "cityscapes") {
+        let id = image["id"].as_str().unwrap();
+        let (mut width, mut height) = (
+            image["width"].as_u64().unwrap() as u32,
+            image["height"].as_u64().unwrap() as u32,
+        );
+        if let Some((name, w, h)) = override_size {
+            if name == id {
+                (width, height) = (w, h);
+            }
+        }
+        let label = label_path(root, "cityscapes", image, false);
+        let city = label.parent().unwrap().file_name().unwrap();
+        let path = root
+            .join("leftImg8bit/val")
+            .join(city)
+            .join(format!("{id}.png"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 9) as u8, (y * 7) as u8, ((x + y) * 5) as u8])
+        })
+        .save(&path)
+        .unwrap();
+    }
+}
+
+fn modified_times(folder: &Path) -> Vec<(PathBuf, SystemTime)> {
+    let mut times: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let time = std::fs::metadata(&path).unwrap().modified().unwrap();
+            (path, time)
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+#[test]
+fn runs_the_model_caches_its_predictions_and_resumes() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    eval_support::write_labels(&inputs, "cityscapes", root.path(), false);
+    write_images(&inputs, root.path(), None);
+    let cache = work.path().join("cache");
+    let json = work.path().join("report.json");
+    let weights = tiny_weights();
+    let args = [
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path(root.path()),
+        "--cache",
+        path(&cache),
+        "--weights",
+        path(&weights),
+        "--backend",
+        "cpu",
+        "--out",
+        path(&json),
+    ];
+
+    let first = diffseg(&args);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("segmenting 3 of 3 images"),
+        "{}",
+        text(&first.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["images_scored"], 3);
+    let acc = report["acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{report}");
+    assert!(
+        report["source"].as_str().unwrap().contains("0.9"),
+        "Cityscapes' τ: {report}"
+    );
+    // One label PNG per image, at the model's input side (128 for the tiny model).
+    for image in images(&inputs, "cityscapes") {
+        let png = cache.join(format!("{}.png", image["id"].as_str().unwrap()));
+        let decoded = image::open(&png).unwrap_or_else(|e| panic!("{png:?}: {e}"));
+        assert_eq!((decoded.width(), decoded.height()), (128, 128));
+    }
+
+    // Everything cached: nothing is segmented or rewritten, the report is the same.
+    let before = modified_times(&cache);
+    let second = diffseg(&args);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(
+        !text(&second.stderr).contains("segmenting"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert_eq!(modified_times(&cache), before);
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(again, report);
+
+    // An interrupted run: only the missing prediction is made, and it is the same.
+    std::fs::remove_file(cache.join("lindau_000001_000019_leftImg8bit.png")).unwrap();
+    let third = diffseg(&args);
+    assert!(third.status.success(), "{}", text(&third.stderr));
+    assert!(
+        text(&third.stderr).contains("segmenting 1 of 3 images"),
+        "{}",
+        text(&third.stderr)
+    );
+    let resumed: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(resumed, report);
+
+    // Other settings do not mix with the cached predictions.
+    let mut other = args.to_vec();
+    other.extend(["--tau", "0.5"]);
+    let refused = diffseg(&other);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("other settings"),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
+#[test]
+fn an_image_and_its_labels_of_different_sizes_are_refused() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    eval_support::write_labels(&inputs, "cityscapes", root.path(), false);
+    write_images(
+        &inputs,
+        root.path(),
+        Some(("frankfurt_000001_000538_leftImg8bit", 41, 20)),
+    );
+    let weights = tiny_weights();
+    let output = diffseg(&[
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path(root.path()),
+        "--cache",
+        path(&work.path().join("cache")),
+        "--weights",
+        path(&weights),
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("frankfurt_000001_000538_leftImg8bit.png is 41×20")
+            && stderr.contains("frankfurt_000001_000538_gtFine_labelIds.png are 40×20"),
+        "{stderr}"
+    );
+}
