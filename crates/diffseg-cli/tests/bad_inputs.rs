@@ -1,0 +1,126 @@
+//! The CLI on bad inputs: one clear error line, a non-zero exit, no output
+//! files, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny_weights() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../diffseg-sd/tests/fixtures/tiny"
+    ))
+}
+
+fn diffseg(args: &[&str], hf_home: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffseg"))
+        .args(args)
+        .env("HF_HOME", hf_home)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("DIFFSEG_WEIGHTS")
+        .output()
+        .unwrap()
+}
+
+fn assert_clean_failure(output: &Output, expected: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for text in expected {
+        assert!(stderr.contains(text), "`{text}` not in: {stderr}");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let good = dir.join("good.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 90]))
+        .save(&good)
+        .unwrap();
+    let corrupt = dir.join("corrupt.jpg");
+    std::fs::write(&corrupt, b"\xFF\xD8\xFF\xE0 not really a jpeg").unwrap();
+    let out = dir.join("out");
+    let weights = tiny_weights().to_string_lossy().into_owned();
+    let (good, corrupt, out_arg) = (
+        good.to_str().unwrap(),
+        corrupt.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+
+    // A path that does not exist, next to a corrupt image: both reported.
+    let missing = dir.join("missing.png");
+    let output = diffseg(
+        &[
+            "segment",
+            missing.to_str().unwrap(),
+            corrupt,
+            "--out",
+            out_arg,
+            "--weights",
+            &weights,
+        ],
+        dir,
+    );
+    assert_clean_failure(&output, &["missing.png", "corrupt.jpg", "2 failed"]);
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+
+    // No weights anywhere and offline: the error says which files to put where.
+    let output = diffseg(&["segment", good, "--out", out_arg], dir);
+    assert_clean_failure(
+        &output,
+        &[
+            "unet/config.json",
+            "text_encoder/model.safetensors",
+            "--weights",
+        ],
+    );
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+
+    // Weights that are not weights.
+    let output = diffseg(
+        &["segment", good, "--out", out_arg, "--weights", corrupt],
+        dir,
+    );
+    assert_clean_failure(&output, &["corrupt.jpg"]);
+
+    // A backend that is not compiled in or does not exist.
+    let output = diffseg(
+        &["segment", good, "--out", out_arg, "--backend", "tpu"],
+        dir,
+    );
+    assert_clean_failure(&output, &["tpu"]);
+
+    // f16 on the CPU.
+    let output = diffseg(
+        &[
+            "segment",
+            good,
+            "--out",
+            out_arg,
+            "--weights",
+            &weights,
+            "--precision",
+            "f16",
+        ],
+        dir,
+    );
+    assert_clean_failure(&output, &["f16"]);
+
+    // `attention` on a corrupt image: no output file.
+    let attention = dir.join("attn.safetensors");
+    let output = diffseg(
+        &[
+            "attention",
+            corrupt,
+            "--out",
+            attention.to_str().unwrap(),
+            "--weights",
+            &weights,
+        ],
+        dir,
+    );
+    assert_clean_failure(&output, &["corrupt.jpg"]);
+    assert!(!attention.exists());
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}

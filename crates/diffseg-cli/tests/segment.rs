@@ -1,0 +1,338 @@
+//! `diffseg segment` end to end on the tiny random-weight SD fixture: a folder
+//! with good and bad images in, results out, a resumed run skipping done work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{DynamicImage, GenericImageView, ImageFormat};
+
+fn tiny_weights() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../diffseg-sd/tests/fixtures/tiny"
+    ))
+}
+
+fn example_image(name: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/images"
+    ))
+    .join(name)
+}
+
+fn diffseg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffseg"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("DIFFSEG_WEIGHTS")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Every file under `folder`, relative, sorted.
+fn files_under(folder: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![folder.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(
+                    path.strip_prefix(folder)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Checks one image's three results against the image.
+fn check_results(out: &Path, stem: &str, image: &DynamicImage) {
+    let (width, height) = image.dimensions();
+    let labels = image::open(out.join(format!("{stem}.png"))).unwrap();
+    assert_eq!(labels.dimensions(), (width, height));
+    let overlay = image::open(out.join(format!("{stem}.overlay.png"))).unwrap();
+    assert_eq!(overlay.dimensions(), (width, height));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(json["width"], width);
+    assert_eq!(json["height"], height);
+    let segments = json["segments"].as_array().unwrap();
+    assert!(!segments.is_empty());
+    let labels = labels.to_luma16();
+    let mut total_area = 0;
+    for segment in segments {
+        let label = segment["label"].as_u64().unwrap() as u16;
+        let area = segment["area"].as_u64().unwrap();
+        total_area += area;
+        // The RLE covers the image, its runs of 1 add up to the area, and
+        // decoding it (column-major) gives exactly the label PNG's pixels.
+        let rle = &segment["segmentation"];
+        assert_eq!(rle["size"], serde_json::json!([height, width]));
+        let counts: Vec<u64> = rle["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), (width * height) as u64);
+        assert_eq!(counts.iter().skip(1).step_by(2).sum::<u64>(), area);
+        let mut pixel = 0u64;
+        for (run, &count) in counts.iter().enumerate() {
+            for offset in 0..count {
+                let index = pixel + offset;
+                let (x, y) = (
+                    (index / height as u64) as u32,
+                    (index % height as u64) as u32,
+                );
+                assert_eq!(
+                    labels.get_pixel(x, y).0[0] == label,
+                    run % 2 == 1,
+                    "{stem}: label {label} at ({x}, {y})"
+                );
+            }
+            pixel += count;
+        }
+        let bbox: Vec<u64> = segment["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(bbox[0] + bbox[2] <= width as u64 && bbox[1] + bbox[3] <= height as u64);
+    }
+    assert_eq!(total_area, (width * height) as u64);
+}
+
+fn segments_a_folder_and_resumes(backend: &str) {
+    let folder = tempfile::tempdir().unwrap();
+    let images = folder.path().join("images");
+    std::fs::create_dir_all(images.join("nested")).unwrap();
+    let coffee = image::open(example_image("coffee.png"))
+        .unwrap()
+        .thumbnail(150, 150);
+    let rocket = image::open(example_image("rocket.jpg"))
+        .unwrap()
+        .thumbnail(100, 130);
+    coffee
+        .save_with_format(images.join("coffee.png"), ImageFormat::Png)
+        .unwrap();
+    rocket
+        .save_with_format(images.join("nested/rocket.jpg"), ImageFormat::Jpeg)
+        .unwrap();
+    let rocket = image::open(images.join("nested/rocket.jpg")).unwrap();
+    std::fs::write(images.join("broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    std::fs::write(images.join("empty.jpg"), b"").unwrap();
+    std::fs::write(images.join("readme.txt"), b"not an image, not picked up").unwrap();
+    let out = folder.path().join("out");
+    let (images_arg, out_arg, weights) = (
+        images.to_str().unwrap(),
+        out.to_str().unwrap(),
+        tiny_weights().to_string_lossy().into_owned(),
+    );
+
+    let first = diffseg(&[
+        "segment",
+        images_arg,
+        "--out",
+        out_arg,
+        "--weights",
+        &weights,
+        "--backend",
+        backend,
+        "--batch-size",
+        "2",
+    ]);
+    // Two bad images: reported, skipped, and the exit status says so.
+    assert!(!first.status.success(), "{}", text(&first));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("broken.png") && stderr.contains("empty.jpg"),
+        "{}",
+        text(&first)
+    );
+    assert!(
+        stderr.contains("2 segmented") && stderr.contains("2 failed"),
+        "{}",
+        text(&first)
+    );
+    assert_eq!(
+        files_under(&out),
+        vec![
+            "coffee.json",
+            "coffee.overlay.png",
+            "coffee.png",
+            "nested/rocket.json",
+            "nested/rocket.overlay.png",
+            "nested/rocket.png"
+        ],
+        "only whole results, no temporary or partial files"
+    );
+    check_results(&out, "coffee", &coffee);
+    check_results(&out, "nested/rocket", &rocket);
+
+    // The same command again resumes: nothing redone, the bad images retried
+    // (and failing again).
+    let written = std::fs::metadata(out.join("coffee.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = diffseg(&[
+        "segment",
+        images_arg,
+        "--out",
+        out_arg,
+        "--weights",
+        &weights,
+        "--backend",
+        backend,
+    ]);
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr)
+            .contains("0 segmented, 2 skipped (already done), 2 failed"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("coffee.png"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        written
+    );
+    // Only done images named: success without loading anything.
+    let coffee_path = images.join("coffee.png");
+    let done = diffseg(&[
+        "segment",
+        coffee_path.to_str().unwrap(),
+        "--out",
+        out_arg,
+        "--weights",
+        "/nonexistent",
+    ]);
+    assert!(done.status.success(), "{}", text(&done));
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("0 segmented, 1 skipped"),
+        "{}",
+        text(&done)
+    );
+
+    // --overwrite redoes them.
+    let redo = diffseg(&[
+        "segment",
+        coffee_path.to_str().unwrap(),
+        "--out",
+        out_arg,
+        "--weights",
+        &weights,
+        "--backend",
+        backend,
+        "--overwrite",
+    ]);
+    assert!(redo.status.success(), "{}", text(&redo));
+    assert!(
+        String::from_utf8_lossy(&redo.stderr).contains("1 segmented"),
+        "{}",
+        text(&redo)
+    );
+}
+
+#[test]
+fn segments_a_folder_and_resumes_on_ndarray() {
+    segments_a_folder_and_resumes("cpu");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn segments_a_folder_and_resumes_on_wgpu() {
+    segments_a_folder_and_resumes("wgpu");
+}
+
+/// `diffseg merge` reads SD 1.x's sides (64, 32, 16, 8) only, and the tiny
+/// model's maps are 16, 8, 4 and 2; so the merge step of this check runs the
+/// same library function `diffseg merge` runs (`segment_attention`) on the
+/// file `diffseg attention` wrote.
+#[test]
+fn attention_then_merge_equals_segment() {
+    let folder = tempfile::tempdir().unwrap();
+    // A square image at the tiny model's input size: no padding, no resampling,
+    // so the two routes see identical maps.
+    let image = image::open(example_image("chelsea.png"))
+        .unwrap()
+        .resize_exact(128, 128, image::imageops::FilterType::Triangle);
+    let image_path = folder.path().join("cat.png");
+    image.save(&image_path).unwrap();
+    let weights = tiny_weights().to_string_lossy().into_owned();
+    let attention = folder.path().join("cat.safetensors");
+    let out = folder.path().join("out");
+
+    let step = diffseg(&[
+        "attention",
+        image_path.to_str().unwrap(),
+        "--out",
+        attention.to_str().unwrap(),
+        "--weights",
+        &weights,
+    ]);
+    assert!(step.status.success(), "{}", text(&step));
+    let step = diffseg(&[
+        "segment",
+        image_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--weights",
+        &weights,
+    ]);
+    assert!(step.status.success(), "{}", text(&step));
+
+    let bytes = std::fs::read(&attention).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let maps = [16usize, 8, 4, 2]
+        .iter()
+        .map(|&side| {
+            let view = file.tensor(&format!("self_attn.{side}")).unwrap();
+            assert_eq!(view.shape(), &[side * side, side * side]);
+            let probs = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            diffseg::SelfAttentionMap {
+                height: side,
+                width: side,
+                probs,
+            }
+        })
+        .collect();
+    type Cpu = burn::backend::NdArray<f32>;
+    let maps = diffseg::SelfAttention { maps }
+        .to_maps::<Cpu>(&Default::default())
+        .unwrap();
+    let merged =
+        diffseg_core::segment_attention(&maps, &diffseg::MergeOptions::default(), 128, 128)
+            .unwrap();
+    let segmented = image::open(out.join("cat.png")).unwrap().to_luma16();
+    let merged: Vec<u16> = merged.labels().iter().map(|&label| label as u16).collect();
+    assert!(
+        merged == segmented.as_raw().as_slice(),
+        "merged attention and segment label maps differ"
+    );
+}
