@@ -105,7 +105,8 @@ pub enum LoadError {
     Mismatch {
         path: PathBuf,
         component: Component,
-        report: MismatchReport,
+        /// Boxed: it is large and `LoadError` travels in every `Result`.
+        report: Box<MismatchReport>,
     },
 
     /// A tensor is stored in a type the loader cannot convert to floats.

@@ -579,7 +579,7 @@ fn load_network<B: Backend, M: Module<B>>(
         return Err(LoadError::Mismatch {
             path: file.path().to_path_buf(),
             component,
-            report,
+            report: Box::new(report),
         });
     }
     let non_finite = adapter.non_finite();
