@@ -90,6 +90,8 @@ impl<B: Backend> UpBlock2D<B> {
     ///
     /// `upsample_size` is diffusers' `upsample_size`; `path` the block's
     /// diffusers path (`up_blocks.i`), used to name captured layers.
+    // Mirrors diffusers' `CrossAttnUpBlock2D.forward` argument list one to one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         mut hidden: Tensor<B, 4>,
