@@ -32,19 +32,24 @@ impl BackendTask for Probe {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("diffseg {}", env!("CARGO_PKG_VERSION"));
     println!("backends compiled in:");
+    // A missing driver panics deep inside the backend: keep its message off the
+    // screen while probing and report the backend as unusable instead.
+    let default_hook = std::panic::take_hook();
+    if !args.no_probe {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     for kind in BackendKind::compiled_in() {
-        if !args.no_probe {
-            // A missing driver panics deep inside the backend: report it as unavailable.
-            let probed = std::panic::catch_unwind(|| kind.run(Probe));
-            match probed {
-                Ok(Ok(device)) => println!("  {kind}: {device}"),
-                Ok(Err(error)) => println!("  {kind}: {error}"),
-                Err(_) => println!("  {kind}: no usable device"),
-            }
-        } else {
+        if args.no_probe {
             println!("  {kind}");
+            continue;
+        }
+        match std::panic::catch_unwind(|| kind.run(Probe)) {
+            Ok(Ok(device)) => println!("  {kind}: {device}"),
+            Ok(Err(error)) => println!("  {kind}: {error}"),
+            Err(_) => println!("  {kind}: no usable device (driver missing or failed to start)"),
         }
     }
+    std::panic::set_hook(default_hook);
     println!("weights:");
     match std::env::var_os(WEIGHTS_ENV) {
         Some(value) => println!("  {WEIGHTS_ENV} = {}", value.to_string_lossy()),
