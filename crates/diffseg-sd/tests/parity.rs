@@ -388,6 +388,42 @@ fn unet_attention_maps_batch_2<B: Backend>() {
     assert_eq!(compared, 11 * 2, "batch-2 maps compared");
 }
 
+/// The crate's own loader (`weights`) on the diffusers folder must give the
+/// same networks as the test loader above: the three outputs within the same bounds.
+fn crate_loader_reproduces_reference<B: Backend>() {
+    let device = B::Device::default();
+    let reference = Reference::open();
+    let source = diffseg_sd::weights::WeightsSource::detect(fixtures()).expect("detect fixtures");
+    let sd = diffseg_sd::StableDiffusion::<B>::load(&source, &device).expect("load fixtures");
+    let image = reference.f32::<B, 4>("image", &device);
+    assert_close(
+        "loader: vae moments",
+        sd.vae.moments(image),
+        reference.f32("moments", &device),
+        MOMENTS_ATOL,
+    );
+    let text = sd
+        .text_encoder
+        .forward(diffseg_sd::empty_prompt_ids(&device));
+    assert_close(
+        "loader: text embedding",
+        text,
+        reference.f32("text_embedding", &device),
+        TEXT_ATOL,
+    );
+    let noise = sd.unet.forward(
+        reference.f32("latent", &device),
+        timestep(&reference),
+        reference.f32("text_embedding", &device),
+    );
+    assert_close(
+        "loader: noise prediction",
+        noise,
+        reference.f32("noise_pred", &device),
+        NOISE_PRED_ATOL,
+    );
+}
+
 macro_rules! parity_tests {
     ($name:ident, $backend:ty) => {
         mod $name {
@@ -413,6 +449,10 @@ macro_rules! parity_tests {
             #[test]
             fn unet_per_head_attention_maps_match_diffusers() {
                 unet_attention_maps::<B>(HeadReduction::PerHead);
+            }
+            #[test]
+            fn crate_loader_reproduces_diffusers() {
+                crate_loader_reproduces_reference::<B>();
             }
             #[test]
             fn unet_batch_2_attention_maps_match_diffusers() {
