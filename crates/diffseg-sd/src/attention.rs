@@ -6,10 +6,11 @@ use burn::{
     config::Config,
     module::Module,
     nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig},
-    tensor::{activation::softmax, backend::Backend, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
 
 use crate::capture::{AttentionKind, AttentionLayer, HeadReduction, Recorder};
+use crate::precision::{softmax_in_f32, StableNorm};
 
 /// Largest attention-score block the kernel creates, in bytes (f32).
 ///
@@ -121,7 +122,7 @@ impl<B: Backend> Attention<B> {
         let [batch, channels, height, width] = input.dims();
         let mut hidden = input.clone().reshape([batch, channels, height * width]);
         if let Some(norm) = &self.group_norm {
-            hidden = norm.forward(hidden);
+            hidden = norm.forward_stable(hidden);
         }
         let hidden = self.forward(hidden.swap_dims(1, 2), None);
         let hidden = hidden
@@ -178,7 +179,12 @@ fn attention_in_query_blocks<B: Backend>(
     let keys = key_t.dims()[3];
     let bytes_per_query = batch * heads * keys * std::mem::size_of::<f32>();
     let block = (MAX_SCORE_BYTES / bytes_per_query).clamp(1, queries);
-    let attend = |q: Tensor<B, 4>| softmax(q.matmul(key_t.clone()), 3).matmul(value.clone());
+    let attend = |q: Tensor<B, 4>| {
+        let dtype = q.dtype();
+        softmax_in_f32(q.matmul(key_t.clone()), 3)
+            .cast(dtype)
+            .matmul(value.clone())
+    };
     if block == queries {
         return attend(query);
     }
@@ -214,8 +220,9 @@ fn attention_per_head<B: Backend>(
             .clone()
             .narrow(1, head, 1)
             .reshape([batch, keys, head_dim]);
-        let probs = softmax(q.matmul(k_t), 2);
-        outputs.push(probs.clone().matmul(v));
+        let dtype = q.dtype();
+        let probs = softmax_in_f32(q.matmul(k_t), 2);
+        outputs.push(probs.clone().cast(dtype).matmul(v));
         match reduction {
             HeadReduction::PerHead => {
                 capture

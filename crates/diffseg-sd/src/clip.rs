@@ -8,14 +8,16 @@ use burn::{
     module::Module,
     nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig},
     tensor::{
-        activation::{gelu, sigmoid, softmax},
+        activation::{gelu, sigmoid},
         backend::Backend,
         Bool, Int, Tensor, TensorData,
     },
 };
+
 use serde::Deserialize;
 
 use crate::config::{read_json, ConfigError};
+use crate::precision::{softmax_in_f32, StableNorm};
 
 /// CLIP's start-of-text token.
 pub const BOS_TOKEN_ID: i64 = 49406;
@@ -230,7 +232,7 @@ impl<B: Backend> ClipTextModel<B> {
         for layer in &model.encoder.layers {
             hidden = layer.forward(hidden, causal_mask.clone());
         }
-        model.final_layer_norm.forward(hidden)
+        model.final_layer_norm.forward_stable(hidden)
     }
 }
 
@@ -238,9 +240,11 @@ impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, hidden: Tensor<B, 3>, causal_mask: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let hidden = self
             .self_attn
-            .forward(self.layer_norm1.forward(hidden.clone()), causal_mask)
+            .forward(self.layer_norm1.forward_stable(hidden.clone()), causal_mask)
             + hidden;
-        self.mlp.forward(self.layer_norm2.forward(hidden.clone())) + hidden
+        self.mlp
+            .forward(self.layer_norm2.forward_stable(hidden.clone()))
+            + hidden
     }
 }
 
@@ -262,7 +266,8 @@ impl<B: Backend> ClipAttention<B> {
             causal_mask.reshape([1, 1, tokens, tokens]),
             f32::NEG_INFINITY,
         );
-        let attended = softmax(scores, 3).matmul(value);
+        let dtype = scores.dtype();
+        let attended = softmax_in_f32(scores, 3).cast(dtype).matmul(value);
         self.out_proj
             .forward(attended.swap_dims(1, 2).reshape([batch, tokens, width]))
     }

@@ -14,6 +14,7 @@ pub mod down_block;
 pub mod embeddings;
 pub mod keys;
 pub mod mid_block;
+pub mod precision;
 pub mod resnet;
 pub mod sampling;
 pub mod transformer;

@@ -11,6 +11,8 @@ use burn::{
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
+use crate::precision::StableNorm;
+
 /// Configuration of [`ResnetBlock2D`].
 #[derive(Config, Debug)]
 pub struct ResnetBlock2DConfig {
@@ -75,7 +77,9 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// - `input`: `[batch, in_channels, h, w]`; `temb`: `[batch, temb_channels]`
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward(&self, input: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
-        let hidden = self.conv1.forward(silu(self.norm1.forward(input.clone())));
+        let hidden = self
+            .conv1
+            .forward(silu(self.norm1.forward_stable(input.clone())));
         let hidden = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let [batch, channels] = [hidden.dims()[0], hidden.dims()[1]];
@@ -84,7 +88,7 @@ impl<B: Backend> ResnetBlock2D<B> {
             }
             _ => hidden,
         };
-        let hidden = self.conv2.forward(silu(self.norm2.forward(hidden)));
+        let hidden = self.conv2.forward(silu(self.norm2.forward_stable(hidden)));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(input),
             None => input,

@@ -14,6 +14,7 @@ use burn::{
 use crate::{
     attention::{Attention, AttentionConfig, Capture},
     capture::{AttentionKind, AttentionLayer, Recorder},
+    precision::StableNorm,
 };
 
 /// Configuration of [`Transformer2DModel`].
@@ -123,7 +124,9 @@ impl<B: Backend> Transformer2DModel<B> {
         mut capture: Option<(&mut Recorder<'_, B>, &str)>,
     ) -> Tensor<B, 4> {
         let [batch, _, height, width] = input.dims();
-        let hidden = self.proj_in.forward(self.norm.forward(input.clone()));
+        let hidden = self
+            .proj_in
+            .forward(self.norm.forward_stable(input.clone()));
         let inner = hidden.dims()[1];
         // [batch, h·w, inner]: tokens in row-major order over the grid.
         let mut tokens = hidden
@@ -218,17 +221,18 @@ impl<B: Backend> BasicTransformerBlock<B> {
             None => (None, None),
         };
         let self_capture = request(&mut recorder, &layer, AttentionKind::SelfAttention);
-        let tokens =
-            self.attn1
-                .forward_captured(self.norm1.forward(tokens.clone()), None, self_capture)
-                + tokens;
+        let tokens = self.attn1.forward_captured(
+            self.norm1.forward_stable(tokens.clone()),
+            None,
+            self_capture,
+        ) + tokens;
         let cross_capture = request(&mut recorder, &layer, AttentionKind::CrossAttention);
         let tokens = self.attn2.forward_captured(
-            self.norm2.forward(tokens.clone()),
+            self.norm2.forward_stable(tokens.clone()),
             Some(context),
             cross_capture,
         ) + tokens;
-        self.ff.forward(self.norm3.forward(tokens.clone())) + tokens
+        self.ff.forward(self.norm3.forward_stable(tokens.clone())) + tokens
     }
 }
 

@@ -11,6 +11,7 @@ use burn::{
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -19,6 +20,7 @@ use crate::{
     down_block::{CrossAttentionSettings, DownBlock2D, DownBlock2DConfig},
     embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig},
     mid_block::{UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig},
+    precision::StableNorm,
     up_block::{UpBlock2D, UpBlock2DConfig},
 };
 
@@ -574,7 +576,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
 
         // 6. post-process
-        let hidden = silu(self.conv_norm_out.forward(hidden));
+        let hidden = silu(self.conv_norm_out.forward_stable(hidden));
         Some(self.conv_out.forward(hidden))
     }
 }

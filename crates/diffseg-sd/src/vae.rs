@@ -12,11 +12,13 @@ use burn::{
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
+
 use serde::Deserialize;
 
 use crate::{
     attention::{Attention, AttentionConfig},
     config::{read_json, ConfigError},
+    precision::StableNorm,
     resnet::{ResnetBlock2D, ResnetBlock2DConfig},
     sampling::{Downsample2D, Downsample2DConfig},
 };
@@ -245,7 +247,7 @@ impl<B: Backend> Encoder<B> {
             hidden = mid.resnets[1].forward(hidden, None);
         }
         self.conv_out
-            .forward(silu(self.conv_norm_out.forward(hidden)))
+            .forward(silu(self.conv_norm_out.forward_stable(hidden)))
     }
 }
 
