@@ -34,8 +34,8 @@ pub fn label_map<B: Backend>(
             "label map size {out_width}x{out_height} is empty"
         )));
     }
-    let device = proposals.device();
-    let columns = interpolation_tensor::<B>(grid_width, out_width, &device).transpose();
+    let (device, dtype) = (proposals.device(), proposals.dtype());
+    let columns = interpolation_tensor::<B>(grid_width, out_width, &device, dtype).transpose();
     // [K * gh, gw] · [gw, ow] → laid out as [gh, K * ow] so each band of output rows is a
     // single matrix product with its rows of the row-interpolation matrix.
     let wide = proposals
@@ -44,7 +44,7 @@ pub fn label_map<B: Backend>(
         .reshape([count, grid_height, out_width])
         .swap_dims(0, 1)
         .reshape([grid_height, count * out_width]);
-    let rows = interpolation_tensor::<B>(grid_height, out_height, &device);
+    let rows = interpolation_tensor::<B>(grid_height, out_height, &device, dtype);
     let band = (BAND_BYTES / (4 * count * out_width)).clamp(1, out_height);
     let mut labels: Vec<u32> = Vec::with_capacity(out_height * out_width);
     for first in (0..out_height).step_by(band) {

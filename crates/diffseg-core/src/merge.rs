@@ -1,7 +1,7 @@
 //! Iterative attention merging (method §5): anchors, KL-threshold proposals, greedy merges
 //! and the optional k-means refinement.
 
-use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
@@ -207,7 +207,8 @@ pub fn initial_proposals<B: Backend>(
         .select(0, index_tensor::<B>(&rows, &device));
     let matches = kl_matrix(anchor_maps, aggregate.maps.clone())
         .lower_elem(tau)
-        .float();
+        .float()
+        .cast(aggregate.maps.dtype());
     let cells = aggregate.height * aggregate.width;
     let flags: Vec<f32> = matches.clone().into_data().iter::<f32>().collect();
     let members = flags
@@ -252,10 +253,10 @@ pub fn merge_proposals<B: Backend>(proposals: &Proposals<B>, tau: f32) -> Propos
         }
         groups.push(group);
     }
-    let device = proposals.maps.device();
+    let (device, dtype) = (proposals.maps.device(), proposals.maps.dtype());
     Proposals {
         maps: proposals_from_matches(
-            membership_matrix::<B>(&groups, count, &device),
+            membership_matrix::<B>(&groups, count, &device, dtype),
             proposals.maps.clone(),
         ),
         height: proposals.height,
@@ -271,7 +272,7 @@ pub const REFINE_MAX_ITERATIONS: usize = 300;
 /// of proposals, initialised with the proposals, run on the device until the assignment
 /// stops changing (or [`REFINE_MAX_ITERATIONS`]). Returns the non-empty clusters' means.
 pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) -> Proposals<B> {
-    let device = aggregate.maps.device();
+    let (device, dtype) = (aggregate.maps.device(), aggregate.maps.dtype());
     let clusters = proposals.len();
     let points = aggregate.height * aggregate.width;
     let mut centres = proposals.maps.clone();
@@ -301,19 +302,17 @@ pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) ->
         let groups = clusters_members(&assignment, clusters);
         // An emptied cluster keeps its previous centre.
         let means = proposals_from_matches(
-            membership_matrix::<B>(&groups, points, &device),
+            membership_matrix::<B>(&groups, points, &device, dtype),
             aggregate.maps.clone(),
         );
         let empty: Vec<f32> = groups
             .iter()
             .map(|group| if group.is_empty() { 1.0 } else { 0.0 })
             .collect();
-        let keep = Tensor::<B, 1>::from_data(
-            TensorData::new(empty, [clusters]).convert::<B::FloatElem>(),
-            &device,
-        )
-        .reshape([clusters, 1])
-        .expand([clusters, points]);
+        let keep =
+            Tensor::<B, 1>::from_data_dtype(TensorData::new(empty, [clusters]), &device, dtype)
+                .reshape([clusters, 1])
+                .expand([clusters, points]);
         centres = means.mask_where(keep.clone().equal_elem(1.0), centres);
     }
     let groups: Vec<Vec<usize>> = clusters_members(&assignment, clusters)
@@ -322,7 +321,7 @@ pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) ->
         .collect();
     Proposals {
         maps: proposals_from_matches(
-            membership_matrix::<B>(&groups, points, &device),
+            membership_matrix::<B>(&groups, points, &device, dtype),
             aggregate.maps.clone(),
         ),
         height: aggregate.height,
@@ -345,6 +344,7 @@ fn membership_matrix<B: Backend>(
     groups: &[Vec<usize>],
     columns: usize,
     device: &B::Device,
+    dtype: DType,
 ) -> Tensor<B, 2> {
     let mut flags = vec![0f32; groups.len() * columns];
     for (row, group) in groups.iter().enumerate() {
@@ -352,9 +352,10 @@ fn membership_matrix<B: Backend>(
             flags[row * columns + column] = 1.0;
         }
     }
-    Tensor::from_data(
-        TensorData::new(flags, [groups.len(), columns]).convert::<B::FloatElem>(),
+    Tensor::from_data_dtype(
+        TensorData::new(flags, [groups.len(), columns]),
         device,
+        dtype,
     )
 }
 

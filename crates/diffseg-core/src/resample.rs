@@ -5,7 +5,7 @@
 //! one axis is a linear map, so it is done here as a product with an interpolation matrix:
 //! exact, backend-generic, and fast on every backend.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
 /// The `[out_size, in_size]` matrix that resamples one axis with half-pixel bilinear weights.
 ///
@@ -26,14 +26,16 @@ pub fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
     matrix
 }
 
-/// The interpolation matrix of [`interpolation_matrix`] as a `[out_size, in_size]` tensor.
+/// The interpolation matrix of [`interpolation_matrix`] as a `[out_size, in_size]` tensor of
+/// `dtype` (that of the maps it resizes: f32 maps stay f32 on a half-precision backend).
 pub fn interpolation_tensor<B: Backend>(
     in_size: usize,
     out_size: usize,
     device: &B::Device,
+    dtype: DType,
 ) -> Tensor<B, 2> {
     let data = TensorData::new(interpolation_matrix(in_size, out_size), [out_size, in_size]);
-    Tensor::from_data(data.convert::<B::FloatElem>(), device)
+    Tensor::from_data_dtype(data, device, dtype)
 }
 
 /// Resizes `[n, h, w]` to `[n, out_height, out_width]` with half-pixel bilinear interpolation,
@@ -47,17 +49,17 @@ pub fn resize_bilinear_half_pixel<B: Backend>(
     out_width: usize,
 ) -> Tensor<B, 3> {
     let [n, height, width] = input.dims();
-    let device = input.device();
+    let (device, dtype) = (input.device(), input.dtype());
     let mut resized = input;
     if out_width != width {
-        let columns = interpolation_tensor::<B>(width, out_width, &device).transpose();
+        let columns = interpolation_tensor::<B>(width, out_width, &device, dtype).transpose();
         resized = resized
             .reshape([n * height, width])
             .matmul(columns)
             .reshape([n, height, out_width]);
     }
     if out_height != height {
-        let rows = interpolation_tensor::<B>(height, out_height, &device).transpose();
+        let rows = interpolation_tensor::<B>(height, out_height, &device, dtype).transpose();
         resized = resized
             .swap_dims(1, 2)
             .reshape([n * out_width, height])

@@ -329,3 +329,33 @@ fn segmentation_statistics_masks_and_files() {
         "only the three finished files, no temporaries"
     );
 }
+
+/// The algorithm computes in the dtype of the maps it is given, whatever the backend's default:
+/// an f16 model hands over f32 probabilities and the merge must stay in f32. Checked here with
+/// f64 maps on the f32 CPU backend (burn-ndarray has no f16): every constant tensor the merge
+/// makes (interpolation and membership matrices) must follow, or mixing dtypes fails.
+#[test]
+fn the_merge_follows_the_dtype_of_the_maps() {
+    use burn::tensor::{DType, FloatDType};
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let in_f64 = AttentionMaps::from_maps(
+        maps_with_zeros::<B>(&device)
+            .iter()
+            .map(|map| {
+                (
+                    map.probs.clone().cast(FloatDType::F64),
+                    map.height,
+                    map.width,
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let options = MergeOptions::default().with_anchors(8).with_refine(true);
+    let proposals = diffseg_core::merge_attention(&in_f64, &options).unwrap();
+    assert_eq!(proposals.maps.dtype(), DType::F64);
+    let segmentation = segment_attention(&in_f64, &options, 64, 64).unwrap();
+    let in_f32 = segment_attention(&maps_with_zeros::<B>(&device), &options, 64, 64).unwrap();
+    assert_eq!(segmentation.labels(), in_f32.labels());
+}
