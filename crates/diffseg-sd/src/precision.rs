@@ -131,10 +131,11 @@ pub fn softmax_in_f32<B: Backend, const D: usize>(
     }
 }
 
-/// Half-precision checks, generic over the backend. They need a device with f16 kernels: Burn's
-/// WGSL kernels do not compile f16 on Mesa lavapipe (no `SHADER_F16` through wgpu), so on the
-/// development and CI machines they are ignored; run them with `--ignored` on a GPU.
-#[cfg(all(test, any(feature = "wgpu", feature = "cuda")))]
+/// Half-precision checks, generic over the backend. They run in real f16 arithmetic on the CPU
+/// through Burn's Candle backend, everywhere. The WGPU and CUDA runs need a GPU: Burn's WGSL
+/// kernels do not compile f16 on Mesa lavapipe (no `SHADER_F16` through wgpu), so there they are
+/// ignored; run them with `--ignored` on a GPU.
+#[cfg(test)]
 mod tests {
     use burn::{nn::GroupNormConfig, tensor::TensorData};
 
@@ -178,6 +179,13 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn candle_f16_group_norm_statistics_in_f32_survive_what_overflows_f16() {
+        group_norm_statistics_in_f32_survive_what_overflows_f16::<
+            burn::backend::Candle<half::f16, i64>,
+        >();
     }
 
     #[cfg(feature = "wgpu")]
