@@ -171,19 +171,16 @@ fn f16_on_the_cpu_is_a_typed_error() {
     );
 }
 
-/// Half precision on WGPU: the networks compute in f16 from the fp16 weight files, hand over
-/// f32 probabilities, and the merge runs in f32. The attention stays within f16 rounding of
-/// the f32 pipeline's (3e-3, as in diffseg-sd's f16 parity test) and segments come out.
-/// Needs f16 kernels, which Burn's WGSL compiler cannot produce on Mesa lavapipe (the CI and
-/// development machines): run with `--ignored` on a GPU.
+/// Half precision on WGPU through the public builder: the fp16 weight files are chosen, the
+/// f16 backend runs, and segments come out. The numbers against the f32 pipeline are checked
+/// by the facade's unit tests `*_f16_networks_follow_the_f32_pipeline` (on the CPU in real f16
+/// arithmetic, and on WGPU/CUDA with `--ignored`). Needs f16 kernels, which Burn's WGSL compiler
+/// cannot produce on Mesa lavapipe (the CI and development machines): run on a GPU.
 #[cfg(feature = "wgpu")]
 #[test]
 #[ignore = "needs f16 kernels: Burn's WGSL f16 does not compile on lavapipe; run on a GPU"]
-fn f16_on_wgpu_follows_the_f32_pipeline() {
+fn f16_on_wgpu_segments() {
     let image = photo("rocket.jpg");
-    let reference = segmenter(BackendKind::Cpu, Fit::Pad)
-        .attention(&image)
-        .unwrap();
     let half = Segmenter::builder()
         .backend(BackendKind::Wgpu)
         .weights(tiny_weights())
@@ -192,22 +189,6 @@ fn f16_on_wgpu_follows_the_f32_pipeline() {
         .allow_download(false)
         .build()
         .unwrap();
-    let attention = half.attention(&image).unwrap();
-    assert_eq!(attention.maps.len(), reference.maps.len());
-    for (ours, theirs) in attention.maps.iter().zip(&reference.maps) {
-        let worst = ours
-            .probs
-            .iter()
-            .zip(&theirs.probs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 3e-3,
-            "{}x{}: f16 attention off by {worst}",
-            ours.height,
-            ours.width
-        );
-    }
     let segmentation = half.segment(&image).unwrap();
     assert_valid(&segmentation, image.width(), image.height());
 }
