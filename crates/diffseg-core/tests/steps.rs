@@ -49,7 +49,7 @@ fn exact_zeros_give_finite_kl_and_four_segments<B: Backend>(device: &B::Device) 
     let aggregate = aggregate(&maps_with_zeros::<B>(device));
     let values = host(aggregate.maps.clone());
     assert!(
-        values.iter().any(|&v| v == 0.0),
+        values.contains(&0.0),
         "the test input must hold exact zeros"
     );
     let kl = host(kl_matrix(aggregate.maps.clone(), aggregate.maps.clone()));
