@@ -14,6 +14,8 @@
 //! wgpu is not exercised here (lavapipe would take hours at this size; the tiny fixtures cover
 //! wgpu). The measured errors are recorded in docs/parity.md.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
@@ -24,6 +26,8 @@ use diffseg_sd::weights::WeightsSource;
 use diffseg_sd::{AttentionLayer, AttentionSink, HeadReduction, StableDiffusion, EMPTY_PROMPT_IDS};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
+
+use common::{host, max_abs_diff, max_error};
 
 type B = NdArray<f32>;
 
@@ -140,27 +144,15 @@ struct ErrorStats {
 
 impl ErrorStats {
     fn update(&mut self, ours: &[f32], reference: &[f32]) {
-        assert_eq!(ours.len(), reference.len(), "element counts differ");
-        for (a, b) in ours.iter().zip(reference) {
-            let diff = (a - b).abs();
-            // NaN must fail: `max` would silently drop it.
-            self.max_abs = if diff.is_nan() {
-                f32::NAN
-            } else {
-                self.max_abs.max(diff)
-            };
-            self.max_ref = self.max_ref.max(b.abs());
-        }
+        let error = max_abs_diff(ours, reference);
+        self.max_abs = max_error([f64::from(self.max_abs), f64::from(error)]) as f32;
+        self.max_ref = reference.iter().fold(self.max_ref, |m, b| m.max(b.abs()));
         self.compared += ours.len();
     }
 
     fn relative(&self) -> f32 {
         self.max_abs / self.max_ref
     }
-}
-
-fn to_vec<const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor.into_data().to_vec::<f32>().expect("f32 tensor")
 }
 
 fn compare_all(
@@ -226,7 +218,7 @@ impl AttentionSink<B> for ComparingSink<'_> {
             compare_all(
                 &mut self.stats,
                 "self_attn_heads",
-                to_vec(probs.clone()),
+                host(probs.clone()),
                 &reference,
             );
         }
@@ -239,7 +231,7 @@ impl AttentionSink<B> for ComparingSink<'_> {
             let reference =
                 self.reference
                     .f32_range(&format!("self_attn_mean.{index:02}"), 0, queries * keys);
-            compare_all(&mut self.stats, "self_attn_mean", to_vec(mean), &reference);
+            compare_all(&mut self.stats, "self_attn_mean", host(mean), &reference);
         } else {
             self.head_sum = Some(sum);
         }
@@ -257,7 +249,7 @@ impl AttentionSink<B> for ComparingSink<'_> {
         let reference = self
             .reference
             .f32_range(&name, head * queries * keys, queries * keys);
-        compare_all(&mut self.stats, "cross_attn", to_vec(probs), &reference);
+        compare_all(&mut self.stats, "cross_attn", host(probs), &reference);
         self.cross_heads_seen += 1;
     }
 
@@ -291,13 +283,13 @@ fn sd15_random_weights_match_diffusers() {
     compare_all(
         &mut stats,
         "moments",
-        to_vec(moments),
+        host(moments),
         &reference.f32_all("moments").0,
     );
     compare_all(
         &mut stats,
         "latent",
-        to_vec(latent),
+        host(latent),
         &reference.f32_all("latent").0,
     );
     println!("VAE encoder in {:.1} s", started.elapsed().as_secs_f32());
@@ -314,7 +306,7 @@ fn sd15_random_weights_match_diffusers() {
     compare_all(
         &mut stats,
         "text_embedding",
-        to_vec(text),
+        host(text),
         &reference.f32_all("text_embedding").0,
     );
 
@@ -340,7 +332,7 @@ fn sd15_random_weights_match_diffusers() {
     compare_all(
         &mut stats,
         "noise_pred",
-        to_vec(noise),
+        host(noise),
         &reference.f32_all("noise_pred").0,
     );
     assert_eq!(
@@ -405,30 +397,30 @@ fn sd15_ldm_single_file_matches_diffusers_folder() {
     compare_all(
         &mut stats,
         "text_embedding (LDM) vs diffusers",
-        to_vec(text),
+        host(text),
         &reference.f32_all("text_embedding").0,
     );
 
     let image = reference.tensor4("image", &device);
     let small = image.slice([0..1, 0..3, 0..64, 0..64]);
-    let ours = to_vec(from_file.vae.moments(small.clone()));
+    let ours = host(from_file.vae.moments(small.clone()));
     compare_all(
         &mut stats,
         "moments 64 px (LDM vs folder)",
         ours,
-        &to_vec(from_folder.vae.moments(small)),
+        &host(from_folder.vae.moments(small)),
     );
 
     let latent = reference
         .tensor4("latent", &device)
         .slice([0..1, 0..4, 0..8, 0..8]);
     let context = reference.tensor3("text_embedding", &device);
-    let ours = to_vec(
+    let ours = host(
         from_file
             .unet
             .forward(latent.clone(), 300.0, context.clone()),
     );
-    let theirs = to_vec(from_folder.unet.forward(latent, 300.0, context));
+    let theirs = host(from_folder.unet.forward(latent, 300.0, context));
     compare_all(&mut stats, "noise_pred 8x8 (LDM vs folder)", ours, &theirs);
 
     // Same weights and same code: only the text embedding is compared with diffusers (tolerance
@@ -479,7 +471,7 @@ fn vae_stages_match_diffusers_f64() {
     )
     .expect("load the VAE");
     let encoder = &vae.encoder;
-    let mut run: Vec<(String, Box<dyn Fn(Tensor<B, 4>) -> Tensor<B, 4> + '_>)> =
+    let mut run: Vec<(String, Stage<'_>)> =
         vec![("conv_in".into(), Box::new(|x| encoder.conv_in.forward(x)))];
     for (i, block) in encoder.down_blocks.iter().enumerate() {
         for (j, resnet) in block.resnets.iter().enumerate() {
@@ -522,38 +514,38 @@ fn vae_stages_match_diffusers_f64() {
     println!("| stage | max abs error vs f64 | diffusers f32 vs f64 | ratio |");
     println!("| --- | --- | --- | --- |");
     let mut previous = "image".to_string();
-    let mut worst_ratio = 0.0f64;
+    let mut ratios = Vec::new();
     for (name, stage) in &run {
         let (input, shape) = f64_values(&previous);
         let input: Vec<f32> = input.iter().map(|&v| v as f32).collect();
         let output = stage(Tensor::from_data(TensorData::new(input, shape), &device));
         let (expected, _) = f64_values(name);
-        let ours = to_vec(output);
+        let ours = host(output);
         assert_eq!(ours.len(), expected.len(), "{name}: element count");
-        let error = ours
-            .iter()
-            .zip(&expected)
-            .map(|(&a, &b)| (a as f64 - b).abs())
-            .fold(0.0f64, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+        let error = max_error(
+            ours.iter()
+                .zip(&expected)
+                .map(|(&a, &b)| (a as f64 - b).abs()),
+        );
         let floor = report["stages"][name.as_str()]["f32_floor"]
             .as_f64()
             .unwrap_or_else(|| panic!("{name} missing from vae_stages.json"));
         let ratio = error / floor;
-        worst_ratio = if ratio.is_nan() {
-            f64::NAN
-        } else {
-            worst_ratio.max(ratio)
-        };
+        ratios.push(ratio);
         println!("| `{name}` | {error:.3e} | {floor:.3e} | {ratio:.1} |");
         previous = name.clone();
     }
     // A correct f32 stage rounds differently from PyTorch's but not by much more: an error many
     // times diffusers' own f32 rounding means precision is lost in that stage.
+    let worst_ratio = max_error(ratios);
     assert!(
         worst_ratio <= VAE_STAGE_RATIO_TOL,
         "a stage's error is {worst_ratio:.1}× diffusers' f32 rounding (tolerance {VAE_STAGE_RATIO_TOL}×)"
     );
 }
+
+/// One VAE encoder stage, as a function of the previous stage's output.
+type Stage<'a> = Box<dyn Fn(Tensor<B, 4>) -> Tensor<B, 4> + 'a>;
 
 /// How far one VAE stage's f32 error may exceed diffusers' f32 rounding of the same stage.
 /// burn-ndarray's direct convolution sums each output's `channels × 9` products in one running

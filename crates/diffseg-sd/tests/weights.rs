@@ -3,11 +3,13 @@
 //! same parameters, and every broken input is a typed error that names the
 //! file and the problem.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, DType, ElementConversion, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType};
 use burn_store::ModuleSnapshot;
 use diffseg_sd::weights::{
     load_text_encoder, load_unet, load_unet_with_config, load_vae_encoder, required_files,
@@ -17,11 +19,9 @@ use diffseg_sd::{StableDiffusion, StableDiffusionConfig, UNet2DConditionModelCon
 use half::{bf16, f16};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
-type NdArray = burn::backend::NdArray<f32>;
+use common::{assert_reproduces_reference_outputs, f32_values, fixtures};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
-}
+type NdArray = burn::backend::NdArray<f32>;
 
 fn diffusers(variant: Variant) -> WeightsSource {
     WeightsSource::Diffusers {
@@ -106,13 +106,7 @@ fn file_tensor(file: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(file).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let view = tensors.tensor(key).unwrap();
-    assert_eq!(view.dtype(), Dtype::F32, "{key}");
-    let values = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (view.shape().to_vec(), values)
+    (view.shape().to_vec(), f32_values(&view, key))
 }
 
 fn transpose(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
@@ -261,71 +255,13 @@ fn ldm_single_file_gives_the_diffusers_parameters<B: Backend>() {
     );
 }
 
-/// Text embedding: values in [-2.6, 2.7] after 2 layers and 3 LayerNorms
-/// (same bound as tests/parity.rs: f32 on both sides, different op order).
-const TEXT_ATOL: f32 = 2e-5;
-/// Noise prediction: values in [-2.4, 2.0] after ~60 layers of f32 math
-/// (same bound as tests/parity.rs).
-const NOISE_PRED_ATOL: f32 = 1e-4;
-
-fn reference_f32<B: Backend, const D: usize>(
-    io: &SafeTensors<'_>,
-    name: &str,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let view = io.tensor(name).unwrap();
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    Tensor::from_data(TensorData::new(values, view.shape().to_vec()), device)
-}
-
-#[track_caller]
-fn assert_close<B: Backend, const D: usize>(
-    what: &str,
-    actual: Tensor<B, D>,
-    expected: Tensor<B, D>,
-    atol: f32,
-) {
-    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-    let err = (actual - expected).abs().max().into_scalar().elem::<f32>();
-    assert!(err <= atol, "{what}: max abs error {err:e} > {atol:e}");
-}
-
-/// End to end through the networks loaded from the LDM single file: the
-/// text encoder and UNet reproduce diffusers/transformers' outputs.
+/// End to end through the networks loaded from the LDM single file: VAE, text
+/// encoder and UNet reproduce diffusers/transformers' outputs.
 fn ldm_single_file_networks_match_the_reference_outputs<B: Backend>() {
     let device = B::Device::default();
     let single = WeightsSource::SingleFile(fixtures().join("tiny-ldm.safetensors"));
     let sd = StableDiffusion::<B>::load_with_config(&single, &tiny_config(), &device).expect("ldm");
-    let io_bytes = std::fs::read(fixtures().join("io.safetensors")).unwrap();
-    let io = SafeTensors::deserialize(&io_bytes).unwrap();
-
-    let embedding = sd
-        .text_encoder
-        .forward(diffseg_sd::empty_prompt_ids(&device));
-    assert_close(
-        "text embedding",
-        embedding,
-        reference_f32(&io, "text_embedding", &device),
-        TEXT_ATOL,
-    );
-
-    let timestep = io.tensor("timestep").unwrap();
-    let t = i64::from_le_bytes(timestep.data()[..8].try_into().unwrap()) as f32;
-    let noise = sd.unet.forward(
-        reference_f32(&io, "latent", &device),
-        t,
-        reference_f32(&io, "text_embedding", &device),
-    );
-    assert_close(
-        "noise prediction",
-        noise,
-        reference_f32(&io, "noise_pred", &device),
-        NOISE_PRED_ATOL,
-    );
+    assert_reproduces_reference_outputs("ldm single file", &sd, &device);
 }
 
 macro_rules! loading_tests {
