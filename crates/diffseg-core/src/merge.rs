@@ -1,7 +1,7 @@
 //! Iterative attention merging (method §5): anchors, KL-threshold proposals, greedy merges
 //! and the optional k-means refinement.
 
-use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
@@ -305,15 +305,11 @@ pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) ->
             membership_matrix::<B>(&groups, points, &device, dtype),
             aggregate.maps.clone(),
         );
-        let empty: Vec<f32> = groups
-            .iter()
-            .map(|group| if group.is_empty() { 1.0 } else { 0.0 })
-            .collect();
-        let keep =
-            Tensor::<B, 1>::from_data_dtype(TensorData::new(empty, [clusters]), &device, dtype)
-                .reshape([clusters, 1])
-                .expand([clusters, points]);
-        centres = means.mask_where(keep.clone().equal_elem(1.0), centres);
+        let emptied: Vec<bool> = groups.iter().map(Vec::is_empty).collect();
+        let keep = Tensor::<B, 1, Bool>::from_data(TensorData::new(emptied, [clusters]), &device)
+            .reshape([clusters, 1])
+            .expand([clusters, points]);
+        centres = means.mask_where(keep, centres);
     }
     let groups: Vec<Vec<usize>> = clusters_members(&assignment, clusters)
         .into_iter()
