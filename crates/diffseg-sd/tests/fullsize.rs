@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+use diffseg_sd::precision::StableNorm;
 use diffseg_sd::weights::WeightsSource;
 use diffseg_sd::{AttentionLayer, AttentionSink, HeadReduction, StableDiffusion, EMPTY_PROMPT_IDS};
 use memmap2::Mmap;
@@ -502,7 +503,7 @@ fn vae_stages_match_diffusers_f64() {
     ));
     run.push((
         "conv_norm_out".into(),
-        Box::new(|x| encoder.conv_norm_out.forward(x)),
+        Box::new(|x| encoder.conv_norm_out.forward_stable(x)),
     ));
     run.push((
         "conv_out".into(),
