@@ -31,15 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FIXTURES = REPO / "crates/diffseg-sd/tests/fixtures/tiny"
 
 
-class Recorder:
-    def __init__(self):
-        self.selfs: list[torch.Tensor] = []
-
-    def __call__(self, layer: str, kind: str, probs: torch.Tensor) -> None:
-        if kind == "self":
-            self.selfs.append(probs.float())
-
-
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,16 +48,17 @@ def main() -> None:
     text = text_encoder(io["input_ids"]).last_hidden_state
     gaps["text_embedding"] = text.float() - io["text_embedding"]
 
-    recorder = Recorder()
+    recorder = common.Recorder()
     common.install_capture(unet, recorder)
     noise = unet(io["latent"].half(), io["timestep"], encoder_hidden_states=io["text_embedding"].half()).sample
     gaps["noise_pred"] = noise.float() - io["noise_pred"]
-    worst = max((p - io[f"self_attn.{i:02}"]).abs().max().item() for i, p in enumerate(recorder.selfs))
+    selfs = [probs.float() for _, kind, probs in recorder.calls if kind == "self"]
+    worst = max((p - io[f"self_attn.{i:02}"]).abs().max().item() for i, p in enumerate(selfs))
 
     print(f"diffusers {__import__('diffusers').__version__}, torch {torch.__version__}, fp16 on CPU vs the fp32 reference:")
     for name, gap in gaps.items():
         print(f"  {name}: max abs {gap.abs().max().item():.3e}")
-    print(f"  self-attention maps ({len(recorder.selfs)} layers): max abs {worst:.3e}")
+    print(f"  self-attention maps ({len(selfs)} layers): max abs {worst:.3e}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,16 @@ class CaptureAttnProcessor:
         return attn.to_out[1](out)
 
 
+class Recorder:
+    """An `AttentionSink` that keeps every call: `calls` holds (layer, kind, probs) in execution order."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, torch.Tensor]] = []
+
+    def __call__(self, layer: str, kind: str, probs: torch.Tensor) -> None:
+        self.calls.append((layer, kind, probs.detach().clone()))
+
+
 def install_capture(unet, sink: AttentionSink) -> list[str]:
     """Install a capture processor on every UNet attention; returns the transformer-block names in
     execution order (down blocks, mid block, up blocks; attn1 then attn2 inside each block)."""

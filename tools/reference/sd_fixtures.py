@@ -180,14 +180,6 @@ def check_reloads(out: Path, unet, vae, text_encoder, latent, text_embedding, im
         print(f"from_single_file could not be used offline ({type(error).__name__}: {error}); round trip proof stands")
 
 
-class Recorder:
-    def __init__(self):
-        self.calls: list[tuple[str, str, torch.Tensor]] = []
-
-    def __call__(self, layer: str, kind: str, probs: torch.Tensor) -> None:
-        self.calls.append((layer, kind, probs.detach().clone()))
-
-
 @torch.no_grad()
 def run_case(unet, vae, text_encoder, image: torch.Tensor, check_sdpa: bool = True):
     batch = image.shape[0]
@@ -199,7 +191,7 @@ def run_case(unet, vae, text_encoder, image: torch.Tensor, check_sdpa: bool = Tr
     text_embedding = text_encoder(input_ids).last_hidden_state
     timestep = torch.tensor([common.DIFFSEG_TIMESTEP], dtype=torch.int64)
 
-    recorder = Recorder()
+    recorder = common.Recorder()
     order = common.install_capture(unet, recorder)
     noise_pred = unet(latent, timestep, encoder_hidden_states=text_embedding).sample
     unet.set_attn_processor(AttnProcessor2_0())
