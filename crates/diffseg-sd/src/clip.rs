@@ -13,7 +13,6 @@ use burn::{
         Bool, Int, Tensor, TensorData,
     },
 };
-
 use serde::Deserialize;
 
 use crate::config::{read_json, ConfigError};

@@ -11,7 +11,6 @@ use burn::{
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
-
 use serde::{Deserialize, Serialize};
 
 use crate::{

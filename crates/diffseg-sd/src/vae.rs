@@ -12,7 +12,6 @@ use burn::{
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
-
 use serde::Deserialize;
 
 use crate::{
