@@ -1,6 +1,7 @@
 //! From proposals to a label map (method §6).
 
 use burn::tensor::{backend::Backend, Tensor};
+use diffseg_cpu::matmul;
 
 use crate::resample::interpolation_tensor;
 use crate::segmentation::Segmentation;
@@ -38,23 +39,24 @@ pub fn label_map<B: Backend>(
     let columns = interpolation_tensor::<B>(grid_width, out_width, &device, dtype).transpose();
     // [K * gh, gw] · [gw, ow] → laid out as [gh, K * ow] so each band of output rows is a
     // single matrix product with its rows of the row-interpolation matrix.
-    let wide = proposals
-        .reshape([count * grid_height, grid_width])
-        .matmul(columns)
-        .reshape([count, grid_height, out_width])
-        .swap_dims(0, 1)
-        .reshape([grid_height, count * out_width]);
+    let wide = matmul(
+        proposals.reshape([count * grid_height, grid_width]),
+        columns,
+    )
+    .reshape([count, grid_height, out_width])
+    .swap_dims(0, 1)
+    .reshape([grid_height, count * out_width]);
     let rows = interpolation_tensor::<B>(grid_height, out_height, &device, dtype);
     let band = (BAND_BYTES / (4 * count * out_width)).clamp(1, out_height);
     let mut labels: Vec<u32> = Vec::with_capacity(out_height * out_width);
     for first in (0..out_height).step_by(band) {
         let last = (first + band).min(out_height);
-        let winners = rows
-            .clone()
-            .slice([first..last, 0..grid_height])
-            .matmul(wide.clone())
-            .reshape([last - first, count, out_width])
-            .argmax(1);
+        let winners = matmul(
+            rows.clone().slice([first..last, 0..grid_height]),
+            wide.clone(),
+        )
+        .reshape([last - first, count, out_width])
+        .argmax(1);
         labels.extend(winners.into_data().iter::<i64>().map(|label| label as u32));
     }
     Segmentation::from_labels(labels, out_width, out_height)

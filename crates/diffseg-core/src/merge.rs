@@ -2,6 +2,7 @@
 //! and the optional k-means refinement.
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use diffseg_cpu::matmul;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::Aggregate;
@@ -175,7 +176,7 @@ pub fn kl_matrix<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
         .transpose()
         .expand([m, p]);
     // Built as [p, m] so that only the small operand is transposed.
-    let cross = (b.matmul(log_a.transpose()) + log_b.matmul(a.transpose())).transpose();
+    let cross = (matmul(b, log_a.transpose()) + matmul(log_b, a.transpose())).transpose();
     (self_a + self_b - cross).mul_scalar(0.5)
 }
 
@@ -186,7 +187,7 @@ pub fn proposals_from_matches<B: Backend>(
     maps: Tensor<B, 2>,
 ) -> Tensor<B, 2> {
     let counts = matches.clone().sum_dim(1);
-    matches.matmul(maps) / counts
+    matmul(matches, maps) / counts
 }
 
 /// Iteration 0 (method §5): for each anchor, the mean of all aggregate maps whose KL to the
@@ -284,11 +285,7 @@ pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) ->
             .transpose()
             .expand([points, clusters]);
         let distances = centre_norms
-            - aggregate
-                .maps
-                .clone()
-                .matmul(centres.clone().transpose())
-                .mul_scalar(2.0);
+            - matmul(aggregate.maps.clone(), centres.clone().transpose()).mul_scalar(2.0);
         let next: Vec<usize> = distances
             .argmin(1)
             .into_data()

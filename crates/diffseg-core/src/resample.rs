@@ -6,6 +6,7 @@
 //! exact, backend-generic, and fast on every backend.
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use diffseg_cpu::matmul;
 
 /// The `[out_size, in_size]` matrix that resamples one axis with half-pixel bilinear weights.
 ///
@@ -53,19 +54,17 @@ pub fn resize_bilinear_half_pixel<B: Backend>(
     let mut resized = input;
     if out_width != width {
         let columns = interpolation_tensor::<B>(width, out_width, &device, dtype).transpose();
-        resized = resized
-            .reshape([n * height, width])
-            .matmul(columns)
-            .reshape([n, height, out_width]);
+        resized =
+            matmul(resized.reshape([n * height, width]), columns).reshape([n, height, out_width]);
     }
     if out_height != height {
         let rows = interpolation_tensor::<B>(height, out_height, &device, dtype).transpose();
-        resized = resized
-            .swap_dims(1, 2)
-            .reshape([n * out_width, height])
-            .matmul(rows)
-            .reshape([n, out_width, out_height])
-            .swap_dims(1, 2);
+        resized = matmul(
+            resized.swap_dims(1, 2).reshape([n * out_width, height]),
+            rows,
+        )
+        .reshape([n, out_width, out_height])
+        .swap_dims(1, 2);
     }
     resized
 }

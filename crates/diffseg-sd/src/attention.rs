@@ -10,6 +10,7 @@ use burn::{
 };
 
 use crate::capture::{AttentionKind, AttentionLayer, HeadReduction, Recorder};
+use crate::cpu;
 use crate::precision::{softmax_in_f32, StableNorm};
 
 /// Largest attention-score block the kernel creates, in bytes (f32).
@@ -104,11 +105,11 @@ impl<B: Backend> Attention<B> {
         capture: Option<Capture<'_, '_, B>>,
     ) -> Tensor<B, 3> {
         let context = context.unwrap_or_else(|| hidden.clone());
-        let query = self.to_q.forward(hidden);
-        let key = self.to_k.forward(context.clone());
-        let value = self.to_v.forward(context);
+        let query = cpu::linear(&self.to_q, hidden);
+        let key = cpu::linear(&self.to_k, context.clone());
+        let value = cpu::linear(&self.to_v, context);
         let attended = multi_head_attention(query, key, value, self.heads, capture);
-        self.to_out.forward(attended)
+        cpu::linear(&self.to_out, attended)
     }
 
     /// The VAE mid block's spatial self-attention: GroupNorm, attention over
@@ -181,9 +182,8 @@ fn attention_in_query_blocks<B: Backend>(
     let block = (MAX_SCORE_BYTES / bytes_per_query).clamp(1, queries);
     let attend = |q: Tensor<B, 4>| {
         let dtype = q.dtype();
-        softmax_in_f32(q.matmul(key_t.clone()), 3)
-            .cast(dtype)
-            .matmul(value.clone())
+        let probs = softmax_in_f32(cpu::matmul(q, key_t.clone()), 3).cast(dtype);
+        cpu::matmul(probs, value.clone())
     };
     if block == queries {
         return attend(query);
@@ -221,8 +221,8 @@ fn attention_per_head<B: Backend>(
             .narrow(1, head, 1)
             .reshape([batch, keys, head_dim]);
         let dtype = q.dtype();
-        let probs = softmax_in_f32(q.matmul(k_t), 2);
-        outputs.push(probs.clone().cast(dtype).matmul(v));
+        let probs = softmax_in_f32(cpu::matmul(q, k_t), 2);
+        outputs.push(cpu::matmul(probs.clone().cast(dtype), v));
         match reduction {
             HeadReduction::PerHead => {
                 capture

@@ -16,6 +16,7 @@ use burn::{
 use serde::Deserialize;
 
 use crate::config::{read_json, ConfigError};
+use crate::cpu;
 use crate::precision::{softmax_in_f32, StableNorm};
 
 /// CLIP's start-of-text token.
@@ -257,16 +258,16 @@ impl<B: Backend> ClipAttention<B> {
             x.reshape([batch, tokens, self.heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let query =
-            split(self.q_proj.forward(hidden.clone())).mul_scalar((head_dim as f64).powf(-0.5));
-        let key = split(self.k_proj.forward(hidden.clone()));
-        let value = split(self.v_proj.forward(hidden));
-        let scores = query.matmul(key.swap_dims(2, 3)).mask_fill(
+        let query = split(cpu::linear(&self.q_proj, hidden.clone()))
+            .mul_scalar((head_dim as f64).powf(-0.5));
+        let key = split(cpu::linear(&self.k_proj, hidden.clone()));
+        let value = split(cpu::linear(&self.v_proj, hidden));
+        let scores = cpu::matmul(query, key.swap_dims(2, 3)).mask_fill(
             causal_mask.reshape([1, 1, tokens, tokens]),
             f32::NEG_INFINITY,
         );
         let dtype = scores.dtype();
-        let attended = softmax_in_f32(scores, 3).cast(dtype).matmul(value);
+        let attended = cpu::matmul(softmax_in_f32(scores, 3).cast(dtype), value);
         self.out_proj
             .forward(attended.swap_dims(1, 2).reshape([batch, tokens, width]))
     }
@@ -274,12 +275,12 @@ impl<B: Backend> ClipAttention<B> {
 
 impl<B: Backend> ClipMlp<B> {
     fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.fc1.forward(hidden);
+        let hidden = cpu::linear(&self.fc1, hidden);
         let hidden = if self.quick_gelu {
             hidden.clone() * sigmoid(hidden.mul_scalar(1.702))
         } else {
             gelu(hidden)
         };
-        self.fc2.forward(hidden)
+        cpu::linear(&self.fc2, hidden)
     }
 }

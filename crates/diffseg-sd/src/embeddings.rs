@@ -1,6 +1,8 @@
 //! Timestep embeddings of the UNet: the sinusoidal projection (`time_proj`,
 //! no weights) and the two-layer MLP (`time_embedding`).
 
+use crate::cpu;
+
 use burn::{
     config::Config,
     module::Module,
@@ -78,6 +80,6 @@ impl<B: Backend> TimestepEmbedding<B> {
     /// # Shapes
     /// - `features`: `[batch, in_channels]`; output: `[batch, time_embed_dim]`
     pub fn forward(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.linear_2.forward(silu(self.linear_1.forward(features)))
+        cpu::linear(&self.linear_2, silu(cpu::linear(&self.linear_1, features)))
     }
 }

@@ -25,6 +25,9 @@ pub mod weights;
 
 use std::path::Path;
 
+/// The CPU kernels the networks run on burn-ndarray (see [`diffseg_cpu`]).
+pub use diffseg_cpu as cpu;
+
 use burn::tensor::backend::Backend;
 
 pub use capture::{AttentionLayer, AttentionSink, HeadReduction};

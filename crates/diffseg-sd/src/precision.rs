@@ -14,10 +14,16 @@
 //!   rounding. Group statistics are therefore summed in chunks of about √n
 //!   values and then over the chunk sums.
 
+use crate::cpu;
+
 use burn::{
     module::{Module, ModuleMapper, Param},
     nn::{GroupNorm, LayerNorm},
-    tensor::{activation::softmax, backend::Backend, DType, FloatDType, Tensor},
+    tensor::{
+        activation::{silu, softmax},
+        backend::Backend,
+        DType, FloatDType, Tensor,
+    },
 };
 
 /// Whether `dtype` is a reduced-precision float that needs f32 statistics.
@@ -34,7 +40,22 @@ pub trait StableNorm<B: Backend> {
 
 impl<B: Backend> StableNorm<B> for GroupNorm<B> {
     fn forward_stable<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        in_f32(self, input, group_norm)
+        match cpu::try_group_norm(self, input, false) {
+            Ok(output) => output,
+            Err(input) => in_f32(self, input, group_norm),
+        }
+    }
+}
+
+/// `silu(norm.forward_stable(input))`, the pre-activation of every resnet
+/// convolution; one pass over memory on the CPU.
+pub fn group_norm_silu<B: Backend, const D: usize>(
+    norm: &GroupNorm<B>,
+    input: Tensor<B, D>,
+) -> Tensor<B, D> {
+    match cpu::try_group_norm(norm, input, true) {
+        Ok(output) => output,
+        Err(input) => silu(norm.forward_stable(input)),
     }
 }
 
@@ -126,6 +147,8 @@ pub fn softmax_in_f32<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     if is_half(scores.dtype()) {
         softmax(scores.cast(FloatDType::F32), dim)
+    } else if dim + 1 == D {
+        cpu::softmax_last(scores)
     } else {
         softmax(scores, dim)
     }

@@ -11,7 +11,7 @@ use burn::{
     tensor::{activation::silu, backend::Backend, Tensor},
 };
 
-use crate::precision::StableNorm;
+use crate::{cpu, precision::group_norm_silu};
 
 /// Configuration of [`ResnetBlock2D`].
 #[derive(Config, Debug)]
@@ -77,20 +77,18 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// - `input`: `[batch, in_channels, h, w]`; `temb`: `[batch, temb_channels]`
     /// - output: `[batch, out_channels, h, w]`
     pub fn forward(&self, input: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
-        let hidden = self
-            .conv1
-            .forward(silu(self.norm1.forward_stable(input.clone())));
+        let hidden = cpu::conv2d(&self.conv1, group_norm_silu(&self.norm1, input.clone()));
         let hidden = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let [batch, channels] = [hidden.dims()[0], hidden.dims()[1]];
-                let temb = proj.forward(silu(temb));
+                let temb = cpu::linear(proj, silu(temb));
                 hidden + temb.reshape([batch, channels, 1, 1])
             }
             _ => hidden,
         };
-        let hidden = self.conv2.forward(silu(self.norm2.forward_stable(hidden)));
+        let hidden = cpu::conv2d(&self.conv2, group_norm_silu(&self.norm2, hidden));
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(input),
+            Some(conv) => cpu::conv2d(conv, input),
             None => input,
         };
         let output = shortcut + hidden;

@@ -1,5 +1,7 @@
 //! diffusers `Downsample2D` and `Upsample2D` (the `use_conv=True` variants SD uses).
 
+use crate::cpu;
+
 use burn::{
     config::Config,
     module::Module,
@@ -56,7 +58,7 @@ impl<B: Backend> Downsample2D<B> {
         } else {
             input
         };
-        self.conv.forward(input)
+        cpu::conv2d(&self.conv, input)
     }
 }
 
@@ -97,6 +99,6 @@ impl<B: Backend> Upsample2D<B> {
             size,
             InterpolateOptions::new(InterpolateMode::Nearest),
         );
-        self.conv.forward(upsampled)
+        cpu::conv2d(&self.conv, upsampled)
     }
 }

@@ -14,6 +14,7 @@ use burn::{
 use crate::{
     attention::{Attention, AttentionConfig, Capture},
     capture::{AttentionKind, AttentionLayer, Recorder},
+    cpu,
     precision::StableNorm,
 };
 
@@ -83,13 +84,13 @@ impl<B: Backend> Projection<B> {
     /// - `input`: `[batch, c_in, h, w]`; output: `[batch, c_out, h, w]`
     fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         match self {
-            Projection::Conv(conv) => conv.forward(input),
+            Projection::Conv(conv) => cpu::conv2d(conv, input),
             Projection::Linear(linear) => {
                 let [batch, channels, height, width] = input.dims();
                 let tokens = input
                     .reshape([batch, channels, height * width])
                     .swap_dims(1, 2);
-                let out = linear.forward(tokens);
+                let out = cpu::linear(linear, tokens);
                 let out_channels = out.dims()[2];
                 out.swap_dims(1, 2)
                     .reshape([batch, out_channels, height, width])
@@ -291,7 +292,7 @@ impl<B: Backend> FeedForward<B> {
     /// # Shapes
     /// - `tokens`, output: `[batch, n, dim]`
     pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj_out.forward(self.geglu.forward(tokens))
+        cpu::linear(&self.proj_out, self.geglu.forward(tokens))
     }
 }
 
@@ -306,7 +307,7 @@ impl<B: Backend> Geglu<B> {
     /// # Shapes
     /// - `tokens`: `[batch, n, dim]`; output: `[batch, n, hidden]`
     pub fn forward(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
-        let projected = self.proj.forward(tokens);
+        let projected = cpu::linear(&self.proj, tokens);
         let half = projected.dims()[2] / 2;
         let hidden = projected.clone().narrow(2, 0, half);
         let gate = projected.narrow(2, half, half);

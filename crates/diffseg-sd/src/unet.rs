@@ -9,17 +9,18 @@ use burn::{
         conv::{Conv2d, Conv2dConfig},
         GroupNorm, GroupNormConfig, PaddingConfig2d,
     },
-    tensor::{activation::silu, backend::Backend, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{AttentionSink, Recorder},
     config::{read_json, ConfigError, OneOrPerBlock},
+    cpu,
     down_block::{CrossAttentionSettings, DownBlock2D, DownBlock2DConfig},
     embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig},
     mid_block::{UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig},
-    precision::StableNorm,
+    precision::group_norm_silu,
     up_block::{UpBlock2D, UpBlock2DConfig},
 };
 
@@ -529,7 +530,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let temb = self.time_embedding.forward(features);
 
         // 2. pre-process
-        let mut hidden = self.conv_in.forward(sample);
+        let mut hidden = cpu::conv2d(&self.conv_in, sample);
 
         // 3. down
         let mut skips = vec![hidden.clone()];
@@ -575,7 +576,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
 
         // 6. post-process
-        let hidden = silu(self.conv_norm_out.forward_stable(hidden));
-        Some(self.conv_out.forward(hidden))
+        let hidden = group_norm_silu(&self.conv_norm_out, hidden);
+        Some(cpu::conv2d(&self.conv_out, hidden))
     }
 }

@@ -10,14 +10,15 @@ use burn::{
         conv::{Conv2d, Conv2dConfig},
         GroupNorm, GroupNormConfig, PaddingConfig2d,
     },
-    tensor::{activation::silu, backend::Backend, Tensor},
+    tensor::{backend::Backend, Tensor},
 };
 use serde::Deserialize;
 
 use crate::{
     attention::{Attention, AttentionConfig},
     config::{read_json, ConfigError},
-    precision::StableNorm,
+    cpu,
+    precision::group_norm_silu,
     resnet::{ResnetBlock2D, ResnetBlock2DConfig},
     sampling::{Downsample2D, Downsample2DConfig},
 };
@@ -227,7 +228,7 @@ impl<B: Backend> Encoder<B> {
     /// # Shapes
     /// - `image`: `[batch, 3, H, W]`; output: `[batch, 2·latent, H/8, W/8]` (for 4 blocks)
     pub fn forward(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut hidden = self.conv_in.forward(image);
+        let mut hidden = cpu::conv2d(&self.conv_in, image);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 hidden = resnet.forward(hidden, None);
@@ -245,8 +246,7 @@ impl<B: Backend> Encoder<B> {
         if mid.attentions.is_empty() {
             hidden = mid.resnets[1].forward(hidden, None);
         }
-        self.conv_out
-            .forward(silu(self.conv_norm_out.forward_stable(hidden)))
+        cpu::conv2d(&self.conv_out, group_norm_silu(&self.conv_norm_out, hidden))
     }
 }
 
@@ -268,7 +268,7 @@ impl<B: Backend> AutoencoderKL<B> {
     pub fn moments(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
         let moments = self.encoder.forward(image);
         match &self.quant_conv {
-            Some(conv) => conv.forward(moments),
+            Some(conv) => cpu::conv2d(conv, moments),
             None => moments,
         }
     }

@@ -1,0 +1,334 @@
+//! From Burn tensors to this module's kernels and back, when the backend is
+//! burn-ndarray. Each function returns its inputs untouched (`Err`) when it
+//! does not apply, so the caller runs Burn's op instead.
+
+use std::any::Any;
+
+use burn::{
+    nn::{conv::Conv2d, GroupNorm, Linear, PaddingConfig2d},
+    tensor::{backend::Backend, Tensor, TensorPrimitive},
+};
+use burn_ndarray::NdArrayTensor;
+use ndarray::{ArcArray, ArrayViewD, IxDyn};
+
+use super::{
+    conv::{self, ConvShape},
+    gemm::{matmul_into, MatRef},
+    pointwise,
+};
+
+/// `value` as a `U` if that is its type.
+fn downcast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let mut slot = Some(value);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
+        Some(target) => Ok(target.take().expect("slot was filled")),
+        None => Err(slot.expect("slot is untouched")),
+    }
+}
+
+/// A burn-ndarray f32 tensor's array (shared, copy-on-write).
+type CpuArray = ArcArray<f32, IxDyn>;
+
+/// A burn-ndarray tensor known to hold f32. Its storage may borrow a
+/// memory-mapped weights file: read it through [`CpuTensor::view`], which
+/// never copies.
+struct CpuTensor(NdArrayTensor);
+
+impl CpuTensor {
+    fn view(&self) -> ArrayViewD<'_, f32> {
+        match &self.0 {
+            NdArrayTensor::F32(storage) => storage.view(),
+            _ => unreachable!("CpuTensor holds f32"),
+        }
+    }
+
+    /// The array, to be written in place (copied only if borrowed or shared).
+    fn into_array(self) -> CpuArray {
+        match self.0 {
+            NdArrayTensor::F32(storage) => storage.into_shared(),
+            _ => unreachable!("CpuTensor holds f32"),
+        }
+    }
+}
+
+/// The tensor as a [`CpuTensor`] when `B` is burn-ndarray and the tensor is f32.
+fn to_cpu<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<CpuTensor, Tensor<B, D>> {
+    let primitive = match tensor.into_primitive() {
+        TensorPrimitive::Float(primitive) => primitive,
+        quantized => return Err(Tensor::from_primitive(quantized)),
+    };
+    match downcast::<_, NdArrayTensor>(primitive) {
+        Ok(tensor @ NdArrayTensor::F32(_)) => Ok(CpuTensor(tensor)),
+        Ok(other) => Err(from_ndarray(other)),
+        Err(primitive) => Err(Tensor::from_primitive(TensorPrimitive::Float(primitive))),
+    }
+}
+
+/// Wraps a burn-ndarray tensor for `B`, which the caller knows is burn-ndarray.
+fn from_ndarray<B: Backend, const D: usize>(tensor: NdArrayTensor) -> Tensor<B, D> {
+    let primitive = downcast::<_, B::FloatTensorPrimitive>(tensor)
+        .unwrap_or_else(|_| unreachable!("only called with burn-ndarray's tensor type"));
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+fn from_cpu<B: Backend, const D: usize>(array: CpuArray) -> Tensor<B, D> {
+    from_ndarray(NdArrayTensor::from(array))
+}
+
+fn from_vec<B: Backend, const D: usize>(data: Vec<f32>, shape: &[usize]) -> Tensor<B, D> {
+    let array = CpuArray::from_shape_vec(IxDyn(shape), data).expect("length matches the shape");
+    from_cpu(array)
+}
+
+/// Whether `B` is burn-ndarray with f32 floats, judged from a parameter.
+fn is_cpu_f32<B: Backend, const D: usize>(param: &Tensor<B, D>) -> bool {
+    param.dtype() == burn::tensor::DType::F32
+        && std::any::TypeId::of::<B::FloatTensorPrimitive>()
+            == std::any::TypeId::of::<NdArrayTensor>()
+}
+
+/// The view's elements in row-major order, borrowed when they already are.
+fn contiguous<'a>(view: &ArrayViewD<'a, f32>) -> std::borrow::Cow<'a, [f32]> {
+    match view.to_slice() {
+        Some(slice) => slice.into(),
+        None => view
+            .as_standard_layout()
+            .into_owned()
+            .into_raw_vec_and_offset()
+            .0
+            .into(),
+    }
+}
+
+/// A 2-D strided view of the last two axes of `view` at `offset`, if its
+/// strides are non-negative.
+fn matrix<'a>(view: &'a ArrayViewD<'_, f32>, offset: usize) -> Option<MatRef<'a>> {
+    let nd = view.ndim();
+    let strides = view.strides();
+    if strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let extent = 1 + view
+        .shape()
+        .iter()
+        .zip(strides)
+        .map(|(&len, &stride)| len.saturating_sub(1) * stride as usize)
+        .sum::<usize>();
+    // SAFETY: with non-negative strides every element of the view lies in
+    // `[ptr, ptr + extent)`, a range inside the view's allocation.
+    let data = unsafe { std::slice::from_raw_parts(view.as_ptr(), extent) };
+    Some(MatRef {
+        data,
+        offset,
+        rows: view.shape()[nd - 2],
+        cols: view.shape()[nd - 1],
+        row_stride: strides[nd - 2] as usize,
+        col_stride: strides[nd - 1] as usize,
+    })
+}
+
+pub(super) fn conv2d<B: Backend>(
+    conv: &Conv2d<B>,
+    input: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let weight = conv.weight.val();
+    let padding = match &*conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(height, width) => [*height, *width],
+        PaddingConfig2d::Same => return Err(input),
+    };
+    if conv.groups != 1
+        || conv.dilation != [1, 1]
+        || !is_cpu_f32(&weight)
+        || input.dtype() != weight.dtype()
+    {
+        return Err(input);
+    }
+    let [batch, in_channels, height, width] = input.dims();
+    let out_channels = weight.dims()[0];
+    let shape = ConvShape {
+        in_channels,
+        height,
+        width,
+        out_channels,
+        kernel: conv.kernel_size,
+        stride: conv.stride,
+        padding,
+    };
+    let input = to_cpu(input)?;
+    let weight = to_cpu(weight).unwrap_or_else(|_| unreachable!("checked above"));
+    let bias = conv
+        .bias
+        .as_ref()
+        .map(|bias| to_cpu(bias.val()).unwrap_or_else(|_| unreachable!("same backend")));
+    let (input, weight) = (input.view(), weight.view());
+    let (input, weight) = (contiguous(&input), contiguous(&weight));
+    let bias_view = bias.as_ref().map(CpuTensor::view);
+    let bias = bias_view.as_ref().map(contiguous);
+    let [out_height, out_width] = shape.out_size();
+    let image_out = out_channels * out_height * out_width;
+    let image_in = in_channels * height * width;
+    let mut output = vec![0.0f32; batch * image_out];
+    for (image, out) in input
+        .chunks(image_in.max(1))
+        .zip(output.chunks_mut(image_out.max(1)))
+    {
+        conv::conv2d(&shape, image, &weight, bias.as_deref(), out);
+    }
+    Ok(from_vec(
+        output,
+        &[batch, out_channels, out_height, out_width],
+    ))
+}
+
+pub(super) fn linear<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    input: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let weight = linear.weight.val();
+    if D < 2 || !is_cpu_f32(&weight) || input.dtype() != weight.dtype() {
+        return Err(input);
+    }
+    let mut shape = input.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = shape[..D - 1].iter().product::<usize>();
+    let input = to_cpu(input)?;
+    let weight = to_cpu(weight).unwrap_or_else(|_| unreachable!("checked above"));
+    let input_view = input.view();
+    // Tokens often arrive transposed (`swap_dims` of a feature map): with one
+    // batch they are a strided matrix the GEMM reads as it is.
+    let mut tokens = input_view.clone();
+    while tokens.ndim() > 2 && tokens.shape()[0] == 1 {
+        tokens.index_axis_inplace(ndarray::Axis(0), 0);
+    }
+    let copied;
+    let tokens = match (tokens.ndim() == 2).then(|| matrix(&tokens, 0)).flatten() {
+        Some(tokens) => tokens,
+        None => {
+            copied = contiguous(&input_view);
+            MatRef::row_major(&copied, rows, d_in)
+        }
+    };
+    let weight_view = weight.view();
+    let mut output = vec![0.0f32; rows * d_out];
+    if let Some(bias) = &linear.bias {
+        let bias = to_cpu(bias.val()).unwrap_or_else(|_| unreachable!("same backend"));
+        let bias = bias.view();
+        for row in output.chunks_mut(d_out.max(1)) {
+            row.iter_mut().zip(bias.iter()).for_each(|(o, b)| *o = *b);
+        }
+    }
+    let weight = matrix(&weight_view, 0).expect("parameters have positive strides");
+    matmul_into(&mut output, d_out, tokens, weight, linear.bias.is_some());
+    shape[D - 1] = d_out;
+    Ok(from_vec(output, &shape))
+}
+
+pub(super) fn matmul<B: Backend, const D: usize>(
+    lhs: Tensor<B, D>,
+    rhs: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if D < 2 || !is_cpu_f32(&lhs) || rhs.dtype() != lhs.dtype() {
+        return Err((lhs, rhs));
+    }
+    let (lhs_dims, rhs_dims) = (lhs.dims(), rhs.dims());
+    let batch_dims: Option<Vec<usize>> = (0..D - 2)
+        .map(|d| match (lhs_dims[d], rhs_dims[d]) {
+            (a, b) if a == b || b == 1 => Some(a),
+            (1, b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let Some(batch_dims) = batch_dims else {
+        return Err((lhs, rhs)); // Burn reports the shape error.
+    };
+    let (m, n) = (lhs_dims[D - 2], rhs_dims[D - 1]);
+    let lhs_tensor = to_cpu(lhs).unwrap_or_else(|_| unreachable!("checked above"));
+    let rhs_tensor = match to_cpu(rhs) {
+        Ok(rhs) => rhs,
+        Err(rhs) => return Err((from_ndarray(lhs_tensor.0), rhs)),
+    };
+    let (lhs_view, rhs_view) = (lhs_tensor.view(), rhs_tensor.view());
+    if matrix(&lhs_view, 0).is_none() || matrix(&rhs_view, 0).is_none() {
+        return Err((from_ndarray(lhs_tensor.0), from_ndarray(rhs_tensor.0)));
+    }
+    // Element offset of each operand's matrix for a batch index, broadcasting axes of length 1.
+    let offset = |view: &ArrayViewD<'_, f32>, mut index: usize| {
+        let mut offset = 0;
+        for d in (0..D - 2).rev() {
+            let (len, i) = (batch_dims[d], index % batch_dims[d]);
+            index /= len;
+            if view.shape()[d] != 1 {
+                offset += i * view.strides()[d] as usize;
+            }
+        }
+        offset
+    };
+    let batches = batch_dims.iter().product::<usize>();
+    let mut output = vec![0.0f32; batches * m * n];
+    for (b, out) in output.chunks_mut((m * n).max(1)).enumerate().take(batches) {
+        let lhs = matrix(&lhs_view, offset(&lhs_view, b)).expect("checked above");
+        let rhs = matrix(&rhs_view, offset(&rhs_view, b)).expect("checked above");
+        matmul_into(out, n, lhs, rhs, false);
+    }
+    let mut shape = batch_dims;
+    shape.extend([m, n]);
+    Ok(from_vec(output, &shape))
+}
+
+pub(super) fn softmax_last<B: Backend, const D: usize>(
+    scores: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !is_cpu_f32(&scores) {
+        return Err(scores);
+    }
+    let row_len = scores.dims()[D - 1];
+    let mut array = to_cpu(scores)?.into_array();
+    if !array.is_standard_layout() {
+        array = array.as_standard_layout().into_owned().into_shared();
+    }
+    let data = array.as_slice_mut().expect("standard layout");
+    pointwise::softmax_rows(data, row_len);
+    Ok(from_cpu(array))
+}
+
+pub(super) fn group_norm<B: Backend, const D: usize>(
+    norm: &GroupNorm<B>,
+    input: Tensor<B, D>,
+    silu: bool,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if D < 2 || !is_cpu_f32(&input) {
+        return Err(input);
+    }
+    let dims = input.dims();
+    let (channels, spatial) = (dims[1], dims[2..].iter().product::<usize>());
+    let affine = match (&norm.gamma, &norm.beta) {
+        (Some(gamma), Some(beta)) if norm.affine => Some((gamma.val(), beta.val())),
+        _ => None,
+    };
+    let affine = match affine.map(|(gamma, beta)| (to_cpu(gamma), to_cpu(beta))) {
+        Some((Ok(gamma), Ok(beta))) => Some((gamma, beta)),
+        Some(_) => return Err(input),
+        None => None,
+    };
+    let mut array = to_cpu(input)?.into_array();
+    if !array.is_standard_layout() {
+        array = array.as_standard_layout().into_owned().into_shared();
+    }
+    let affine_views = affine.as_ref().map(|(g, b)| (g.view(), b.view()));
+    let affine_slices = affine_views
+        .as_ref()
+        .map(|(g, b)| (contiguous(g), contiguous(b)));
+    pointwise::GroupNorm {
+        groups: norm.num_groups,
+        epsilon: norm.epsilon,
+        affine: affine_slices.as_ref().map(|(g, b)| (&g[..], &b[..])),
+        silu,
+    }
+    .apply(
+        array.as_slice_mut().expect("standard layout"),
+        channels,
+        spatial,
+    );
+    Ok(from_cpu(array))
+}
