@@ -10,10 +10,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use diffseg::output::{describe_labels, write_atomically, write_json_atomically};
-use diffseg::{open_image, Segmentation};
+use diffseg::{open_image, Segmentation, StageTimes};
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,6 +35,9 @@ pub struct Args {
     /// Images per model pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// Write the wall time of each stage (seconds, JSON) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub timings: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -185,7 +189,25 @@ pub fn write_results(
     result
 }
 
+/// The `--timings` report: seconds per stage, summed over the run.
+#[derive(serde::Serialize)]
+struct Timings {
+    images: usize,
+    load: f64,
+    clip: f64,
+    decode: f64,
+    prepare: f64,
+    vae: f64,
+    unet: f64,
+    merge: f64,
+    outputs: f64,
+    total: f64,
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (mut decode, mut outputs) = (Duration::ZERO, Duration::ZERO);
+    let mut stages = StageTimes::default();
     let (jobs, missing) = collect_jobs(&args.paths, &args.out);
     let mut failed = 0usize;
     for path in &missing {
@@ -218,6 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         for chunk in todo.chunks(args.batch_size as usize) {
             let mut batch: Vec<(&Job, DynamicImage)> = Vec::with_capacity(chunk.len());
+            let decoding = Instant::now();
             for job in chunk {
                 match open_image(&job.input) {
                     Ok(image) => batch.push((job, image)),
@@ -228,12 +251,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            decode += decoding.elapsed();
             if batch.is_empty() {
                 continue;
             }
             let images: Vec<DynamicImage> = batch.iter().map(|(_, image)| image.clone()).collect();
             match segmenter.segment_batch(&images) {
                 Ok(segmentations) => {
+                    let writing = Instant::now();
                     for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
                         match write_results(job, image, segmentation) {
                             Ok(()) => segmented += 1,
@@ -246,6 +271,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         }
                         progress.inc(1);
                     }
+                    outputs += writing.elapsed();
                 }
                 Err(error) => {
                     for (job, _) in &batch {
@@ -257,6 +283,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         progress.finish_and_clear();
+        stages = segmenter.stage_times();
+    }
+    if let Some(path) = &args.timings {
+        let seconds = |duration: Duration| duration.as_secs_f64();
+        let report = Timings {
+            images: stages.images,
+            load: seconds(stages.load),
+            clip: seconds(stages.text_encoder),
+            decode: seconds(decode),
+            prepare: seconds(stages.prepare),
+            vae: seconds(stages.vae),
+            unet: seconds(stages.unet),
+            merge: seconds(stages.merge),
+            outputs: seconds(outputs),
+            total: seconds(started.elapsed()),
+        };
+        write_json_atomically(path, &report)
+            .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
     eprintln!(
         "{segmented} segmented, {} skipped (already done), {failed} failed; results in {}",

@@ -49,6 +49,7 @@ pub mod input;
 pub mod output;
 mod pipeline;
 mod segmenter;
+mod timing;
 pub mod weights;
 
 pub use attention::{SelfAttention, SelfAttentionMap};
@@ -58,3 +59,4 @@ pub use error::Error;
 pub use input::{open_image, Fit};
 pub use pipeline::{model_input_size, TIMESTEP};
 pub use segmenter::{Segmenter, SegmenterBuilder};
+pub use timing::StageTimes;

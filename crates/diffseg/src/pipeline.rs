@@ -2,6 +2,7 @@
 //! attention capture → per-resolution self-attention → segments.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
@@ -12,6 +13,7 @@ use diffseg_sd::{empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink,
 
 use crate::attention::{SelfAttention, SelfAttentionMap};
 use crate::input::{ModelInput, Placement};
+use crate::timing::{timed, StageTimes};
 use crate::Error;
 
 /// Method §2: the diffusion timestep of the single UNet pass.
@@ -60,15 +62,21 @@ pub(crate) struct Pipeline<B: Backend> {
     empty_prompt: Tensor<B, 3>,
     device: B::Device,
     input_size: usize,
+    times: Mutex<StageTimes>,
 }
 
 impl<B: Backend> Pipeline<B> {
     /// Loads the three networks from `source` onto `device`.
     pub(crate) fn load(source: &WeightsSource, device: B::Device) -> Result<Self, Error> {
         let input_size = model_input_size(source)?;
-        let model = StableDiffusion::<B>::load(source, &device)
-            .map_err(|error| load_error(source.path(), error))?;
-        let empty_prompt = model.text_encoder.forward(empty_prompt_ids::<B>(&device));
+        let mut times = StageTimes::default();
+        let model = timed::<B, _>(&device, &mut times.load, || {
+            StableDiffusion::<B>::load(source, &device)
+        })
+        .map_err(|error| load_error(source.path(), error))?;
+        let empty_prompt = timed::<B, _>(&device, &mut times.text_encoder, || {
+            model.text_encoder.forward(empty_prompt_ids::<B>(&device))
+        });
         ensure_finite(&empty_prompt, "the empty-prompt text embedding")
             .map_err(|error| Error::Model(error.to_string()))?;
         Ok(Self {
@@ -76,11 +84,20 @@ impl<B: Backend> Pipeline<B> {
             empty_prompt,
             device,
             input_size,
+            times: Mutex::new(times),
         })
     }
 
     pub(crate) fn input_size(&self) -> usize {
         self.input_size
+    }
+
+    /// The running stage times (a poisoned lock only means a panic elsewhere
+    /// mid-update: the totals are still usable).
+    pub(crate) fn times(&self) -> std::sync::MutexGuard<'_, StageTimes> {
+        self.times
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Method §1–3 for a batch: the VAE latent (posterior mean × scaling), one
@@ -103,7 +120,10 @@ impl<B: Backend> Pipeline<B> {
             TensorData::new(pixels, [batch, 3, size, size]).convert::<B::FloatElem>(),
             &self.device,
         );
-        let latent = self.model.vae.encode_latent(images);
+        let mut times = StageTimes::default();
+        let latent = timed::<B, _>(&self.device, &mut times.vae, || {
+            self.model.vae.encode_latent(images)
+        });
         let context = self.empty_prompt.clone().repeat_dim(0, batch);
         let mut sink = BatchSink {
             accumulators: (0..batch)
@@ -111,9 +131,16 @@ impl<B: Backend> Pipeline<B> {
                 .collect(),
             error: None,
         };
-        self.model
-            .unet
-            .capture_attention(latent, TIMESTEP, context, &mut sink);
+        timed::<B, _>(&self.device, &mut times.unet, || {
+            self.model
+                .unet
+                .capture_attention(latent, TIMESTEP, context, &mut sink)
+        });
+        {
+            let mut total = self.times();
+            total.vae += times.vae;
+            total.unet += times.unet;
+        }
         if let Some(error) = sink.error {
             return Err(Error::Model(error.to_string()));
         }
@@ -138,7 +165,9 @@ impl<B: Backend> Pipeline<B> {
         target: Target,
     ) -> Result<Vec<Segmentation>, Error> {
         let maps = self.attention_maps(inputs)?;
-        maps.iter()
+        let start = std::time::Instant::now();
+        let segmentations = maps
+            .iter()
             .zip(inputs)
             .map(|(maps, input)| {
                 let proposals = merge_attention(maps, options)?;
@@ -166,7 +195,11 @@ impl<B: Backend> Pipeline<B> {
                     }
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut total = self.times();
+        total.merge += start.elapsed();
+        total.images += inputs.len();
+        Ok(segmentations)
     }
 
     /// The per-resolution self-attention of one image, copied off the device.

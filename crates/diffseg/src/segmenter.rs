@@ -11,6 +11,7 @@ use image::DynamicImage;
 use crate::attention::SelfAttention;
 use crate::input::{prepare_image, Fit, ModelInput};
 use crate::pipeline::{Pipeline, Target};
+use crate::timing::StageTimes;
 use crate::weights::{resolve_weights, FoundWeights, DEFAULT_MODEL};
 use crate::{BackendKind, BackendTask, Error, Precision};
 
@@ -25,6 +26,7 @@ trait LoadedPipeline {
         target: Target,
     ) -> Result<Vec<Segmentation>, Error>;
     fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error>;
+    fn times(&self) -> std::sync::MutexGuard<'_, StageTimes>;
 }
 
 impl<B: Backend> LoadedPipeline for Pipeline<B> {
@@ -43,6 +45,10 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
 
     fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
         Pipeline::attention(self, input)
+    }
+
+    fn times(&self) -> std::sync::MutexGuard<'_, StageTimes> {
+        Pipeline::times(self)
     }
 }
 
@@ -143,11 +149,19 @@ impl Segmenter {
         if images.is_empty() {
             return Ok(Vec::new());
         }
+        let start = std::time::Instant::now();
         let inputs = images
             .iter()
             .map(|image| prepare_image(image, self.pipeline.input_size(), self.fit))
             .collect::<Result<Vec<_>, Error>>()?;
+        self.pipeline.times().prepare += start.elapsed();
         self.pipeline.segment(&inputs, &self.options, target)
+    }
+
+    /// Wall time per stage since the model was loaded (loading included),
+    /// summed over every call: what a run spent where.
+    pub fn stage_times(&self) -> StageTimes {
+        *self.pipeline.times()
     }
 
     /// The side of the model's square input in pixels (512 for SD 1.x).
