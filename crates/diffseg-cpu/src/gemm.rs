@@ -70,6 +70,30 @@ pub(crate) fn matmul_into(
     rhs: MatRef<'_>,
     accumulate: bool,
 ) {
+    let parallel = 2 * lhs.rows * rhs.cols * lhs.cols >= PARALLEL_MIN_FLOPS;
+    product(dst, dst_row_stride, lhs, rhs, accumulate, parallel);
+}
+
+/// [`matmul_into`] on the calling thread, for callers that already split
+/// their work across threads.
+pub(crate) fn matmul_into_serial(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    accumulate: bool,
+) {
+    product(dst, dst_row_stride, lhs, rhs, accumulate, false);
+}
+
+fn product(
+    dst: &mut [f32],
+    dst_row_stride: usize,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     lhs.check();
@@ -89,7 +113,7 @@ pub(crate) fn matmul_into(
         }
         return;
     }
-    let parallelism = if 2 * m * n * k >= PARALLEL_MIN_FLOPS {
+    let parallelism = if parallel {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None

@@ -17,14 +17,18 @@
 //! direct `conv2d` runs at 9–13 GFLOP/s and its `matmul` uses one thread per
 //! matrix; the GEMM here runs at 60+.
 
+// First: its `with_best_simd!` macro is used by the modules after it.
+#[cfg(feature = "ndarray")]
+#[macro_use]
+mod pointwise;
+#[cfg(feature = "ndarray")]
+mod attention;
 #[cfg(feature = "ndarray")]
 mod conv;
 #[cfg(feature = "ndarray")]
 mod gemm;
 #[cfg(feature = "ndarray")]
 mod ndarray_bridge;
-#[cfg(feature = "ndarray")]
-mod pointwise;
 
 use burn::{
     nn::{conv::Conv2d, GroupNorm, Linear},
@@ -69,6 +73,26 @@ pub fn softmax_last<B: Backend, const D: usize>(scores: Tensor<B, D>) -> Tensor<
         Err(scores) => scores,
     };
     activation::softmax(scores, D - 1)
+}
+
+/// `softmax(q·kᵀ)·v` per head and the probabilities' mean over the heads,
+/// for f32 on the CPU (in cache-sized query blocks, the mean written once);
+/// the inputs back (`Err`) elsewhere, for the caller's own per-head path.
+///
+/// # Shapes
+/// - `query`: `[batch, heads, queries, d]`, already scaled; `key_t`:
+///   `[batch, heads, d, keys]`; `value`: `[batch, heads, keys, d]`
+/// - output: attended `[batch, heads, queries, d]`, mean `[batch, queries, keys]`
+#[allow(clippy::type_complexity)]
+pub fn try_attention_head_mean<B: Backend>(
+    query: Tensor<B, 4>,
+    key_t: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>), (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    #[cfg(feature = "ndarray")]
+    return ndarray_bridge::attention_head_mean(query, key_t, value);
+    #[cfg(not(feature = "ndarray"))]
+    Err((query, key_t, value))
 }
 
 /// GroupNorm with exact statistics, optionally followed by SiLU, for f32

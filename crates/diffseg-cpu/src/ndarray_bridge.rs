@@ -12,6 +12,7 @@ use burn_ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayViewD, IxDyn};
 
 use super::{
+    attention::{self, Heads},
     conv::{self, ConvShape},
     gemm::{matmul_into, MatRef},
     pointwise,
@@ -331,4 +332,48 @@ pub(super) fn group_norm<B: Backend, const D: usize>(
         spatial,
     );
     Ok(from_cpu(array))
+}
+
+#[allow(clippy::type_complexity)]
+pub(super) fn attention_head_mean<B: Backend>(
+    query: Tensor<B, 4>,
+    key_t: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>), (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    if !is_cpu_f32(&query) || key_t.dtype() != query.dtype() || value.dtype() != query.dtype() {
+        return Err((query, key_t, value));
+    }
+    let [batch, heads, queries, dim] = query.dims();
+    let keys = key_t.dims()[3];
+    let (query, key_t, value) = match (to_cpu(query), to_cpu(key_t), to_cpu(value)) {
+        (Ok(q), Ok(k), Ok(v)) => (q, k, v),
+        _ => unreachable!("one backend, checked above"),
+    };
+    let views = [query.view(), key_t.view(), value.view()];
+    fn as_heads<'a>(view: &'a ArrayViewD<'_, f32>) -> Option<Heads<'a>> {
+        matrix(view, 0).map(|matrix| Heads {
+            matrix,
+            batch_stride: view.strides()[0] as usize,
+            head_stride: view.strides()[1] as usize,
+        })
+    }
+    let (Some(q), Some(k), Some(v)) = (
+        as_heads(&views[0]),
+        as_heads(&views[1]),
+        as_heads(&views[2]),
+    ) else {
+        drop(views);
+        return Err((
+            from_ndarray(query.0),
+            from_ndarray(key_t.0),
+            from_ndarray(value.0),
+        ));
+    };
+    let (attended, mean) = attention::attention_head_mean(q, k, v, batch, heads);
+    // Laid out [batch, queries, heads, d]: the permuted view is what the caller
+    // swaps back and flattens for free.
+    let attended = CpuArray::from_shape_vec(IxDyn(&[batch, queries, heads, dim]), attended)
+        .expect("length matches the shape")
+        .permuted_axes(IxDyn(&[0, 2, 1, 3]));
+    Ok((from_cpu(attended), from_vec(mean, &[batch, queries, keys])))
 }

@@ -110,18 +110,25 @@ pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
         .for_each(|rows| {
             with_best_simd!({
                 for row in rows.chunks_mut(row_len) {
-                    let max = row_max(row);
-                    if row.iter().any(|v| v.is_nan()) || max == f32::NEG_INFINITY {
-                        row.fill(f32::NAN);
-                        continue;
-                    }
-                    let inverse = 1.0 / exp_shifted_sum(row, max);
-                    for v in row.iter_mut() {
-                        *v *= inverse;
-                    }
+                    softmax_row(row);
                 }
             })
         });
+}
+
+/// Softmax of one row in place (see [`softmax_rows`]), inlined into the
+/// caller's SIMD context.
+#[inline(always)]
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    let max = row_max(row);
+    if row.iter().any(|v| v.is_nan()) || max == f32::NEG_INFINITY {
+        row.fill(f32::NAN);
+        return;
+    }
+    let inverse = 1.0 / exp_shifted_sum(row, max);
+    for v in row.iter_mut() {
+        *v *= inverse;
+    }
 }
 
 /// `torch.nn.GroupNorm` over `[batch, channels, spatial]` in place, with an

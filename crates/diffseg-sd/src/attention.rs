@@ -202,9 +202,21 @@ fn attention_per_head<B: Backend>(
     value: Tensor<B, 4>,
     capture: Capture<'_, '_, B>,
 ) -> Tensor<B, 4> {
+    let reduction = capture.recorder.sink.heads();
+    let (query, key_t, value) = match reduction {
+        HeadReduction::Mean => match cpu::try_attention_head_mean(query, key_t, value) {
+            Ok((attended, mean)) => {
+                capture
+                    .recorder
+                    .deliver(capture.kind, &capture.layer, None, mean);
+                return attended;
+            }
+            Err(inputs) => inputs,
+        },
+        HeadReduction::PerHead => (query, key_t, value),
+    };
     let [batch, heads, queries, head_dim] = query.dims();
     let keys = key_t.dims()[3];
-    let reduction = capture.recorder.sink.heads();
     let mut probs_sum: Option<Tensor<B, 3>> = None;
     let mut outputs = Vec::with_capacity(heads);
     for head in 0..heads {
