@@ -120,22 +120,13 @@ pub(crate) fn attention_head_mean(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 250.0 - 2.0)
-            .collect()
-    }
+    use crate::test_values;
 
     /// Contiguous `[batch, heads, rows, cols]`.
     fn heads(data: &[f32], heads: usize, rows: usize, cols: usize) -> Heads<'_> {
         let matrix = MatRef {
             data,
-            offset: 0,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
+            ..MatRef::row_major(&data[..rows * cols], rows, cols)
         };
         Heads {
             matrix,
@@ -148,6 +139,13 @@ mod tests {
     fn matches_softmax_attention_and_the_mean_of_its_probabilities_in_f64() {
         // 70 queries: two full blocks and a partial one.
         let (batch, n_heads, queries, keys, dim) = (2, 3, 70, 45, 8);
+        // Scores of a few units, as in real attention.
+        let values = |len, seed| {
+            test_values(len, seed)
+                .iter()
+                .map(|v| 2.0 * v)
+                .collect::<Vec<f32>>()
+        };
         let q = values(batch * n_heads * queries * dim, 1);
         let k_t = values(batch * n_heads * dim * keys, 2);
         let v = values(batch * n_heads * keys * dim, 3);

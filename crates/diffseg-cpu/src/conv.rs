@@ -161,6 +161,7 @@ fn fill_columns(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values as values;
 
     /// Direct convolution in f64, PyTorch's definition (cross-correlation).
     fn naive(shape: &ConvShape, input: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
@@ -197,12 +198,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2246822519) ^ seed) % 997) as f32 / 498.0 - 1.0)
-            .collect()
     }
 
     #[test]

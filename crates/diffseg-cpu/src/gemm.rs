@@ -149,6 +149,7 @@ fn product(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values as values;
 
     /// The textbook triple loop, in f64.
     fn naive(lhs: MatRef<'_>, rhs: MatRef<'_>) -> Vec<f64> {
@@ -163,12 +164,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
-            .collect()
     }
 
     #[test]

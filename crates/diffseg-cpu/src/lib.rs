@@ -111,3 +111,11 @@ pub fn try_group_norm<B: Backend, const D: usize>(
         Err(input)
     }
 }
+
+/// Deterministic test inputs in [-1, 1).
+#[cfg(all(test, feature = "ndarray"))]
+fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
