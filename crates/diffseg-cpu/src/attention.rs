@@ -4,17 +4,20 @@
 //! DiffSeg reads every self-attention layer's head-mean probabilities. Done
 //! with separate ops, each head's `[q, k]` scores (64 MiB at 64×64) are
 //! written, softmaxed, read for the product with the values and read again to
-//! sum the mean: about 400 MB of memory traffic per head. Here a block of 32
-//! queries goes through scores, softmax, mean and values while its 512 KiB of
-//! scores sit in L2, and the mean is written once per layer.
+//! sum the mean: about 400 MB of memory traffic per head. Here a block of 128
+//! queries goes through scores, softmax, mean and values while its 2 MiB of
+//! scores stay in cache, and the mean is written once per layer.
 
 use rayon::prelude::*;
 
 use super::gemm::{matmul_into_serial, MatRef};
 use super::pointwise::softmax_row;
 
-/// Queries per block: `BLOCK × keys` f32 scores (512 KiB for 4096 keys).
-const BLOCK: usize = 32;
+/// Queries per block: `BLOCK × keys` f32 scores (2 MiB for 4096 keys). The
+/// GEMM re-packs `kᵀ` for every block, so blocks are as large as the cache
+/// allows: one SD 1.5 64×64 layer took 622 ms with 32, 556 ms with 64,
+/// 472 ms with 128 and with 256 (`benches/cpu_ops.rs`).
+const BLOCK: usize = 128;
 
 /// One attention input `[batch, heads, rows, cols]` as strided matrices.
 #[derive(Clone, Copy)]
@@ -137,8 +140,8 @@ mod tests {
 
     #[test]
     fn matches_softmax_attention_and_the_mean_of_its_probabilities_in_f64() {
-        // 70 queries: two full blocks and a partial one.
-        let (batch, n_heads, queries, keys, dim) = (2, 3, 70, 45, 8);
+        // 300 queries: two full blocks and a partial one.
+        let (batch, n_heads, queries, keys, dim) = (2, 3, 300, 45, 8);
         // Scores of a few units, as in real attention.
         let values = |len, seed| {
             test_values(len, seed)
