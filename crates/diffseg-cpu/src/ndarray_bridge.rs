@@ -43,11 +43,17 @@ impl CpuTensor {
         }
     }
 
-    /// The array, to be written in place (copied only if borrowed or shared).
-    fn into_array(self) -> CpuArray {
-        match self.0 {
+    /// The array in row-major layout, to be written in place (copied only if
+    /// borrowed, shared or strided).
+    fn into_standard_array(self) -> CpuArray {
+        let array = match self.0 {
             NdArrayTensor::F32(storage) => storage.into_shared(),
             _ => unreachable!("CpuTensor holds f32"),
+        };
+        if array.is_standard_layout() {
+            array
+        } else {
+            array.as_standard_layout().into_owned().into_shared()
         }
     }
 }
@@ -284,10 +290,7 @@ pub(super) fn softmax_last<B: Backend, const D: usize>(
         return Err(scores);
     }
     let row_len = scores.dims()[D - 1];
-    let mut array = to_cpu(scores)?.into_array();
-    if !array.is_standard_layout() {
-        array = array.as_standard_layout().into_owned().into_shared();
-    }
+    let mut array = to_cpu(scores)?.into_standard_array();
     let data = array.as_slice_mut().expect("standard layout");
     pointwise::softmax_rows(data, row_len);
     Ok(from_cpu(array))
@@ -312,10 +315,7 @@ pub(super) fn group_norm<B: Backend, const D: usize>(
         Some(_) => return Err(input),
         None => None,
     };
-    let mut array = to_cpu(input)?.into_array();
-    if !array.is_standard_layout() {
-        array = array.as_standard_layout().into_owned().into_shared();
-    }
+    let mut array = to_cpu(input)?.into_standard_array();
     let affine_views = affine.as_ref().map(|(g, b)| (g.view(), b.view()));
     let affine_slices = affine_views
         .as_ref()
