@@ -55,7 +55,7 @@ pub fn group_norm_silu<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     match cpu::try_group_norm(norm, input, true) {
         Ok(output) => output,
-        Err(input) => silu(norm.forward_stable(input)),
+        Err(input) => silu(in_f32(norm, input, group_norm)),
     }
 }
 
