@@ -1,4 +1,4 @@
-//! The CPU kernels of `diffseg_sd::cpu` beside burn-ndarray's own ops, at the
+//! The CPU kernels of `diffseg_cpu` beside burn-ndarray's own ops, at the
 //! shapes that dominate one 512×512 DiffSeg pass: the UNet's 320-channel 3×3
 //! convolutions at 64×64, the VAE's 128-channel ones at 256×256, a UNet
 //! attention projection and one head's attention product.
@@ -17,7 +17,7 @@ use burn::{
     tensor::{Distribution, Tensor},
 };
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use diffseg_sd::cpu;
+use diffseg_cpu as cpu;
 
 type B = NdArray<f32>;
 
@@ -44,7 +44,7 @@ fn convolutions(c: &mut Criterion) {
             .sampling_mode(SamplingMode::Flat)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(10));
-        group.bench_function("diffseg_sd::cpu", |b| {
+        group.bench_function("diffseg_cpu", |b| {
             b.iter(|| cpu::conv2d(&conv, input.clone()))
         });
         group.bench_function("burn-ndarray", |b| b.iter(|| conv.forward(input.clone())));
@@ -61,7 +61,7 @@ fn products(c: &mut Criterion) {
         .throughput(Throughput::Elements(2 * 4096 * 320 * 320))
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("diffseg_sd::cpu", |b| {
+    group.bench_function("diffseg_cpu", |b| {
         b.iter(|| cpu::linear(&linear, tokens.clone()))
     });
     group.bench_function("burn-ndarray", |b| {
@@ -78,7 +78,7 @@ fn products(c: &mut Criterion) {
         .throughput(Throughput::Elements(2 * 4096 * 40 * 4096))
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("diffseg_sd::cpu", |b| {
+    group.bench_function("diffseg_cpu", |b| {
         b.iter(|| cpu::matmul(query.clone(), key_t.clone()))
     });
     group.bench_function("burn-ndarray", |b| {
@@ -95,7 +95,7 @@ fn products(c: &mut Criterion) {
         .throughput(Throughput::Elements(4096 * 4096))
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("diffseg_sd::cpu", |b| {
+    group.bench_function("diffseg_cpu", |b| {
         b.iter_batched(fresh, cpu::softmax_last, BatchSize::LargeInput)
     });
     group.bench_function("burn-ndarray", |b| {
