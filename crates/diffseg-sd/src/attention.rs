@@ -5,7 +5,7 @@
 use burn::{
     config::Config,
     module::Module,
-    nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig},
+    nn::{GroupNorm, GroupNormConfig, Linear},
     tensor::{backend::Backend, Tensor},
 };
 
@@ -46,7 +46,7 @@ impl AttentionConfig {
         let inner = self.heads * self.dim_head;
         let context_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
         let projection = |d_in: usize| {
-            LinearConfig::new(d_in, inner)
+            crate::torch_linear(d_in, inner)
                 .with_bias(self.bias)
                 .init(device)
         };
@@ -59,7 +59,7 @@ impl AttentionConfig {
             to_q: projection(self.query_dim),
             to_k: projection(context_dim),
             to_v: projection(context_dim),
-            to_out: LinearConfig::new(inner, self.query_dim).init(device),
+            to_out: crate::torch_linear(inner, self.query_dim).init(device),
             heads: self.heads,
         }
     }

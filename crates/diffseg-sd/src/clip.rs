@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::{
     config::Config,
     module::Module,
-    nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig},
+    nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear},
     tensor::{
         activation::{gelu, sigmoid},
         backend::Backend,
@@ -124,7 +124,7 @@ impl ClipTextConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
+        let linear = |d_in, d_out| crate::torch_linear(d_in, d_out).init(device);
         let layer = || ClipEncoderLayer {
             self_attn: ClipAttention {
                 q_proj: linear(width, width),

@@ -6,7 +6,7 @@ use crate::cpu;
 use burn::{
     config::Config,
     module::Module,
-    nn::{Linear, LinearConfig},
+    nn::Linear,
     tensor::{activation::silu, backend::Backend, Tensor, TensorData},
 };
 
@@ -63,8 +63,8 @@ impl TimestepEmbeddingConfig {
     /// Builds the module with random weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
         TimestepEmbedding {
-            linear_1: LinearConfig::new(self.in_channels, self.time_embed_dim).init(device),
-            linear_2: LinearConfig::new(self.time_embed_dim, self.time_embed_dim).init(device),
+            linear_1: crate::torch_linear(self.in_channels, self.time_embed_dim).init(device),
+            linear_2: crate::torch_linear(self.time_embed_dim, self.time_embed_dim).init(device),
         }
     }
 }

@@ -22,9 +22,11 @@
 //!   ([`crate::clip::ClipTextModel::text_model`]); `text_model.embeddings.position_ids`
 //!   (a buffer in some files) has no counterpart and must be skipped.
 //! - The VAE file also holds `decoder.*` and `post_quant_conv.*`, which are not ported: skip them.
-//! - Linear weights are stored `[out, in]` by PyTorch and `[in, out]` by Burn, and norm
-//!   parameters are `weight`/`bias` vs `gamma`/`beta`: burn-store's `PyTorchToBurnAdapter`
-//!   handles both. Conv weights `[out, in, kh, kw]` load unchanged.
+//! - Linear weights are stored `[out, in]` by PyTorch, and so by these networks (Burn's
+//!   `LinearLayout::Col`): they load unchanged, as conv weights `[out, in, kh, kw]` do. Load
+//!   with [`crate::weights::CastingAdapter`], not burn-store's `PyTorchToBurnAdapter`, which
+//!   would transpose them. Norm parameters are `weight`/`bias` vs `gamma`/`beta`; the adapter
+//!   maps those names.
 //! - Original LDM single-file checkpoints store the VAE attention `q/k/v/proj_out` as 1×1
 //!   convolutions `[c, c, 1, 1]`; they must be reshaped to `[c, c]` for these linear layers.
 

@@ -28,6 +28,7 @@ use std::path::Path;
 /// The CPU kernels the networks run on burn-ndarray (see [`diffseg_cpu`]).
 pub use diffseg_cpu as cpu;
 
+use burn::nn::{LinearConfig, LinearLayout};
 use burn::tensor::backend::Backend;
 
 pub use capture::{AttentionLayer, AttentionSink, HeadReduction};
@@ -36,6 +37,13 @@ pub use clip::{empty_prompt_ids, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS
 pub use config::ConfigError;
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig};
+
+/// A Linear layer that stores its weight as PyTorch does, `[out, in]`, so
+/// that loading maps the file's bytes without a transposed copy (the layer
+/// multiplies by a transposed view of it).
+pub(crate) fn torch_linear(d_input: usize, d_output: usize) -> LinearConfig {
+    LinearConfig::new(d_input, d_output).with_layout(LinearLayout::Col)
+}
 
 /// The architectures of the three networks of an SD pipeline.
 #[derive(Debug, Clone)]

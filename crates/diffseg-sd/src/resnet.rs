@@ -6,7 +6,7 @@ use burn::{
     module::Module,
     nn::{
         conv::{Conv2d, Conv2dConfig},
-        GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
+        GroupNorm, GroupNormConfig, Linear, PaddingConfig2d,
     },
     tensor::{activation::silu, backend::Backend, Tensor},
 };
@@ -48,7 +48,7 @@ impl ResnetBlock2DConfig {
             conv1: conv3(self.in_channels, self.out_channels),
             time_emb_proj: self
                 .temb_channels
-                .map(|t| LinearConfig::new(t, self.out_channels).init(device)),
+                .map(|t| crate::torch_linear(t, self.out_channels).init(device)),
             norm2: norm(self.out_channels),
             conv2: conv3(self.out_channels, self.out_channels),
             conv_shortcut: (self.in_channels != self.out_channels).then(|| {

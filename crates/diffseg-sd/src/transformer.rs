@@ -6,7 +6,7 @@ use burn::{
     module::Module,
     nn::{
         conv::{Conv2d, Conv2dConfig},
-        GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+        GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear,
     },
     tensor::{activation::gelu, backend::Backend, Tensor},
 };
@@ -43,7 +43,7 @@ impl Transformer2DModelConfig {
         let inner = self.num_attention_heads * self.attention_head_dim;
         let projection = |c_in, c_out| {
             if self.use_linear_projection {
-                Projection::Linear(LinearConfig::new(c_in, c_out).init(device))
+                Projection::Linear(crate::torch_linear(c_in, c_out).init(device))
             } else {
                 Projection::Conv(Conv2dConfig::new([c_in, c_out], [1, 1]).init(device))
             }
@@ -273,9 +273,9 @@ impl FeedForwardConfig {
         let hidden = self.mult * self.dim;
         FeedForward {
             geglu: Geglu {
-                proj: LinearConfig::new(self.dim, 2 * hidden).init(device),
+                proj: crate::torch_linear(self.dim, 2 * hidden).init(device),
             },
-            proj_out: LinearConfig::new(hidden, self.dim).init(device),
+            proj_out: crate::torch_linear(hidden, self.dim).init(device),
         }
     }
 }

@@ -6,10 +6,10 @@
 mod common;
 
 use burn::tensor::{backend::Backend, Tensor};
-use burn_store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn_store::{KeyRemapper, ModuleSnapshot, SafetensorsStore};
 use diffseg_sd::{
-    keys::DIFFUSERS_KEY_REMAP, AttentionLayer, AttentionSink, AutoencoderKLConfig, ClipTextConfig,
-    HeadReduction, UNet2DConditionModelConfig,
+    keys::DIFFUSERS_KEY_REMAP, weights::CastingAdapter, AttentionLayer, AttentionSink,
+    AutoencoderKLConfig, ClipTextConfig, HeadReduction, UNet2DConditionModelConfig,
 };
 
 use common::*;
@@ -20,7 +20,7 @@ fn load<B: Backend, M: ModuleSnapshot<B>>(module: &mut M, file: &str) {
     let remapper =
         KeyRemapper::from_patterns(DIFFUSERS_KEY_REMAP.to_vec()).expect("valid remap patterns");
     let mut store = SafetensorsStore::from_file(fixtures().join(file))
-        .with_from_adapter(PyTorchToBurnAdapter)
+        .with_from_adapter(CastingAdapter::for_backend::<B>())
         .remap(remapper)
         .skip_enum_variants(true);
     let result = module

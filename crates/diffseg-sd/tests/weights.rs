@@ -109,20 +109,9 @@ fn file_tensor(file: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
     (view.shape().to_vec(), f32_values(&view, key))
 }
 
-fn transpose(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
-    let (rows, cols) = (shape[0], shape[1]);
-    let mut out = vec![0.0; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = values[r * cols + c];
-        }
-    }
-    (vec![cols, rows], out)
-}
-
 /// A few parameters of each network against the file itself: convolutions
-/// as stored, linear weights transposed to Burn's `[in, out]`, norms renamed,
-/// and the remapped `to_out.0` / `ff.net.*` keys.
+/// and linear weights as stored (a Linear's weight is kept `[out, in]` and
+/// collected so), norms renamed, and the remapped `to_out.0` / `ff.net.*` keys.
 fn diffusers_f32_parameters_are_the_file_tensors<B: Backend>() {
     let device = B::Device::default();
     let source = diffusers(Variant::F32);
@@ -132,66 +121,54 @@ fn diffusers_f32_parameters_are_the_file_tensors<B: Backend>() {
     let unet_file = fixtures().join("unet/diffusion_pytorch_model.safetensors");
     let vae_file = fixtures().join("vae/diffusion_pytorch_model.safetensors");
     let clip_file = fixtures().join("text_encoder/model.safetensors");
-    let checks: [(&BTreeMap<_, _>, &Path, &str, &str, bool); 9] = [
-        (&unet, &unet_file, "conv_in.weight", "conv_in.weight", false),
+    let checks: [(&BTreeMap<_, _>, &Path, &str, &str); 9] = [
+        (&unet, &unet_file, "conv_in.weight", "conv_in.weight"),
         (
             &unet,
             &unet_file,
             "conv_norm_out.weight",
             "conv_norm_out.gamma",
-            false,
         ),
         (
             &unet,
             &unet_file,
             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
             "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-            true,
         ),
         (
             &unet,
             &unet_file,
             "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0.bias",
             "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.bias",
-            false,
         ),
         (
             &unet,
             &unet_file,
             "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj.weight",
             "mid_block.attentions.0.transformer_blocks.0.ff.geglu.proj.weight",
-            true,
         ),
         (
             &vae,
             &vae_file,
             "encoder.mid_block.attentions.0.to_out.0.weight",
             "encoder.mid_block.attentions.0.to_out.weight",
-            true,
         ),
-        (&vae, &vae_file, "quant_conv.bias", "quant_conv.bias", false),
+        (&vae, &vae_file, "quant_conv.bias", "quant_conv.bias"),
         (
             &clip,
             &clip_file,
             "text_model.embeddings.token_embedding.weight",
             "text_model.embeddings.token_embedding.weight",
-            false,
         ),
         (
             &clip,
             &clip_file,
             "text_model.encoder.layers.1.self_attn.q_proj.weight",
             "text_model.encoder.layers.1.self_attn.q_proj.weight",
-            true,
         ),
     ];
-    for (params, file, key, field_path, linear) in checks {
-        let (shape, values) = file_tensor(file, key);
-        let expected = if linear {
-            transpose(&shape, &values)
-        } else {
-            (shape, values)
-        };
+    for (params, file, key, field_path) in checks {
+        let expected = file_tensor(file, key);
         let actual = params
             .get(field_path)
             .unwrap_or_else(|| panic!("{field_path} among the parameters"));

@@ -3,7 +3,8 @@
 //! burn-store 0.20 hands a tensor to the module in the dtype it was stored in:
 //! an fp16 file would give an f32 network f16 parameters (which the ndarray
 //! backend rejects and wgpu mis-sizes). [`CastingAdapter`] wraps
-//! [`PyTorchToBurnAdapter`] (linear-weight transpose, norm gamma/beta names)
+//! [`PyTorchToBurnAdapter`] (norm gamma/beta names; Linear weights keep the
+//! file's layout, see [`crate::torch_linear`])
 //! and converts every float tensor to the backend's float type on the way in.
 
 use std::rc::Rc;
@@ -60,11 +61,11 @@ impl ModuleAdapter for CastingAdapter {
         if !adapted.dtype.is_float() {
             return adapted;
         }
-        // burn-store's adapter transposes Linear weights one element at a
-        // time (1.6 s of SD 1.5's load); the same transpose is done here by
-        // blocks, after the conversion, from the untransposed data. (Its
-        // test, as burn-store 0.20 words it: a 2-D `weight` of a Linear.)
-        let transpose = snapshot.shape.len() == 2
+        // Linear weights keep the file's `[out, in]` layout: the networks
+        // build every Linear with `LinearLayout::Col`, whose load mapper
+        // transposes by view, so the mapped file bytes are used as they are
+        // (burn-store's adapter would copy each weight transposed).
+        let keep_layout = snapshot.shape.len() == 2
             && snapshot.module_type().as_deref() == Some("Struct:Linear")
             && snapshot
                 .path_stack
@@ -72,16 +73,15 @@ impl ModuleAdapter for CastingAdapter {
                 .and_then(|path| path.last())
                 .is_some_and(|name| name == "weight");
         let target = self.target;
-        let inner = if transpose {
-            snapshot.clone_data_fn()
+        let (inner, shape) = if keep_layout {
+            (snapshot.clone_data_fn(), snapshot.shape.clone())
         } else {
-            adapted.clone_data_fn()
+            (adapted.clone_data_fn(), adapted.shape.clone())
         };
         let module_path = adapted.full_path();
         let non_finite = Arc::clone(&self.non_finite);
         let convert = Rc::new(move || {
             let data = inner()?.convert_dtype(target);
-            let data = if transpose { transposed(data) } else { data };
             let count = count_non_finite(&data);
             if count > 0 {
                 non_finite
@@ -94,7 +94,7 @@ impl ModuleAdapter for CastingAdapter {
         TensorSnapshot::from_closure(
             convert,
             target,
-            adapted.shape.clone(),
+            shape,
             adapted.path_stack.clone().unwrap_or_default(),
             adapted.container_stack.clone().unwrap_or_default(),
             adapted.tensor_id.unwrap_or_default(),
@@ -107,40 +107,6 @@ impl ModuleAdapter for CastingAdapter {
 
     fn clone_box(&self) -> Box<dyn ModuleAdapter> {
         Box::new(self.clone())
-    }
-}
-
-/// The transpose of a 2-D float tensor.
-fn transposed(data: TensorData) -> TensorData {
-    fn blocked<T: Copy + Element>(data: &TensorData, rows: usize, cols: usize) -> TensorData {
-        const BLOCK: usize = 32;
-        let values = data.as_slice::<T>().expect("the dtype matched");
-        let Some(&first) = values.first() else {
-            return TensorData::new(Vec::<T>::new(), [cols, rows]);
-        };
-        let mut out = vec![first; values.len()];
-        // Each task writes BLOCK output rows (input columns), in BLOCK×BLOCK tiles.
-        out.par_chunks_mut(BLOCK * rows)
-            .enumerate()
-            .for_each(|(index, band)| {
-                let col_block = index * BLOCK;
-                for row_block in (0..rows).step_by(BLOCK) {
-                    for row in row_block..(row_block + BLOCK).min(rows) {
-                        for (c, col) in (col_block..(col_block + BLOCK).min(cols)).enumerate() {
-                            band[c * rows + row] = values[row * cols + col];
-                        }
-                    }
-                }
-            });
-        TensorData::new(out, [cols, rows])
-    }
-    let [rows, cols] = [data.shape[0], data.shape[1]];
-    match data.dtype {
-        DType::F32 => blocked::<f32>(&data, rows, cols),
-        DType::F16 => blocked::<half::f16>(&data, rows, cols),
-        DType::BF16 => blocked::<half::bf16>(&data, rows, cols),
-        DType::F64 => blocked::<f64>(&data, rows, cols),
-        other => unreachable!("float tensors only, got {other:?}"),
     }
 }
 
@@ -201,55 +167,27 @@ mod tests {
         );
     }
 
+    /// Linear weights reach the module in the file's `[out, in]` layout
+    /// (square ones too, where a wrong transpose could not show in the shape);
+    /// [`crate::torch_linear`] transposes them by view.
     #[test]
-    fn linear_weights_are_still_transposed() {
+    fn linear_weights_keep_the_file_layout() {
         let adapter = CastingAdapter::new(DType::F32);
-        let stored = TensorData::new(
-            [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
-                .map(f16::from_f32)
-                .to_vec(),
-            [2, 3],
-        );
-        let snapshot = TensorSnapshot::from_data(
-            stored,
-            vec!["fc".to_string(), "weight".to_string()],
-            vec!["Struct:Linear".to_string()],
-            ParamId::new(),
-        );
-        let adapted = adapter.adapt(&snapshot);
-        assert_eq!(adapted.shape, vec![3, 2]);
-        let loaded = adapted.to_data().unwrap();
-        assert_eq!(
-            loaded.to_vec::<f32>().unwrap(),
-            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
-        );
-    }
-
-    /// Square weights (320×320 in the UNet) keep their shape and must still be transposed;
-    /// sizes that are no multiple of the transpose's 32-wide blocks lose no edge.
-    #[test]
-    fn square_and_odd_sized_linear_weights_are_transposed() {
-        let adapter = CastingAdapter::new(DType::F32);
-        for (rows, cols) in [(3, 3), (37, 70), (64, 64)] {
+        for (rows, cols) in [(2, 3), (3, 3)] {
             let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let stored = TensorData::new(
+                values.iter().map(|&v| f16::from_f32(v)).collect(),
+                [rows, cols],
+            );
             let snapshot = TensorSnapshot::from_data(
-                TensorData::new(values.clone(), [rows, cols]),
+                stored,
                 vec!["fc".to_string(), "weight".to_string()],
                 vec!["Struct:Linear".to_string()],
                 ParamId::new(),
             );
             let adapted = adapter.adapt(&snapshot);
-            assert_eq!(adapted.shape, vec![cols, rows]);
-            let loaded = adapted.to_data().unwrap().to_vec::<f32>().unwrap();
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        loaded[c * rows + r],
-                        values[r * cols + c],
-                        "{rows}x{cols} [{r},{c}]"
-                    );
-                }
-            }
+            assert_eq!(adapted.shape, vec![rows, cols]);
+            assert_eq!(adapted.to_data().unwrap().to_vec::<f32>().unwrap(), values);
         }
     }
 }

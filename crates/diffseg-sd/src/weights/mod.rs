@@ -566,11 +566,11 @@ fn load_network<B: Backend, M: Module<B>>(
                 expected,
                 found,
             } => {
-                let key = file_key(&path);
-                let stored = file.shape(&key).map(<[usize]>::to_vec);
-                report
-                    .shape_mismatches
-                    .push(in_file_layout(key, expected, found, stored));
+                report.shape_mismatches.push(ShapeMismatch {
+                    key: file_key(&path),
+                    expected,
+                    found,
+                });
             }
             other => report.unreadable.push(other.to_string()),
         }
@@ -618,27 +618,4 @@ fn applied_under_norm_name(path: &str, applied: &HashSet<&str>) -> bool {
 fn field_path_remapper() -> KeyRemapper {
     KeyRemapper::from_patterns(DIFFUSERS_KEY_REMAP.to_vec())
         .expect("DIFFUSERS_KEY_REMAP holds valid regexes (checked by a unit test)")
-}
-
-/// A shape mismatch reported in the file's (PyTorch) layout: burn-store
-/// compares linear weights after transposing them to Burn's `[in, out]`.
-fn in_file_layout(
-    key: String,
-    expected: Vec<usize>,
-    found: Vec<usize>,
-    stored: Option<Vec<usize>>,
-) -> ShapeMismatch {
-    let transposed = |shape: &[usize]| shape.iter().rev().copied().collect::<Vec<_>>();
-    match stored {
-        Some(stored) if found.len() == 2 && stored == transposed(&found) => ShapeMismatch {
-            key,
-            expected: transposed(&expected),
-            found: stored,
-        },
-        _ => ShapeMismatch {
-            key,
-            expected,
-            found,
-        },
-    }
 }
