@@ -5,14 +5,21 @@
 //! a band of output rows at a time and kept under [`COLUMN_BUFFER_BYTES`]: the
 //! whole buffer of a 3×3 convolution over 128 channels at 512×512 would be
 //! 1.2 GB. A 1×1 convolution needs no buffer: the input already is one.
+//! Most 3×3 convolutions (stride 1, padding 1) go to [`super::winograd`].
 
 use rayon::prelude::*;
 
 use super::gemm::{matmul_into, MatRef};
+use super::winograd::{conv3x3, Conv3x3};
 
 /// Upper bound on one band's column buffer. Large enough that the GEMM of a
 /// band re-reads its weight rarely (one band covers most UNet layers whole).
 const COLUMN_BUFFER_BYTES: usize = 32 << 20;
+
+/// Below these, a 3×3 convolution runs as im2col + one GEMM (see
+/// [`ConvShape::suits_winograd`]; `benches/cpu_ops.rs` measures both sides).
+const WINOGRAD_MIN_CHANNELS: usize = 16;
+const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 /// A convolution's shape: one image `[in_channels, height, width]` to
 /// `[out_channels, out_height, out_width]`, groups and dilation 1.
@@ -46,6 +53,18 @@ impl ConvShape {
     fn is_pointwise(&self) -> bool {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
+
+    /// Whether Winograd's F(2×2, 3×3) is the faster way: a 3×3 "same"
+    /// convolution with enough input channels for its 16 GEMMs (not
+    /// `conv_in`'s 3 or 4) and enough pixels for them to be wider than the
+    /// filters are large (the UNet's 8×8 and 16×16 levels are not).
+    fn suits_winograd(&self) -> bool {
+        self.kernel == [3, 3]
+            && self.stride == [1, 1]
+            && self.padding == [1, 1]
+            && self.in_channels >= WINOGRAD_MIN_CHANNELS
+            && self.height * self.width >= WINOGRAD_MIN_PIXELS
+    }
 }
 
 /// Convolves one image.
@@ -73,6 +92,15 @@ pub(crate) fn conv2d(
     assert_eq!(output.len(), shape.out_channels * positions, "output size");
     if positions == 0 || shape.out_channels == 0 {
         return;
+    }
+    if shape.suits_winograd() {
+        let shape = Conv3x3 {
+            in_channels: shape.in_channels,
+            out_channels: shape.out_channels,
+            height: shape.height,
+            width: shape.width,
+        };
+        return conv3x3(&shape, input, weight, bias, output);
     }
     let weight = MatRef::row_major(weight, shape.out_channels, patch);
     if let Some(bias) = bias {
@@ -210,6 +238,7 @@ mod tests {
             (7, 5, 6, 4, [1, 1], [1, 1], [0, 0]),  // shortcut / proj_in
             (2, 4, 5, 3, [2, 3], [1, 2], [2, 1]),  // asymmetric everything
             (2, 2, 2, 3, [3, 3], [1, 1], [3, 3]),  // padding wider than the image
+            (16, 33, 32, 4, [3, 3], [1, 1], [1, 1]), // Winograd's share of resnet convs
         ];
         for (in_channels, height, width, out_channels, kernel, stride, padding) in cases {
             let shape = ConvShape {

@@ -29,6 +29,8 @@ mod conv;
 mod gemm;
 #[cfg(feature = "ndarray")]
 mod ndarray_bridge;
+#[cfg(feature = "ndarray")]
+mod winograd;
 
 use burn::{
     nn::{conv::Conv2d, GroupNorm, Linear},
