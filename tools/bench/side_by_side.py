@@ -1,7 +1,7 @@
 """Side-by-side CPU timing: diffusers (PyTorch, fp32) vs our `diffseg segment`, in one run.
 
     python tools/bench/side_by_side.py --weights /work/sd15 [--image PATH] [--diffseg PATH]
-                                       [--repeats 2] [--json OUT.json] [--torch-only]
+                                       [--baseline PATH] [--repeats 2] [--json OUT.json] [--torch-only]
 
 --weights is a diffusers SD 1.x folder (model_index.json, unet/, vae/, text_encoder/). Random
 weights time the same as the real ones. A missing or incomplete folder makes the script print the
@@ -23,6 +23,8 @@ times, wall time measured here; the per-stage seconds come from its `--timings` 
 decode, prepare, vae, clip, unet, merge, outputs, total, whichever it writes; its image count
 is left out). A binary without `--timings` is timed by wall only.
 Best of the repeats for each number. Our side runs first, before PyTorch loads its 4.3 GB.
+--baseline BINARY times a second build the same way right after ours (before and after a change,
+beside the same PyTorch run), as an extra column with its own ratio.
 
 Target: our whole job (wall, load included) / PyTorch forward alone <= 1.0. Peak resident memory
 of both sides is printed too (ours: the CLI process; PyTorch: this process, after its runs).
@@ -94,21 +96,32 @@ def check_weights(weights: Path) -> None:
         )
 
 
+def run_cli_measured(command: list) -> tuple[str, float]:
+    """Runs our CLI; its stdout and peak resident memory (GiB), or exit with its stderr if it fails."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the largest of all runs).
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            sys.exit(f"error: {' '.join(map(str, command))} failed (exit {process.returncode}):\n{err.read()}")
+        return out.read(), usage.ru_maxrss / 2**20
+
+
 def run_cli(command: list) -> str:
     """Runs our CLI; its stdout, or exit with its stderr if it fails."""
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"error: {' '.join(map(str, command))} failed (exit {result.returncode}):\n{result.stderr}")
-    return result.stdout
+    return run_cli_measured(command)[0]
 
 
-def run_ours(diffseg: Path, image: Path, weights: Path, repeats: int) -> dict:
+def run_ours(diffseg: Path, image: Path, weights: Path, repeats: int, name: str = "ours") -> dict:
     """`diffseg segment` as a subprocess, whole job; best wall time and best of each stage."""
     help_text = run_cli([diffseg, "segment", "--help"])
     has_timings = "--timings" in help_text
     if not has_timings:
         print("note: this diffseg has no --timings flag; timing its wall time only")
-    walls, runs = [], []
+    walls, runs, peaks = [], [], []
     with tempfile.TemporaryDirectory(prefix="diffseg-bench-") as tmp:
         timings_file = Path(tmp) / "timings.json"
         command = [diffseg, "segment", image, "--weights", weights, "--out", Path(tmp) / "out", "--overwrite", "--offline"]
@@ -116,16 +129,14 @@ def run_ours(diffseg: Path, image: Path, weights: Path, repeats: int) -> dict:
             command += ["--timings", timings_file]
         for i in range(repeats):
             start = time.perf_counter()
-            run_cli(command)
+            peaks.append(run_cli_measured(command)[1])
             wall = time.perf_counter() - start
             walls.append(wall)
             if has_timings:
                 runs.append(json.loads(timings_file.read_text()))
-            print(f"ours, run {i + 1}/{repeats}: wall {wall:.2f} s" + (f", {runs[-1]}" if runs else ""))
+            print(f"{name}, run {i + 1}/{repeats}: wall {wall:.2f} s" + (f", {runs[-1]}" if runs else ""))
     best = {stage: min(run[stage] for run in runs) for stage in runs[0] if stage != "images"} if runs else {}
-    # Largest resident set of any child so far: the segment runs (`--help` is tiny).
-    peak_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"wall_s": walls, "best_wall_s": min(walls), "timings": runs, "best": best, "peak_rss_gb": peak_rss_gb}
+    return {"wall_s": walls, "best_wall_s": min(walls), "timings": runs, "best": best, "peak_rss_gb": max(peaks)}
 
 
 def run_pytorch(image_path: Path, weights: Path, repeats: int) -> dict:
@@ -173,15 +184,18 @@ def print_report(report: dict) -> None:
     print()
     torch_best = report["pytorch"]["best"]
     ours = report["ours"]
-    ours_best = ours["best"] if ours else {}
-    print(f"{'stage (s)':<10}{'PyTorch':>10}{'ours':>10}")
+    baseline = report.get("baseline")
+    sides = [("ours", ours)] + ([("baseline", baseline)] if baseline else [])
+    print(f"{'stage (s)':<10}{'PyTorch':>10}" + "".join(f"{name:>10}" for name, _ in sides))
     for stage in STAGES:
         theirs = torch_best["load"] + torch_best["forward"] if stage == "total" else torch_best.get(stage)
-        print(f"{stage:<10}{cell(theirs)}{cell(ours_best.get(stage))}")
-    print(f"{'wall':<10}{cell(None)}{cell(ours['best_wall_s'] if ours else None)}")
+        print(f"{stage:<10}{cell(theirs)}" + "".join(cell(side["best"].get(stage) if side else None) for _, side in sides))
+    print(f"{'wall':<10}{cell(None)}" + "".join(cell(side["best_wall_s"] if side else None) for _, side in sides))
     print(f"(PyTorch total = load + forward; forward = vae + clip + unet = {torch_best['forward']:.2f} s)")
-    ours_rss = f"{ours['peak_rss_gb']:.2f} GiB" if ours else "-"
-    print(f"peak RSS: PyTorch {report['pytorch']['peak_rss_gb']:.2f} GiB (this process), ours {ours_rss}")
+    rss = ", ".join(f"{name} {side['peak_rss_gb']:.2f} GiB" for name, side in sides if side)
+    print(f"peak RSS: PyTorch {report['pytorch']['peak_rss_gb']:.2f} GiB (this process), {rss or 'ours -'}")
+    if baseline:
+        print(f"baseline: {report['baseline_binary']} ({report['baseline_version']}), ratio {report['baseline_ratio']:.3f}")
     if report["ratio"] is not None:
         verdict = "target met" if report["ratio"] <= 1.0 else "target NOT met"
         print(
@@ -195,6 +209,9 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, required=True, help="diffusers SD 1.x folder")
     parser.add_argument("--image", type=Path, default=default_image(), help="image (default: first of examples/images)")
     parser.add_argument("--diffseg", type=Path, default=REPO / "target/release/diffseg", help="our CLI binary")
+    parser.add_argument(
+        "--baseline", type=Path, help="a second diffseg binary (e.g. built at an earlier commit) timed in the same run"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs per side; the best is kept")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     parser.add_argument("--torch-only", action="store_true", help="time the PyTorch side alone")
@@ -224,9 +241,15 @@ def main() -> None:
         "repeats": args.repeats,
     }
     report["ours"] = None if args.torch_only else run_ours(args.diffseg, args.image, args.weights, args.repeats)
+    if args.baseline and not args.torch_only:
+        report["baseline_binary"] = str(args.baseline)
+        report["baseline_version"] = run_cli([args.baseline, "--version"]).strip()
+        report["baseline"] = run_ours(args.baseline, args.image, args.weights, args.repeats, "baseline")
     report["pytorch"] = run_pytorch(args.image, args.weights, args.repeats)
     forward = report["pytorch"]["best"]["forward"]
     report["ratio"] = report["ours"]["best_wall_s"] / forward if report["ours"] else None
+    if report.get("baseline"):
+        report["baseline_ratio"] = report["baseline"]["best_wall_s"] / forward
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
