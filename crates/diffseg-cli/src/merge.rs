@@ -99,7 +99,13 @@ struct HostMap {
 /// Reads and checks `self_attn.{8,16,32,64}`: present, shaped `[r², r²]` or `[heads, r², r²]`,
 /// f32 or f16, finite, non-negative, rows summing to 1.
 fn read_attention(path: &Path) -> anyhow::Result<Vec<HostMap>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    // SAFETY: the mapping is read-only and dropped before this returns. Like
+    // every memory-mapped reader (safetensors, candle, burn-store), it assumes
+    // nobody truncates or rewrites the file meanwhile.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     let tensors = SafeTensors::deserialize(&bytes)
         .map_err(|error| anyhow!("{}: not a safetensors file ({error})", path.display()))?;
     SIDES
@@ -120,38 +126,14 @@ fn read_map(tensors: &SafeTensors, name: &str, side: usize) -> anyhow::Result<Ho
         [heads, rows, columns] if *heads > 0 && *rows == cells && *columns == cells => *heads,
         shape => bail!("shape {shape:?}, expected [{cells}, {cells}] or [heads, {cells}, {cells}]"),
     };
-    let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => view
-            .data()
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+    let data = view.data();
+    let probs = match view.dtype() {
+        Dtype::F32 => head_mean(data, cells, heads, |b: &[u8; 4]| f32::from_le_bytes(*b)),
+        Dtype::F16 => head_mean(data, cells, heads, |b: &[u8; 2]| {
+            half::f16::from_le_bytes(*b).to_f32()
+        }),
         dtype => bail!("dtype {dtype:?}, expected F32 or F16"),
-    };
-    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "holds a non-finite value ({}) at flat index {index}",
-            values[index]
-        );
-    }
-    if let Some(index) = values.iter().position(|&v| v < 0.0) {
-        bail!(
-            "holds a negative value ({}) at flat index {index}",
-            values[index]
-        );
-    }
-    let mut probs = vec![0f32; cells * cells];
-    for head in values.chunks_exact(cells * cells) {
-        probs
-            .iter_mut()
-            .zip(head)
-            .for_each(|(mean, value)| *mean += value / heads as f32);
-    }
+    }?;
     for (row, values) in probs.chunks_exact(cells).enumerate() {
         let sum: f64 = values.iter().map(|&v| v as f64).sum();
         if (sum as f32 - 1.0).abs() > ROW_SUM_TOLERANCE {
@@ -159,6 +141,39 @@ fn read_map(tensors: &SafeTensors, name: &str, side: usize) -> anyhow::Result<Ho
         }
     }
     Ok(HostMap { side, probs })
+}
+
+/// The mean over the heads of `[heads, cells, cells]` stored values, decoded
+/// by `decode` from `WIDTH`-byte chunks, in one pass; an error names
+/// the first non-finite value, else the first negative one.
+fn head_mean<const WIDTH: usize>(
+    data: &[u8],
+    cells: usize,
+    heads: usize,
+    decode: impl Fn(&[u8; WIDTH]) -> f32 + Copy,
+) -> anyhow::Result<Vec<f32>> {
+    let values = || {
+        data.chunks_exact(WIDTH)
+            .map(move |b| decode(b.try_into().expect("chunks of WIDTH")))
+    };
+    let mut probs = vec![0f32; cells * cells];
+    let mut valid = true;
+    for head in data.chunks_exact(cells * cells * WIDTH) {
+        for (mean, b) in probs.iter_mut().zip(head.chunks_exact(WIDTH)) {
+            let value = decode(b.try_into().expect("chunks of WIDTH"));
+            valid &= value.is_finite() && value >= 0.0;
+            *mean += value / heads as f32;
+        }
+    }
+    if !valid {
+        if let Some((index, value)) = values().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!("holds a non-finite value ({value}) at flat index {index}");
+        }
+        if let Some((index, value)) = values().enumerate().find(|&(_, v)| v < 0.0) {
+            bail!("holds a negative value ({value}) at flat index {index}");
+        }
+    }
+    Ok(probs)
 }
 
 /// The merge stage on the chosen backend.
