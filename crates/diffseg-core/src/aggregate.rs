@@ -3,7 +3,7 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use crate::attention::{AttentionMap, AttentionMaps};
+use crate::attention::AttentionMaps;
 use crate::resample::resize_bilinear_half_pixel;
 
 /// The aggregated attention `[H*W, H*W]` on the largest grid `H x W`: row `i*W + j` is the
@@ -36,7 +36,6 @@ pub fn aggregate<B: Backend>(maps: &AttentionMaps<B>) -> Aggregate<B> {
     let (height, width) = maps.largest_grid();
     let device = maps.device();
     let weights = aggregation_weights(maps);
-    let cells = height * width;
     let mut total: Option<Tensor<B, 2>> = None;
     for (map, weight) in maps.iter().zip(weights) {
         let queries = map.height * map.width;
@@ -48,46 +47,24 @@ pub fn aggregate<B: Backend>(maps: &AttentionMaps<B>) -> Aggregate<B> {
         .reshape([queries, height * width]);
         // Per-row sums of 4096 values keep f32 precision; a global sum would not.
         let normalised = upsampled.clone() / upsampled.sum_dim(1);
-        let term = normalised.mul_scalar(weight);
+        let repeated = if map.height == height && map.width == width {
+            normalised
+        } else {
+            normalised.select(
+                0,
+                query_cell_index::<B>(map.height, map.width, height, width, &device),
+            )
+        };
+        let term = repeated.mul_scalar(weight);
         total = Some(match total {
-            None if map.height == height && map.width == width => term,
-            None => {
-                let zeros = Tensor::<B, 2>::zeros([cells, cells], &device).cast(term.dtype());
-                add_repeated(zeros, term, map, height, width)
-            }
-            Some(sum) => add_repeated(sum, term, map, height, width),
+            Some(sum) => sum + term,
+            None => term,
         });
     }
     Aggregate {
         maps: total.expect("AttentionMaps holds at least one map"),
         height,
         width,
-    }
-}
-
-/// `sum [H*W, H*W] + term` with the query rows of `term` (one per cell of `map`'s grid)
-/// repeated to the `height x width` grid, each small cell covering its block of large cells.
-fn add_repeated<B: Backend>(
-    sum: Tensor<B, 2>,
-    term: Tensor<B, 2>,
-    map: &AttentionMap<B>,
-    height: usize,
-    width: usize,
-) -> Tensor<B, 2> {
-    let (small_height, small_width) = (map.height, map.width);
-    let cells = height * width;
-    if height.is_multiple_of(small_height) && width.is_multiple_of(small_width) {
-        // Whole factors (SD's 8/16/32 → 64): a broadcasting add, no repeated copy of `term`.
-        let [fy, fx] = [height / small_height, width / small_width];
-        let sum = sum.reshape([small_height, fy, small_width, fx, cells]);
-        let term = term.reshape([small_height, 1, small_width, 1, cells]);
-        (sum + term).reshape([cells, cells])
-    } else {
-        let device = term.device();
-        sum + term.select(
-            0,
-            query_cell_index::<B>(small_height, small_width, height, width, &device),
-        )
     }
 }
 
