@@ -13,7 +13,7 @@ with `from_pretrained` ("load"), the UNet's attention processor is set to diffus
 `AttnProcessor` (explicit softmax: the probabilities are materialised, as a DiffSeg capture
 needs), then under `torch.no_grad()`, `--repeats` times: VAE encode of the 512x512 image
 (latent = posterior mean x 0.18215), CLIP on the empty prompt (49406 then 76 x 49407), one UNet
-pass at t = 300 on the clean latent (shared/diffseg-method.md sections 1-2). Each stage keeps its
+pass at t = 300 on the clean latent (docs/method.md sections 1-2). Each stage keeps its
 best time; forward = vae + clip + unet. No warm-up pass: with --repeats 1 the numbers include
 first-call costs.
 

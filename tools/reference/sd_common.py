@@ -3,7 +3,7 @@
 Everything here mirrors what diffusers/transformers compute, so the Rust port (crates/diffseg-sd)
 can be checked against it on random weights:
 
-- image preparation exactly as ../../shared/diffseg-method.md section 1 (centre crop, TF2-style
+- image preparation exactly as docs/method.md section 1 (centre crop, TF2-style
   bilinear half-pixel resize WITHOUT antialiasing, [-1, 1] scaling);
 - an attention processor that computes attention exactly like diffusers' `AttnProcessor`
   (`softmax(Q K^T * scale)` via `Attention.get_attention_scores`) and hands the probabilities to a sink;

@@ -1,5 +1,5 @@
 //! `diffseg eval`: score segmentations on COCO-Stuff-27 or Cityscapes with the
-//! paper's protocol (method §7), from a folder of predicted label PNGs or by
+//! paper's protocol (docs/method.md §7), from a folder of predicted label PNGs or by
 //! running the model.
 
 use std::path::{Path, PathBuf};

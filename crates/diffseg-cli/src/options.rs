@@ -31,7 +31,7 @@ pub struct ModelArgs {
     pub offline: bool,
 }
 
-/// The merging options of method §5 (the paper's values by default).
+/// The merging options of docs/method.md §5 (the paper's values by default).
 #[derive(clap::Args, Debug, Clone)]
 pub struct MergeArgs {
     /// KL threshold τ: one value for every iteration, or one per iteration,

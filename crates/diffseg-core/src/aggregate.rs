@@ -1,4 +1,4 @@
-//! Attention aggregation (method §4): every resolution brought to the largest grid and
+//! Attention aggregation (docs/method.md §4): every resolution brought to the largest grid and
 //! summed with weights proportional to its side.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -29,7 +29,7 @@ pub fn aggregation_weights<B: Backend>(maps: &AttentionMaps<B>) -> Vec<f32> {
     sides.iter().map(|side| (side / total) as f32).collect()
 }
 
-/// Aggregates the maps (method §4): for each grid `h x w`, upsample the key axes to `H x W`
+/// Aggregates the maps (docs/method.md §4): for each grid `h x w`, upsample the key axes to `H x W`
 /// (half-pixel bilinear), renormalise each query's map to sum to 1, repeat the query axes
 /// (nearest: each query cell covers an `H/h x W/w` block) and add it with its weight.
 pub fn aggregate<B: Backend>(maps: &AttentionMaps<B>) -> Aggregate<B> {

@@ -1,4 +1,4 @@
-//! From proposals to a label map (method §6).
+//! From proposals to a label map (docs/method.md §6).
 
 use burn::tensor::{backend::Backend, Tensor};
 use diffseg_cpu::matmul;

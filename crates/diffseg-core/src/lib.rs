@@ -1,7 +1,7 @@
 //! The DiffSeg algorithm (Tian et al., CVPR 2024) after the UNet, generic over any Burn
 //! backend: self-attention maps in, segmentation out.
 //!
-//! Steps (see `shared/diffseg-method.md` §4–6), each a documented function:
+//! Steps (see docs/method.md §4–6), each a documented function:
 //! [`AttentionAccumulator`] → [`AttentionMaps`] → [`aggregate`] → [`anchor_grid`] +
 //! [`initial_proposals`] (using [`kl_matrix`]) → [`merge_proposals`] × (N−1) → optional
 //! [`refine`] → [`label_map`] → [`Segmentation`]. [`segment_attention`] runs them all.

@@ -1,4 +1,4 @@
-//! Iterative attention merging (method §5): anchors, KL-threshold proposals, greedy merges
+//! Iterative attention merging (docs/method.md §5): anchors, KL-threshold proposals, greedy merges
 //! and the optional k-means refinement.
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
@@ -136,7 +136,7 @@ impl<B: Backend> Proposals<B> {
     }
 }
 
-/// The anchor grid (method §5): per axis of a grid with `side` cells, `seg = (side-1) //
+/// The anchor grid (docs/method.md §5): per axis of a grid with `side` cells, `seg = (side-1) //
 /// (M-1)`, `start = (side-1 - seg*(M-1)) // 2`, coordinates `start, start+seg, ...`; for 64
 /// and M = 16: 1, 5, ..., 61. Returns `(row, column)` pairs, row-major (x-major in the
 /// reference's words).
@@ -190,7 +190,7 @@ pub fn proposals_from_matches<B: Backend>(
     matmul(matches, maps) / counts
 }
 
-/// Iteration 0 (method §5): for each anchor, the mean of all aggregate maps whose KL to the
+/// Iteration 0 (docs/method.md §5): for each anchor, the mean of all aggregate maps whose KL to the
 /// anchor's map is below `tau`. The anchor matches itself, so no proposal is empty.
 pub fn initial_proposals<B: Backend>(
     aggregate: &Aggregate<B>,
@@ -224,7 +224,7 @@ pub fn initial_proposals<B: Backend>(
     }
 }
 
-/// One greedy merge iteration (iterations 1..N−1 of method §5), in the reference's order:
+/// One greedy merge iteration (iterations 1..N−1 of docs/method.md §5), in the reference's order:
 /// walk the proposals; skip one already matched; otherwise mark it, take every proposal
 /// (matched or not, itself included) with `KL < tau` to it, mark them all and emit their mean.
 pub fn merge_proposals<B: Backend>(proposals: &Proposals<B>, tau: f32) -> Proposals<B> {
@@ -269,7 +269,7 @@ pub fn merge_proposals<B: Backend>(proposals: &Proposals<B>, tau: f32) -> Propos
 /// The most k-means iterations [`refine`] runs (scikit-learn's default `max_iter`).
 pub const REFINE_MAX_ITERATIONS: usize = 300;
 
-/// Optional refinement (method §5): k-means (Lloyd) over all aggregate maps with k = number
+/// Optional refinement (docs/method.md §5): k-means (Lloyd) over all aggregate maps with k = number
 /// of proposals, initialised with the proposals, run on the device until the assignment
 /// stops changing (or [`REFINE_MAX_ITERATIONS`]). Returns the non-empty clusters' means.
 pub fn refine<B: Backend>(aggregate: &Aggregate<B>, proposals: &Proposals<B>) -> Proposals<B> {

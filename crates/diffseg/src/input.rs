@@ -1,5 +1,5 @@
 //! Image in: decoding with limits, fitting any image to the model's square
-//! input, and the exact resampling and scaling of method §1.
+//! input, and the exact resampling and scaling of docs/method.md §1.
 //!
 //! Two ways to fit a non-square image (see [`Fit`]):
 //! - [`Fit::Pad`] (default) pads the image to a square with neutral grey, so the
@@ -22,7 +22,7 @@ pub enum Fit {
     /// result back: every pixel of the image gets a segment. The default.
     #[default]
     Pad,
-    /// The paper's protocol (method §1): the centre square of side `min(H, W)`.
+    /// The paper's protocol (docs/method.md §1): the centre square of side `min(H, W)`.
     /// The evaluation uses this.
     CenterCrop,
 }
@@ -124,7 +124,7 @@ impl Placement {
     pub fn new(width: u32, height: u32, fit: Fit) -> Placement {
         match fit {
             Fit::CenterCrop => {
-                // Method §1: side min(H, W), from row (H − c) // 2, column (W − c) // 2.
+                // docs/method.md §1: side min(H, W), from row (H − c) // 2, column (W − c) // 2.
                 let side = width.min(height);
                 Placement {
                     image_width: width,
@@ -159,7 +159,7 @@ pub struct ModelInput {
     pub placement: Placement,
 }
 
-/// Method §1 for one image: fit the image into a square (crop or pad), resize it
+/// docs/method.md §1 for one image: fit the image into a square (crop or pad), resize it
 /// to `size`×`size` with TF2 bilinear semantics (half-pixel centres, no
 /// antialiasing, float output) and scale pixels to [-1, 1] (`x / 127.5 − 1`).
 ///

@@ -1,5 +1,5 @@
 //! The two benchmarks of the paper in their official download layouts, their
-//! class maps and class names (method §7).
+//! class maps and class names (docs/method.md §7).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -190,7 +190,7 @@ impl Dataset {
         }
     }
 
-    /// The merging threshold τ the paper uses on this benchmark (method §5).
+    /// The merging threshold τ the paper uses on this benchmark (docs/method.md §5).
     pub fn default_tau(&self) -> f32 {
         match self {
             Dataset::CocoStuff27 => 1.1,

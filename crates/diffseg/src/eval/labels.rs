@@ -1,5 +1,5 @@
 //! Label maps in and out: ground truth read and brought to the protocol's 512×512
-//! (method §7), predictions read and written as PNG.
+//! (docs/method.md §7), predictions read and written as PNG.
 
 use std::path::{Path, PathBuf};
 
@@ -70,7 +70,7 @@ pub fn nearest_source_index(i: usize, source: usize, target: usize) -> usize {
     ((2 * i + 1) * source / (2 * target)).min(source - 1)
 }
 
-/// The protocol's label pre-processing (method §7): the centre square of side
+/// The protocol's label pre-processing (docs/method.md §7): the centre square of side
 /// `c = min(H, W)` starting at row `(H − c) / 2` and column `(W − c) / 2`, resized to
 /// `side`×`side` by nearest neighbour ([`nearest_source_index`]). Row-major.
 pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {

@@ -1,4 +1,4 @@
-//! The paper's metric (method §7): per-image Hungarian matching of predicted
+//! The paper's metric (docs/method.md §7): per-image Hungarian matching of predicted
 //! segments to ground-truth classes, TP/FP/FN summed over the dataset, pixel
 //! accuracy and mean IoU.
 //!

@@ -1,5 +1,5 @@
 //! Evaluation harness: scores segmentations on COCO-Stuff-27 and Cityscapes
-//! exactly as the paper's code does (method §7).
+//! exactly as the paper's code does (docs/method.md §7).
 //!
 //! - [`Dataset`] reads the official download layouts and lists the images
 //!   ([`Sample`]s); the curated COCO-Stuff-27 list and the 182 → 27 class map are
