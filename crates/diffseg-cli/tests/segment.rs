@@ -263,7 +263,9 @@ fn segments_a_folder_and_resumes_on_ndarray() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn segments_a_folder_and_resumes_on_wgpu() {
-    segments_a_folder_and_resumes("wgpu");
+    if diffseg_device::ready_for_tests::<burn::backend::Wgpu>() {
+        segments_a_folder_and_resumes("wgpu");
+    }
 }
 
 /// `diffseg merge` reads SD 1.x's sides (64, 32, 16, 8) only, and the tiny

@@ -114,13 +114,17 @@ impl BackendKind {
         }
     }
 
-    /// Runs `task` on this backend, or says that the backend is not compiled in.
-    pub fn run<T: BackendTask>(&self, task: T) -> Result<T::Output, BackendUnavailable> {
+    /// Runs `task` on this backend, or says why it cannot: the backend is not
+    /// compiled in ([`crate::Error::Backend`]), or its device cannot start
+    /// here ([`crate::Error::NoDevice`]: asked before Burn would panic, or
+    /// crash, on a missing driver).
+    pub fn run<T: BackendTask>(&self, task: T) -> Result<T::Output, crate::Error> {
         match *self {
             #[cfg(feature = "ndarray")]
             BackendKind::Cpu => Ok(task.run::<Cpu>(burn::backend::ndarray::NdArrayDevice::Cpu)),
             #[cfg(feature = "wgpu")]
             BackendKind::Wgpu => {
+                diffseg_device::wgpu_adapters()?;
                 Ok(task.run::<Wgpu>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
             }
             #[cfg(feature = "cuda")]
@@ -136,7 +140,8 @@ impl BackendKind {
                     .map(|k| k.to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
-            }),
+            }
+            .into()),
         }
     }
 }
@@ -152,6 +157,7 @@ impl BackendKind {
             (Precision::F32, _) => Ok(self.run(task)?),
             #[cfg(feature = "wgpu")]
             (Precision::F16, BackendKind::Wgpu) => {
+                diffseg_device::wgpu_adapters()?;
                 Ok(task.run::<WgpuF16>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
             }
             #[cfg(feature = "cuda")]

@@ -42,6 +42,10 @@ pub enum Error {
     /// The backend asked for is not compiled in.
     #[error(transparent)]
     Backend(#[from] BackendUnavailable),
+    /// The backend is compiled in but its device cannot start here (no
+    /// driver, no adapter).
+    #[error(transparent)]
+    NoDevice(#[from] diffseg_device::NoDevice),
     /// A precision the backend cannot compute in.
     #[error("precision {precision} is not available on the {backend} backend (use f32)")]
     PrecisionUnavailable {
