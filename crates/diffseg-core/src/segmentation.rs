@@ -277,8 +277,14 @@ fn write_atomically(
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let mut temporary =
-        tempfile::NamedTempFile::new_in(folder).map_err(|e| failed(e.to_string()))?;
+    let mut builder = tempfile::Builder::new();
+    // A temporary file is private (0600) by default; an output gets what any
+    // new file would (0666 less the umask) before it is renamed into place.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut temporary = builder
+        .tempfile_in(folder)
+        .map_err(|e| failed(e.to_string()))?;
     write(temporary.as_file_mut()).map_err(failed)?;
     temporary
         .persist(path)

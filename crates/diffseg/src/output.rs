@@ -142,9 +142,14 @@ where
         .extension()
         .map(|extension| format!(".{}", extension.to_string_lossy()))
         .unwrap_or_default();
-    let temporary = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
-        .suffix(&suffix)
+    let prefix = format!(".{file_name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(&suffix);
+    // A temporary file is private (0600) by default; an output gets what any
+    // new file would (0666 less the umask) before it is renamed into place.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let temporary = builder
         .tempfile_in(&folder)
         .map_err(|error| write_error(format!("cannot create a temporary file: {error}")))?;
     write(temporary.path())?;
@@ -171,6 +176,21 @@ pub fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outputs get the permissions of any new file (0666 less the umask), like
+    /// `std::fs::write` gives, not a temporary file's private 0600.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_the_usual_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let folder = tempfile::tempdir().unwrap();
+        let plain = folder.path().join("plain.txt");
+        std::fs::write(&plain, "x").unwrap();
+        let written = folder.path().join("out.json");
+        write_json_atomically(&written, &[1, 2]).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&written), mode(&plain));
+    }
 
     #[test]
     fn rle_runs_are_column_major_and_start_with_zeros() {
