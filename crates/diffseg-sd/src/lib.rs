@@ -84,8 +84,9 @@ impl StableDiffusionConfig {
     }
 }
 
-/// The three networks of an SD 1.x pipeline that DiffSeg runs.
-#[derive(Debug)]
+/// The three networks of an SD 1.x pipeline that DiffSeg runs. Cloning is
+/// cheap: the clones share the parameters' storage (on every Burn backend).
+#[derive(Debug, Clone)]
 pub struct StableDiffusion<B: Backend> {
     pub vae: AutoencoderKL<B>,
     pub text_encoder: ClipTextModel<B>,

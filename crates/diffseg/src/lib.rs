@@ -36,7 +36,11 @@
 //! # let _ = segmenter; Ok(()) }
 //! ```
 //!
-//! Modules: [`input`] (decoding, fitting, method §1 resampling), [`weights`]
+//! A [`Segmenter`] is `Send + Sync`: one can serve every thread of a program.
+//! Programs that use Burn themselves can instead load a [`Pipeline`] on the
+//! backend type and device of their choice.
+//!
+//! Modules: [`input`] (decoding, fitting, docs/method.md §1 resampling), [`weights`]
 //! (finding and downloading weights), [`output`] (JSON with COCO RLE masks,
 //! atomic writes), [`backend`] (run-time backend choice). The algorithm lives in
 //! `diffseg-core`, the networks in `diffseg-sd`.
@@ -57,6 +61,6 @@ pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::{MergeOptions, Segment, Segmentation};
 pub use error::Error;
 pub use input::{open_image, Fit};
-pub use pipeline::{model_input_size, TIMESTEP};
+pub use pipeline::{model_input_size, Pipeline, TIMESTEP};
 pub use segmenter::{Segmenter, SegmenterBuilder};
 pub use timing::StageTimes;

@@ -2,7 +2,7 @@
 //! attention capture → per-resolution self-attention → segments.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
@@ -11,12 +11,14 @@ use diffseg_core::{
 use diffseg_sd::weights::WeightsSource;
 use diffseg_sd::{empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion};
 
+use image::DynamicImage;
+
 use crate::attention::{SelfAttention, SelfAttentionMap};
-use crate::input::{ModelInput, Placement};
+use crate::input::{prepare_image, Fit, ModelInput, Placement};
 use crate::timing::{timed, StageTimes};
 use crate::Error;
 
-/// Method §2: the diffusion timestep of the single UNet pass.
+/// docs/method.md §2: the diffusion timestep of the single UNet pass.
 pub const TIMESTEP: f32 = 300.0;
 
 /// How far an averaged attention row may sum away from 1 before the model's
@@ -54,20 +56,50 @@ fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static
     }
 }
 
-/// A loaded model on backend `B`, with the empty-prompt text embedding
-/// computed once.
-pub(crate) struct Pipeline<B: Backend> {
+/// DiffSeg on a Burn backend and device of the caller's choosing: the model
+/// loaded on `B`, with the empty-prompt text embedding computed once.
+///
+/// This is the generic layer under [`crate::Segmenter`] (which picks the
+/// backend at run time) for programs that already use Burn. A clone is cheap
+/// and shares the weights: give each thread its own (`Pipeline` is `Send`;
+/// Burn modules are not `Sync`).
+///
+/// ```no_run
+/// use burn::backend::{ndarray::NdArrayDevice, NdArray};
+/// use diffseg::{weights::WeightsSource, Fit, MergeOptions, Pipeline};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let source = WeightsSource::detect("/models/stable-diffusion-v1-5")?;
+/// let pipeline = Pipeline::<NdArray<f32>>::load(&source, NdArrayDevice::Cpu)?;
+/// let image = diffseg::open_image("photo.jpg".as_ref())?;
+/// let segmentation = pipeline.segment(&image, Fit::Pad, &MergeOptions::default())?;
+/// println!("{} segments", segmentation.segment_count());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pipeline<B: Backend> {
     model: StableDiffusion<B>,
     /// `[1, 77, cross_attention_dim]`: CLIP's output for the empty prompt.
     empty_prompt: Tensor<B, 3>,
     device: B::Device,
     input_size: usize,
-    times: Mutex<StageTimes>,
+    /// Shared by the clones: totals over every copy of the model.
+    times: Arc<Mutex<StageTimes>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Pipeline<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("backend", &B::name(&self.device))
+            .field("device", &self.device)
+            .field("input_size", &self.input_size)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: Backend> Pipeline<B> {
     /// Loads the three networks from `source` onto `device`.
-    pub(crate) fn load(source: &WeightsSource, device: B::Device) -> Result<Self, Error> {
+    pub fn load(source: &WeightsSource, device: B::Device) -> Result<Self, Error> {
         let input_size = model_input_size(source)?;
         let mut times = StageTimes::default();
         let model = timed::<B, _>(&device, &mut times.load, || {
@@ -84,29 +116,100 @@ impl<B: Backend> Pipeline<B> {
             empty_prompt,
             device,
             input_size,
-            times: Mutex::new(times),
+            times: Arc::new(Mutex::new(times)),
         })
     }
 
-    pub(crate) fn input_size(&self) -> usize {
+    /// The side of the model's square input in pixels (512 for SD 1.x).
+    pub fn input_size(&self) -> usize {
         self.input_size
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Segments one image; the result has the image's own size.
+    pub fn segment(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        options: &MergeOptions,
+    ) -> Result<Segmentation, Error> {
+        Ok(self
+            .segment_batch(std::slice::from_ref(image), fit, options)?
+            .remove(0))
+    }
+
+    /// Segments images as one batch on the device; each result has its
+    /// image's own size.
+    pub fn segment_batch(
+        &self,
+        images: &[DynamicImage],
+        fit: Fit,
+        options: &MergeOptions,
+    ) -> Result<Vec<Segmentation>, Error> {
+        self.segment_images(images, fit, options, Target::Image)
+    }
+
+    /// Segments images on the model's square input grid (e.g. 512×512) of
+    /// the fitted images, without mapping back (with [`Fit::CenterCrop`]: the
+    /// paper's evaluation protocol).
+    pub fn segment_model_input_batch(
+        &self,
+        images: &[DynamicImage],
+        fit: Fit,
+        options: &MergeOptions,
+    ) -> Result<Vec<Segmentation>, Error> {
+        self.segment_images(images, fit, options, Target::ModelInput)
+    }
+
+    /// The image's self-attention averaged over heads and layers per
+    /// resolution, before any merging.
+    pub fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error> {
+        let input = prepare_image(image, self.input_size, fit)?;
+        self.attention_of(&input)
+    }
+
+    /// Wall time per stage since the model was loaded (loading included),
+    /// summed over every call on this pipeline and its clones.
+    pub fn stage_times(&self) -> StageTimes {
+        *self.times()
+    }
+
+    pub(crate) fn segment_images(
+        &self,
+        images: &[DynamicImage],
+        fit: Fit,
+        options: &MergeOptions,
+        target: Target,
+    ) -> Result<Vec<Segmentation>, Error> {
+        options.validate()?;
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = std::time::Instant::now();
+        let inputs = images
+            .iter()
+            .map(|image| prepare_image(image, self.input_size, fit))
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.times().prepare += start.elapsed();
+        self.segment_inputs(&inputs, options, target)
     }
 
     /// The running stage times (a poisoned lock only means a panic elsewhere
     /// mid-update: the totals are still usable).
-    pub(crate) fn times(&self) -> std::sync::MutexGuard<'_, StageTimes> {
+    fn times(&self) -> std::sync::MutexGuard<'_, StageTimes> {
         self.times
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Method §1–3 for a batch: the VAE latent (posterior mean × scaling), one
+    /// docs/method.md §1–3 for a batch: the VAE latent (posterior mean × scaling), one
     /// UNet pass at t = 300 with the empty prompt, and per image the
     /// self-attention averaged over heads and layers per resolution.
-    pub(crate) fn attention_maps(
-        &self,
-        inputs: &[ModelInput],
-    ) -> Result<Vec<AttentionMaps<B>>, Error> {
+    fn attention_maps(&self, inputs: &[ModelInput]) -> Result<Vec<AttentionMaps<B>>, Error> {
         let batch = inputs.len();
         let size = self.input_size;
         let mut pixels = Vec::with_capacity(batch * 3 * size * size);
@@ -158,7 +261,7 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// Segments a batch; each result covers its image at `Target`'s size.
-    pub(crate) fn segment(
+    fn segment_inputs(
         &self,
         inputs: &[ModelInput],
         options: &MergeOptions,
@@ -203,7 +306,7 @@ impl<B: Backend> Pipeline<B> {
     }
 
     /// The per-resolution self-attention of one image, copied off the device.
-    pub(crate) fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
+    fn attention_of(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
         let maps = self.attention_maps(std::slice::from_ref(input))?.remove(0);
         let maps = maps
             .iter()
@@ -355,11 +458,10 @@ mod tests {
         let half =
             Pipeline::<Half>::load(&source.with_variant(Variant::F16), Default::default()).unwrap();
         let image = crate::open_image(Path::new(photo)).unwrap();
-        let input = crate::input::prepare_image(&image, full.input_size(), Fit::Pad).unwrap();
 
         let (ours, theirs) = (
-            half.attention(&input).unwrap(),
-            full.attention(&input).unwrap(),
+            half.attention(&image, Fit::Pad).unwrap(),
+            full.attention(&image, Fit::Pad).unwrap(),
         );
         assert_eq!(ours.maps.len(), theirs.maps.len());
         for (ours, theirs) in ours.maps.iter().zip(&theirs.maps) {
@@ -382,13 +484,8 @@ mod tests {
             );
         }
         let segmentation = half
-            .segment(
-                std::slice::from_ref(&input),
-                &MergeOptions::default(),
-                Target::Image,
-            )
-            .unwrap()
-            .remove(0);
+            .segment(&image, Fit::Pad, &MergeOptions::default())
+            .unwrap();
         assert_eq!(
             (segmentation.width(), segmentation.height()),
             (image.width() as usize, image.height() as usize)

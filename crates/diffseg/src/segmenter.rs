@@ -2,6 +2,7 @@
 //! users call.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
 use diffseg_core::{MergeOptions, Segmentation};
@@ -9,7 +10,7 @@ use diffseg_sd::weights::{Variant, WeightsSource};
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
-use crate::input::{prepare_image, Fit, ModelInput};
+use crate::input::Fit;
 use crate::pipeline::{Pipeline, Target};
 use crate::timing::StageTimes;
 use crate::weights::{resolve_weights, FoundWeights, DEFAULT_MODEL};
@@ -17,16 +18,19 @@ use crate::{BackendKind, BackendTask, Error, Precision};
 
 /// The backend-independent face of [`Pipeline`], so a [`Segmenter`] can hold a
 /// pipeline on whichever backend was chosen at run time.
-trait LoadedPipeline {
+trait LoadedPipeline: Send {
     fn input_size(&self) -> usize;
     fn segment(
         &self,
-        inputs: &[ModelInput],
+        images: &[DynamicImage],
+        fit: Fit,
         options: &MergeOptions,
         target: Target,
     ) -> Result<Vec<Segmentation>, Error>;
-    fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error>;
-    fn times(&self) -> std::sync::MutexGuard<'_, StageTimes>;
+    fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error>;
+    fn stage_times(&self) -> StageTimes;
+    /// Another handle on the same weights, for another thread.
+    fn clone_box(&self) -> Box<dyn LoadedPipeline>;
 }
 
 impl<B: Backend> LoadedPipeline for Pipeline<B> {
@@ -36,19 +40,24 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
 
     fn segment(
         &self,
-        inputs: &[ModelInput],
+        images: &[DynamicImage],
+        fit: Fit,
         options: &MergeOptions,
         target: Target,
     ) -> Result<Vec<Segmentation>, Error> {
-        Pipeline::segment(self, inputs, options, target)
+        self.segment_images(images, fit, options, target)
     }
 
-    fn attention(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
-        Pipeline::attention(self, input)
+    fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error> {
+        Pipeline::attention(self, image, fit)
     }
 
-    fn times(&self) -> std::sync::MutexGuard<'_, StageTimes> {
-        Pipeline::times(self)
+    fn stage_times(&self) -> StageTimes {
+        Pipeline::stage_times(self)
+    }
+
+    fn clone_box(&self) -> Box<dyn LoadedPipeline> {
+        Box::new(self.clone())
     }
 }
 
@@ -65,6 +74,46 @@ impl BackendTask for Load {
     }
 }
 
+/// Handles on one loaded model, one per thread using it at a time: Burn
+/// modules are `Send` but not `Sync`, and their clones share the weights, so
+/// concurrent callers each take a handle (cloning one when all are busy)
+/// instead of queueing behind a lock.
+struct PipelinePool {
+    idle: Mutex<Vec<Box<dyn LoadedPipeline>>>,
+    input_size: usize,
+}
+
+impl PipelinePool {
+    fn new(pipeline: Box<dyn LoadedPipeline>) -> Self {
+        Self {
+            input_size: pipeline.input_size(),
+            idle: Mutex::new(vec![pipeline]),
+        }
+    }
+
+    /// Runs `work` on an idle handle, or a fresh clone of one when every
+    /// handle is busy (an idle list is never empty between calls: a handle is
+    /// only taken out while it is in use).
+    fn with<R>(&self, work: impl FnOnce(&dyn LoadedPipeline) -> R) -> R {
+        let pipeline = {
+            let mut idle = self.idle();
+            match idle.len() {
+                1 => idle[0].clone_box(),
+                _ => idle.pop().expect("the idle list keeps one handle"),
+            }
+        };
+        let output = work(pipeline.as_ref());
+        self.idle().push(pipeline);
+        output
+    }
+
+    /// The idle handles (a poisoned lock only means a panic in another
+    /// caller's work, which held no handle borrowed from the list).
+    fn idle(&self) -> MutexGuard<'_, Vec<Box<dyn LoadedPipeline>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Segments images with DiffSeg: one Stable Diffusion pass per image, its
 /// self-attention merged into segments.
 ///
@@ -76,8 +125,11 @@ impl BackendTask for Load {
 /// println!("{} segments", segmentation.segment_count());
 /// # Ok(()) }
 /// ```
+///
+/// A `Segmenter` is `Send + Sync`: share one (e.g. in an `Arc`) between
+/// threads and call it from all of them at once; the weights are loaded once.
 pub struct Segmenter {
-    pipeline: Box<dyn LoadedPipeline>,
+    pipelines: PipelinePool,
     weights: FoundWeights,
     backend: BackendKind,
     precision: Precision,
@@ -93,7 +145,7 @@ impl std::fmt::Debug for Segmenter {
             .field("precision", &self.precision)
             .field("fit", &self.fit)
             .field("options", &self.options)
-            .field("input_size", &self.pipeline.input_size())
+            .field("input_size", &self.pipelines.input_size)
             .finish()
     }
 }
@@ -123,7 +175,7 @@ impl Segmenter {
 
     /// Segments one image on the model's square input grid (e.g. 512×512) of
     /// the fitted image, without mapping back: with [`Fit::CenterCrop`] this is
-    /// exactly the paper's evaluation protocol (method §1 and §6).
+    /// exactly the paper's evaluation protocol (docs/method.md §1 and §6).
     pub fn segment_model_input(&self, image: &DynamicImage) -> Result<Segmentation, Error> {
         Ok(self
             .run(std::slice::from_ref(image), Target::ModelInput)?
@@ -139,34 +191,26 @@ impl Segmenter {
     }
 
     /// The image's self-attention averaged over heads and layers per
-    /// resolution (method §3), before any merging.
+    /// resolution (docs/method.md §3), before any merging.
     pub fn attention(&self, image: &DynamicImage) -> Result<SelfAttention, Error> {
-        let input = prepare_image(image, self.pipeline.input_size(), self.fit)?;
-        self.pipeline.attention(&input)
+        self.pipelines
+            .with(|pipeline| pipeline.attention(image, self.fit))
     }
 
     fn run(&self, images: &[DynamicImage], target: Target) -> Result<Vec<Segmentation>, Error> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        let start = std::time::Instant::now();
-        let inputs = images
-            .iter()
-            .map(|image| prepare_image(image, self.pipeline.input_size(), self.fit))
-            .collect::<Result<Vec<_>, Error>>()?;
-        self.pipeline.times().prepare += start.elapsed();
-        self.pipeline.segment(&inputs, &self.options, target)
+        self.pipelines
+            .with(|pipeline| pipeline.segment(images, self.fit, &self.options, target))
     }
 
     /// Wall time per stage since the model was loaded (loading included),
-    /// summed over every call: what a run spent where.
+    /// summed over every call from every thread: what a run spent where.
     pub fn stage_times(&self) -> StageTimes {
-        *self.pipeline.times()
+        self.pipelines.with(|pipeline| pipeline.stage_times())
     }
 
     /// The side of the model's square input in pixels (512 for SD 1.x).
     pub fn input_size(&self) -> usize {
-        self.pipeline.input_size()
+        self.pipelines.input_size
     }
 
     /// Where the weights were found.
@@ -295,7 +339,7 @@ impl SegmenterBuilder {
         };
         let pipeline = self.backend.run_in(self.precision, Load { source })??;
         Ok(Segmenter {
-            pipeline,
+            pipelines: PipelinePool::new(pipeline),
             weights,
             backend: self.backend,
             precision: self.precision,

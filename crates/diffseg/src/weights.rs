@@ -14,6 +14,10 @@ use hf_hub::Cache;
 
 use crate::Error;
 
+/// What [`crate::Pipeline::load`] reads: a diffusers folder or a single-file
+/// checkpoint, with the file variant (f32, fp16, bf16) to prefer.
+pub use diffseg_sd::weights::{Variant, WeightsSource};
+
 /// The default model: Stable Diffusion 1.5.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 /// The model the paper's numbers were measured with.

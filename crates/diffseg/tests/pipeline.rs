@@ -146,7 +146,11 @@ macro_rules! on_each_backend {
         }
         #[cfg(feature = "wgpu")]
         mod wgpu {
-            $(#[test] fn $test() { super::$test(diffseg::BackendKind::Wgpu) })*
+            $(#[test] fn $test() {
+                if diffseg_device::ready_for_tests::<diffseg::backend::Wgpu>() {
+                    super::$test(diffseg::BackendKind::Wgpu)
+                }
+            })*
         }
     };
 }
@@ -228,4 +232,58 @@ fn the_attention_round_trips_through_safetensors() {
     let merged =
         diffseg_core::segment_attention(&maps, &MergeOptions::default(), 128, 128).unwrap();
     assert_eq!(merged, pipeline.segment(&image).unwrap());
+}
+
+/// One `Segmenter` shared by threads that segment at the same time gives each of them what it
+/// gives a single caller.
+#[test]
+fn one_segmenter_serves_threads_at_once() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Segmenter>();
+
+    let shared = std::sync::Arc::new(segmenter(BackendKind::Cpu, Fit::Pad));
+    let images = [photo("rocket.jpg"), photo("coffee.png")];
+    let expected: Vec<Segmentation> = images
+        .iter()
+        .map(|image| shared.segment(image).unwrap())
+        .collect();
+    let barrier = std::sync::Barrier::new(images.len() * 2);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .iter()
+            .chain(&images)
+            .map(|image| {
+                let (shared, barrier) = (&shared, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    shared.segment(image).unwrap()
+                })
+            })
+            .collect();
+        for (handle, expected) in handles.into_iter().zip(expected.iter().cycle()) {
+            assert_eq!(handle.join().unwrap().labels(), expected.labels());
+        }
+    });
+    assert_eq!(shared.stage_times().images, 6);
+}
+
+/// The generic layer: a Burn user's own backend type and device give what `Segmenter` gives.
+#[test]
+fn a_pipeline_on_a_chosen_backend_matches_the_segmenter() {
+    use burn::backend::{ndarray::NdArrayDevice, NdArray};
+    use diffseg::weights::WeightsSource;
+
+    let source = WeightsSource::detect(tiny_weights()).unwrap();
+    let pipeline = diffseg::Pipeline::<NdArray<f32>>::load(&source, NdArrayDevice::Cpu).unwrap();
+    let image = photo("astronaut.png");
+    let options = MergeOptions::default();
+    let generic = pipeline.segment(&image, Fit::Pad, &options).unwrap();
+    let easy = segmenter(BackendKind::Cpu, Fit::Pad)
+        .segment(&image)
+        .unwrap();
+    assert_eq!(generic.labels(), easy.labels());
+    // A clone shares the weights and its stage times.
+    let clone = pipeline.clone();
+    clone.segment(&image, Fit::Pad, &options).unwrap();
+    assert_eq!(pipeline.stage_times().images, 2);
 }
