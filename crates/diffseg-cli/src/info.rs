@@ -48,6 +48,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(Err(error)) => println!("  {kind}: {error}"),
             Err(_) => println!("  {kind}: no usable device (driver missing or failed to start)"),
         }
+        #[cfg(feature = "wgpu")]
+        if kind == BackendKind::Wgpu {
+            for (index, adapter) in diffseg::backend::wgpu_adapters()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                println!("    wgpu:{index}: {adapter}");
+            }
+        }
     }
     std::panic::set_hook(default_hook);
     println!("weights:");

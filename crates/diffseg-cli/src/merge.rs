@@ -41,7 +41,7 @@ pub struct Args {
     /// Side of the (square) label map.
     #[arg(long, default_value_t = 512)]
     pub size: usize,
-    /// Backend: cpu, wgpu, cuda or cuda:N.
+    /// Backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
 }

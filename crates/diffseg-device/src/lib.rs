@@ -21,38 +21,80 @@ pub struct NoDevice {
     pub reason: String,
 }
 
-/// The graphics APIs Burn's WGPU kernels run on (its `AutoGraphicsApi`
-/// picks one of these; OpenGL and WebGPU lack what they need).
+/// The adapters Burn's WGPU runtime chooses among, in its order: those of
+/// the graphics API its `AutoGraphicsApi` picks (Vulkan, or Metal on macOS).
 #[cfg(feature = "wgpu")]
-fn compute_backends() -> wgpu::Backends {
-    wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12
+fn adapters() -> Vec<wgpu::Adapter> {
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    let backends = AutoGraphicsApi::backend().into();
+    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
+        backends,
+        ..Default::default()
+    });
+    instance.enumerate_adapters(backends)
+}
+
+#[cfg(feature = "wgpu")]
+fn describe(adapter: &wgpu::Adapter) -> String {
+    let info = adapter.get_info();
+    format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend)
 }
 
 /// The WGPU adapters (GPUs, or a software driver such as lavapipe) that Burn
-/// could run on, as `name (type, API)`; an error when there is none.
+/// could run on, as `name (type, API)`, in the order [`wgpu_device`] numbers
+/// them; an error when there is none.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_adapters() -> Result<Vec<String>, NoDevice> {
-    let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
-        backends: compute_backends(),
-        ..Default::default()
-    });
-    let adapters: Vec<String> = instance
-        .enumerate_adapters(compute_backends())
-        .iter()
-        .map(|adapter| {
-            let info = adapter.get_info();
-            format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend)
-        })
-        .collect();
+    let adapters: Vec<String> = adapters().iter().map(describe).collect();
     if adapters.is_empty() {
         return Err(NoDevice {
             backend: "wgpu",
-            reason: "no Vulkan, Metal or DX12 adapter found (on Linux, install a Vulkan \
-                     driver: your GPU's, or Mesa's `mesa-vulkan-drivers` for the CPU)"
+            reason: "no Vulkan (or, on macOS, Metal) adapter found (on Linux, install a \
+                     Vulkan driver: your GPU's, or Mesa's `mesa-vulkan-drivers` for the CPU)"
                 .to_string(),
         });
     }
     Ok(adapters)
+}
+
+/// Burn's device for adapter `index` of [`wgpu_adapters`]. Burn numbers
+/// adapters within their kind (discrete, integrated, virtual GPU, CPU), so
+/// the index is translated into that.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, NoDevice> {
+    use burn::backend::wgpu::WgpuDevice;
+    use wgpu::DeviceType;
+    let adapters = adapters();
+    let listed = || adapters.iter().map(describe).collect::<Vec<_>>().join("; ");
+    let Some(chosen) = adapters.get(index) else {
+        return Err(NoDevice {
+            backend: "wgpu",
+            reason: format!(
+                "no adapter {index}: {} found ({})",
+                adapters.len(),
+                listed()
+            ),
+        });
+    };
+    let kind = chosen.get_info().device_type;
+    let within_kind = adapters[..index]
+        .iter()
+        .filter(|adapter| adapter.get_info().device_type == kind)
+        .count();
+    match kind {
+        DeviceType::DiscreteGpu => Ok(WgpuDevice::DiscreteGpu(within_kind)),
+        DeviceType::IntegratedGpu => Ok(WgpuDevice::IntegratedGpu(within_kind)),
+        DeviceType::VirtualGpu => Ok(WgpuDevice::VirtualGpu(within_kind)),
+        DeviceType::Cpu if within_kind == 0 => Ok(WgpuDevice::Cpu),
+        _ => Err(NoDevice {
+            backend: "wgpu",
+            reason: format!(
+                "adapter {index}, {}, is not one Burn can select by kind ({})",
+                describe(chosen),
+                listed()
+            ),
+        }),
+    }
 }
 
 /// Whether a test on backend `B` should run: always on backends that need no

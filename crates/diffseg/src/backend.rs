@@ -19,6 +19,11 @@ pub type Wgpu = burn::backend::Wgpu<f32, i32>;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
+/// The WGPU adapters Burn can run on, numbered as [`BackendKind::WgpuAdapter`]
+/// takes them.
+#[cfg(feature = "wgpu")]
+pub use diffseg_device::wgpu_adapters;
+
 /// The WGPU backend computing in half precision.
 #[cfg(feature = "wgpu")]
 pub type WgpuF16 = burn::backend::Wgpu<half::f16, i32>;
@@ -65,6 +70,9 @@ pub enum BackendKind {
     Cpu,
     /// WGPU on the default adapter (Cargo feature `wgpu`).
     Wgpu,
+    /// WGPU on the adapter with this index in `diffseg_device::wgpu_adapters`
+    /// (`diffseg info` lists them; Cargo feature `wgpu`).
+    WgpuAdapter(usize),
     /// CUDA on the GPU with this index (Cargo feature `cuda`).
     Cuda(usize),
 }
@@ -109,7 +117,7 @@ impl BackendKind {
     pub fn feature(&self) -> &'static str {
         match self {
             BackendKind::Cpu => "ndarray",
-            BackendKind::Wgpu => "wgpu",
+            BackendKind::Wgpu | BackendKind::WgpuAdapter(_) => "wgpu",
             BackendKind::Cuda(_) => "cuda",
         }
     }
@@ -126,6 +134,10 @@ impl BackendKind {
             BackendKind::Wgpu => {
                 diffseg_device::wgpu_adapters()?;
                 Ok(task.run::<Wgpu>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
+            }
+            #[cfg(feature = "wgpu")]
+            BackendKind::WgpuAdapter(index) => {
+                Ok(task.run::<Wgpu>(diffseg_device::wgpu_device(index)?))
             }
             #[cfg(feature = "cuda")]
             BackendKind::Cuda(index) => {
@@ -160,6 +172,10 @@ impl BackendKind {
                 diffseg_device::wgpu_adapters()?;
                 Ok(task.run::<WgpuF16>(burn::backend::wgpu::WgpuDevice::DefaultDevice))
             }
+            #[cfg(feature = "wgpu")]
+            (Precision::F16, BackendKind::WgpuAdapter(index)) => {
+                Ok(task.run::<WgpuF16>(diffseg_device::wgpu_device(index)?))
+            }
             #[cfg(feature = "cuda")]
             (Precision::F16, BackendKind::Cuda(index)) => {
                 Ok(task.run::<CudaF16>(burn::backend::cuda::CudaDevice::new(index)))
@@ -191,15 +207,16 @@ impl fmt::Display for BackendKind {
         match self {
             BackendKind::Cpu => write!(f, "cpu"),
             BackendKind::Wgpu => write!(f, "wgpu"),
+            BackendKind::WgpuAdapter(index) => write!(f, "wgpu:{index}"),
             BackendKind::Cuda(0) => write!(f, "cuda"),
             BackendKind::Cuda(index) => write!(f, "cuda:{index}"),
         }
     }
 }
 
-/// A backend name that is not `cpu`, `wgpu`, `cuda` or `cuda:N`.
+/// A backend name that is not `cpu`, `wgpu`, `wgpu:N`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend `{0}`: expected cpu, wgpu, cuda or cuda:N")]
+#[error("unknown backend `{0}`: expected cpu, wgpu, wgpu:N, cuda or cuda:N")]
 pub struct UnknownBackend(pub String);
 
 impl FromStr for BackendKind {
@@ -210,11 +227,13 @@ impl FromStr for BackendKind {
             "cpu" | "ndarray" => Ok(BackendKind::Cpu),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|index| index.parse().ok())
-                .map(BackendKind::Cuda)
-                .ok_or_else(|| UnknownBackend(s.to_string())),
+            other => {
+                let indexed = |prefix: &str| other.strip_prefix(prefix)?.parse().ok();
+                indexed("cuda:")
+                    .map(BackendKind::Cuda)
+                    .or_else(|| indexed("wgpu:").map(BackendKind::WgpuAdapter))
+                    .ok_or_else(|| UnknownBackend(s.to_string()))
+            }
         }
     }
 }
@@ -229,6 +248,8 @@ mod tests {
         assert_eq!("WGPU".parse(), Ok(BackendKind::Wgpu));
         assert_eq!("cuda".parse(), Ok(BackendKind::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(BackendKind::Cuda(3)));
+        assert_eq!("wgpu:1".parse(), Ok(BackendKind::WgpuAdapter(1)));
+        assert_eq!(BackendKind::WgpuAdapter(1).to_string(), "wgpu:1");
         assert!("tpu".parse::<BackendKind>().is_err());
         assert!("cuda:x".parse::<BackendKind>().is_err());
     }

@@ -287,3 +287,26 @@ fn a_pipeline_on_a_chosen_backend_matches_the_segmenter() {
     clone.segment(&image, Fit::Pad, &options).unwrap();
     assert_eq!(pipeline.stage_times().images, 2);
 }
+
+/// `wgpu:N` runs on adapter N of `diffseg info`; an index past the last adapter is a typed
+/// error naming the adapters there are.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_wgpu_adapter_is_chosen_by_index() {
+    if !diffseg_device::ready_for_tests::<diffseg::backend::Wgpu>() {
+        return;
+    }
+    let image = photo("rocket.jpg");
+    let segmentation = segmenter(BackendKind::WgpuAdapter(0), Fit::Pad)
+        .segment(&image)
+        .unwrap();
+    assert_valid(&segmentation, image.width(), image.height());
+    let error = Segmenter::builder()
+        .backend(BackendKind::WgpuAdapter(99))
+        .weights(tiny_weights())
+        .allow_download(false)
+        .build()
+        .unwrap_err();
+    assert!(matches!(error, diffseg::Error::NoDevice(_)), "{error}");
+    assert!(error.to_string().contains("no adapter 99"), "{error}");
+}
