@@ -205,7 +205,8 @@ impl Segmenter {
     /// Wall time per stage since the model was loaded (loading included),
     /// summed over every call from every thread: what a run spent where.
     pub fn stage_times(&self) -> StageTimes {
-        self.pipelines.with(|pipeline| pipeline.stage_times())
+        // The totals are shared by every handle: read an idle one, no need to take it.
+        self.pipelines.idle()[0].stage_times()
     }
 
     /// The side of the model's square input in pixels (512 for SD 1.x).
