@@ -272,17 +272,6 @@ fn segment_into_cache(
         .segment_model_input_batch(&images)
         .with_context(|| format!("segmenting {}", samples[0].image.display()))?;
     for (sample, segmentation) in samples.iter().zip(&segmentations) {
-        let labels: Vec<u16> = segmentation
-            .labels()
-            .iter()
-            .map(|&label| u16::try_from(label))
-            .collect::<Result<_, _>>()
-            .with_context(|| {
-                format!(
-                    "{}: more than 65536 segments do not fit a 16-bit label PNG",
-                    sample.image.display()
-                )
-            })?;
         anyhow::ensure!(
             segmentation.width() == segmentation.height(),
             "{}: the model returned a {}×{} label map, not its square input grid",
@@ -291,7 +280,7 @@ fn segment_into_cache(
             segmentation.height()
         );
         let path = folder.join(sample.prediction_file_name());
-        eval::write_prediction_png(&path, &labels, segmentation.width())?;
+        segmentation.save_label_png(&path)?;
     }
     Ok(())
 }

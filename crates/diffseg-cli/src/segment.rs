@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diffseg::output::{describe_labels, write_atomically, write_json_atomically};
 use diffseg::{open_image, Segmentation, StageTimes};
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -151,36 +150,16 @@ pub fn write_results(
     segmentation: &Segmentation,
 ) -> Result<(), diffseg::Error> {
     let [labels, overlay, json] = job.outputs();
-    let core_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |error: diffseg_core::Error| diffseg::Error::Write {
-            path: path.clone(),
-            reason: error.to_string(),
-        }
-    };
-    let result = write_atomically(&labels, |temporary| {
-        segmentation
-            .save_label_png(temporary)
-            .map_err(core_error(&labels))
-    })
-    .and_then(|()| {
-        write_atomically(&overlay, |temporary| {
-            segmentation
-                .save_overlay(image, temporary)
-                .map_err(core_error(&overlay))
-        })
-    })
-    .and_then(|()| {
-        let description = describe_labels(
-            segmentation.labels(),
-            segmentation.width() as u32,
-            segmentation.height() as u32,
-            job.input
+    let result = segmentation
+        .save_label_png(&labels)
+        .and_then(|()| segmentation.save_overlay(image, &overlay))
+        .and_then(|()| {
+            let name = job
+                .input
                 .file_name()
-                .map(|name| name.to_string_lossy().into_owned()),
-        );
-        write_json_atomically(&json, &description)
-    });
+                .map(|name| name.to_string_lossy().into_owned());
+            segmentation.save_json(&json, name)
+        });
     if result.is_err() {
         for path in [&labels, &overlay, &json] {
             let _ = std::fs::remove_file(path);
@@ -299,7 +278,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             outputs: seconds(outputs),
             total: seconds(started.elapsed()),
         };
-        write_json_atomically(path, &report)
+        diffseg::output::write_json_atomically(path, &report)
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
     eprintln!(

@@ -111,8 +111,12 @@ fn merges_into_four_segments() {
     );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(summary["segment_count"], 4);
+    // The one segmentation schema `diffseg segment` writes too.
+    assert_eq!(summary["width"], 128);
+    assert_eq!(summary["segments"].as_array().unwrap().len(), 4);
     assert_eq!(summary["segments"][0]["area"], 64 * 64);
+    assert_eq!(summary["segments"][0]["bbox"], serde_json::json!([0, 0, 64, 64]));
+    assert_eq!(summary["segments"][0]["segmentation"]["size"], serde_json::json!([128, 128]));
 }
 
 /// Runs the command expecting failure; the error must be one line naming `expected`, and no
@@ -140,15 +144,15 @@ fn assert_fails(attention: &Path, expected: &[&str]) {
 }
 
 #[test]
-fn missing_tensor() {
+fn no_attention_tensor() {
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("a.safetensors");
     write_file(
         &path,
-        vec![("self_attn.8".into(), vec![64, 64], quadrant_attention(8))],
+        vec![("attention.8".into(), vec![64, 64], quadrant_attention(8))],
         false,
     );
-    assert_fails(&path, &["a.safetensors", "self_attn.16", "missing"]);
+    assert_fails(&path, &["a.safetensors", "no self_attn"]);
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub use merge::{
     MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
 };
 pub use resample::{interpolation_matrix, interpolation_tensor, resize_bilinear_half_pixel};
-pub use segmentation::{BoundingBox, Segment, Segmentation, SegmentationSummary};
+pub use segmentation::{BoundingBox, Segment, Segmentation};
 
 use burn::tensor::backend::Backend;
 

@@ -1,9 +1,6 @@
-//! The result: a label map with per-segment statistics, masks and writers.
+//! The result: a label map with per-segment statistics and masks. Images and
+//! files of it are the facade's business (`diffseg::Segmentation`).
 
-use std::io::{BufWriter, Write};
-use std::path::Path;
-
-use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -30,19 +27,6 @@ pub struct Segment {
     pub area: usize,
     /// The smallest box holding all of them.
     pub bbox: BoundingBox,
-}
-
-/// What [`Segmentation::to_json`] writes: size and per-segment statistics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentationSummary {
-    /// Label map columns.
-    pub width: usize,
-    /// Label map rows.
-    pub height: usize,
-    /// Number of segments (labels are 0..segment_count).
-    pub segment_count: usize,
-    /// Statistics of each segment, by label.
-    pub segments: Vec<Segment>,
 }
 
 /// A label map whose labels are exactly 0..K−1, every one used.
@@ -168,126 +152,4 @@ impl Segmentation {
         }
         Self::from_labels(labels, width, height)
     }
-
-    /// Size and per-segment statistics.
-    pub fn summary(&self) -> SegmentationSummary {
-        SegmentationSummary {
-            width: self.width,
-            height: self.height,
-            segment_count: self.segments.len(),
-            segments: self.segments.clone(),
-        }
-    }
-
-    /// The [`SegmentationSummary`] as pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(&self.summary()).expect("plain structs always serialise")
-    }
-
-    /// Writes [`Segmentation::to_json`] to `path` atomically.
-    pub fn save_json(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let json = self.to_json();
-        write_atomically(path.as_ref(), |file| {
-            file.write_all(json.as_bytes()).map_err(|e| e.to_string())
-        })
-    }
-
-    /// Writes the label map as a grayscale PNG, pixel value = label: 8-bit when there are at
-    /// most 256 segments, else 16-bit. Written to a temporary file, then renamed.
-    pub fn save_label_png(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let (width, height) = (self.width as u32, self.height as u32);
-        let image = if self.segments.len() <= 256 {
-            let pixels = self.labels.iter().map(|&label| label as u8).collect();
-            DynamicImage::ImageLuma8(
-                ImageBuffer::<Luma<u8>, _>::from_raw(width, height, pixels).expect("size checked"),
-            )
-        } else if self.segments.len() <= 65536 {
-            let pixels = self.labels.iter().map(|&label| label as u16).collect();
-            DynamicImage::ImageLuma16(
-                ImageBuffer::<Luma<u16>, _>::from_raw(width, height, pixels).expect("size checked"),
-            )
-        } else {
-            return Err(Error::Write {
-                path: path.as_ref().to_path_buf(),
-                problem: format!("{} segments do not fit a 16-bit PNG", self.segments.len()),
-            });
-        };
-        save_png(&image, path.as_ref())
-    }
-
-    /// Writes `source` with each segment tinted in its own colour (half opacity) as a PNG.
-    /// The label map is resized (nearest) to the source's size when they differ.
-    pub fn save_overlay(&self, source: &DynamicImage, path: impl AsRef<Path>) -> Result<(), Error> {
-        let (width, height) = (source.width() as usize, source.height() as usize);
-        let fitted;
-        let labels = if (width, height) == (self.width, self.height) {
-            self
-        } else {
-            fitted = self.resize_nearest(width, height)?;
-            &fitted
-        };
-        let rgb = source.to_rgb8();
-        let overlay = RgbImage::from_fn(width as u32, height as u32, |x, y| {
-            let colour = palette_colour(labels.label_at(x as usize, y as usize));
-            let pixel = rgb.get_pixel(x, y);
-            Rgb(std::array::from_fn(|c| {
-                ((pixel[c] as u16 + colour[c] as u16) / 2) as u8
-            }))
-        });
-        save_png(&DynamicImage::ImageRgb8(overlay), path.as_ref())
-    }
-}
-
-/// A distinct, saturated colour per label (hues a golden angle apart).
-fn palette_colour(label: u32) -> [u8; 3] {
-    let hue = (label as f32 * 137.507_77) % 360.0;
-    let sector = hue / 60.0;
-    let rising = (255.0 * (1.0 - (sector % 2.0 - 1.0).abs())) as u8;
-    match sector as u32 {
-        0 => [255, rising, 0],
-        1 => [rising, 255, 0],
-        2 => [0, 255, rising],
-        3 => [0, rising, 255],
-        4 => [rising, 0, 255],
-        _ => [255, 0, rising],
-    }
-}
-
-fn save_png(image: &DynamicImage, path: &Path) -> Result<(), Error> {
-    write_atomically(path, |file| {
-        let mut writer = BufWriter::new(file);
-        image
-            .write_to(&mut writer, ImageFormat::Png)
-            .map_err(|e| e.to_string())?;
-        writer.flush().map_err(|e| e.to_string())
-    })
-}
-
-/// Writes through a temporary file in the destination's folder, renamed over `path` only
-/// once complete, so a failure never leaves a half-written file behind.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> Result<(), String>,
-) -> Result<(), Error> {
-    let failed = |problem: String| Error::Write {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    // A temporary file is private (0600) by default; an output gets what any
-    // new file would (0666 less the umask) before it is renamed into place.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut temporary = builder
-        .tempfile_in(folder)
-        .map_err(|e| failed(e.to_string()))?;
-    write(temporary.as_file_mut()).map_err(failed)?;
-    temporary
-        .persist(path)
-        .map_err(|e| failed(e.error.to_string()))?;
-    Ok(())
 }

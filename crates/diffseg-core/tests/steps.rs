@@ -262,7 +262,7 @@ fn options_validate() {
 }
 
 #[test]
-fn segmentation_statistics_masks_and_files() {
+fn segmentation_statistics_and_masks() {
     let segmentation = Segmentation::from_labels(vec![7, 7, 3, 3, 7, 9], 3, 2).unwrap();
     assert_eq!(segmentation.labels(), &[1, 1, 0, 0, 1, 2]);
     assert_eq!(segmentation.segment_count(), 3);
@@ -290,44 +290,6 @@ fn segmentation_statistics_masks_and_files() {
     let resized = segmentation.resize_nearest(6, 4).unwrap();
     assert_eq!(&resized.labels()[..6], &[1, 1, 1, 1, 0, 0]);
 
-    let folder = tempfile::tempdir().unwrap();
-    let png = folder.path().join("labels.png");
-    segmentation.save_label_png(&png).unwrap();
-    let read = image::open(&png).unwrap();
-    assert_eq!(read.color(), image::ColorType::L8);
-    assert_eq!(read.to_luma8().into_raw(), vec![1, 1, 0, 0, 1, 2]);
-
-    let many = Segmentation::from_labels((0..300).collect(), 300, 1).unwrap();
-    many.save_label_png(&png).unwrap();
-    let read = image::open(&png).unwrap();
-    assert_eq!(read.color(), image::ColorType::L16);
-    assert_eq!(read.to_luma16().into_raw()[299], 299);
-
-    let json = folder.path().join("labels.json");
-    segmentation.save_json(&json).unwrap();
-    let summary: diffseg_core::SegmentationSummary =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(summary, segmentation.summary());
-
-    let source = image::DynamicImage::new_rgb8(6, 4);
-    let overlay = folder.path().join("overlay.png");
-    segmentation.save_overlay(&source, &overlay).unwrap();
-    assert_eq!(
-        image::open(&overlay).unwrap().to_rgb8().dimensions(),
-        (6, 4)
-    );
-
-    let missing = folder.path().join("no/such/folder/labels.png");
-    let error = segmentation
-        .save_label_png(&missing)
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("no/such/folder/labels.png"), "{error}");
-    let leftovers = std::fs::read_dir(folder.path()).unwrap().count();
-    assert_eq!(
-        leftovers, 3,
-        "only the three finished files, no temporaries"
-    );
 }
 
 /// The algorithm computes in the dtype of the maps it is given, whatever the backend's default:

@@ -1,21 +1,52 @@
 //! An image's aggregated self-attention, off the device: what
-//! `diffseg attention` writes and `diffseg merge` reads.
+//! `diffseg attention` writes, and what a re-merge with other options reads
+//! (`diffseg merge`, [`SelfAttention::merge`]) without running the model again.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use diffseg_core::AttentionMaps;
+use diffseg_core::{merge_attention, AttentionMaps, MergeOptions};
 use safetensors::tensor::TensorView;
-use safetensors::Dtype;
+use safetensors::{Dtype, SafeTensors};
 
+use crate::input::Placement;
 use crate::output::write_atomically;
-use crate::Error;
+use crate::segmentation::Segmentation;
+use crate::{BackendKind, BackendTask, Error};
 
-/// Self-attention averaged over heads and layers, one map per latent resolution.
+/// How far a stored row's sum may stray from 1: fp16 attention summed over
+/// 4096 keys is off by about 1e-3.
+const ROW_SUM_TOLERANCE: f32 = 1e-2;
+
+/// The safetensors metadata keys of [`SelfAttention::placement`].
+const PLACEMENT_KEYS: [&str; 5] = ["image_width", "image_height", "top", "left", "side"];
+
+/// Self-attention averaged over heads and layers, one map per latent
+/// resolution, and where the model's input came from in the image.
+///
+/// Re-merging with other options gives what [`crate::Segmenter::segment`]
+/// would have given with them, at the image's own size:
+///
+/// ```no_run
+/// use diffseg::{BackendKind, MergeOptions, SelfAttention};
+///
+/// # fn main() -> Result<(), diffseg::Error> {
+/// let attention = SelfAttention::load_safetensors("photo.attention.safetensors")?;
+/// for tau in [0.9, 1.0, 1.1] {
+///     let options = MergeOptions::default().with_tau(tau);
+///     let segmentation = attention.merge(&options, BackendKind::Cpu)?;
+///     println!("tau {tau}: {} segments", segmentation.segment_count());
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelfAttention {
     /// Largest grid first (64, 32, 16, 8 for SD 1.x at 512 px).
     pub maps: Vec<SelfAttentionMap>,
+    /// Where the model's square input lies in the source image; `None` when
+    /// unknown (a file from elsewhere): then merges label the square input.
+    pub placement: Option<Placement>,
 }
 
 /// One resolution's map: `probs` is row-major `[h*w, h*w]`, every row a
@@ -31,8 +62,8 @@ pub struct SelfAttentionMap {
 }
 
 impl SelfAttentionMap {
-    /// The safetensors name: `self_attn.{side}` for square grids (what
-    /// `diffseg merge` reads), `self_attn.{h}x{w}` otherwise.
+    /// The safetensors name: `self_attn.{side}` for square grids,
+    /// `self_attn.{h}x{w}` otherwise.
     pub fn tensor_name(&self) -> String {
         if self.height == self.width {
             format!("self_attn.{}", self.height)
@@ -44,8 +75,10 @@ impl SelfAttentionMap {
 
 impl SelfAttention {
     /// Writes every map as an f32 `[h*w, h*w]` tensor named by
-    /// [`SelfAttentionMap::tensor_name`], atomically.
-    pub fn save_safetensors(&self, path: &Path) -> Result<(), Error> {
+    /// [`SelfAttentionMap::tensor_name`], and the placement as metadata,
+    /// atomically.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
         let bytes: Vec<Vec<u8>> = self
             .maps
             .iter()
@@ -71,10 +104,93 @@ impl SelfAttention {
                     .map_err(|error| write_error(error.to_string()))
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let metadata = self.placement.map(|placement| {
+            let values = [
+                placement.image_width as i64,
+                placement.image_height as i64,
+                placement.top,
+                placement.left,
+                placement.side as i64,
+            ];
+            PLACEMENT_KEYS
+                .iter()
+                .zip(values)
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        });
         write_atomically(path, |temporary| {
-            safetensors::serialize_to_file(views, None, temporary)
+            safetensors::serialize_to_file(views, metadata, temporary)
                 .map_err(|error| write_error(error.to_string()))
         })
+    }
+
+    /// Reads what [`SelfAttention::save_safetensors`] writes, or any
+    /// safetensors file of `self_attn.{side}` / `self_attn.{h}x{w}` tensors,
+    /// f32 or f16, shaped `[cells, cells]` or `[heads, cells, cells]` (heads
+    /// are averaged). Every row must be a distribution.
+    pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let problem = |reason: String| Error::Attention {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path)
+            .map_err(|error| problem(format!("cannot read: {error}")))?;
+        // SAFETY: the mapping is read-only and dropped before this returns. Like
+        // every memory-mapped reader (safetensors, candle, burn-store), it assumes
+        // nobody truncates or rewrites the file meanwhile.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|error| problem(format!("cannot read: {error}")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
+        let tensors = SafeTensors::deserialize(&bytes)
+            .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
+        let mut grids = BTreeMap::new();
+        for name in tensors.names() {
+            if let Some((height, width)) = grid_of(name) {
+                grids.insert(std::cmp::Reverse((height * width, height, width)), name);
+            }
+        }
+        if grids.is_empty() {
+            return Err(problem(
+                "no self_attn.{side} or self_attn.{h}x{w} tensor in it".into(),
+            ));
+        }
+        let maps = grids
+            .into_iter()
+            .map(|(std::cmp::Reverse((_, height, width)), name)| {
+                let view = tensors.tensor(name).expect("a listed name");
+                read_map(&view, height, width)
+                    .map(|probs| SelfAttentionMap {
+                        height,
+                        width,
+                        probs,
+                    })
+                    .map_err(|reason| problem(format!("tensor {name}: {reason}")))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let placement = match header.metadata() {
+            Some(metadata) if PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key)) => {
+                let value = |key: &str| -> Result<i64, Error> {
+                    metadata[key]
+                        .parse()
+                        .map_err(|_| problem(format!("metadata {key} = {:?} is not an integer", metadata[key])))
+                };
+                let placement = Placement {
+                    image_width: value("image_width")?.try_into().unwrap_or(0),
+                    image_height: value("image_height")?.try_into().unwrap_or(0),
+                    top: value("top")?,
+                    left: value("left")?,
+                    side: value("side")?.try_into().unwrap_or(0),
+                };
+                if placement.image_width == 0 || placement.image_height == 0 || placement.side == 0 {
+                    return Err(problem(format!("metadata holds an empty image: {placement:?}")));
+                }
+                Some(placement)
+            }
+            _ => None,
+        };
+        Ok(Self { maps, placement })
     }
 
     /// The maps as diffseg-core's [`AttentionMaps`] on `device`.
@@ -106,4 +222,122 @@ impl SelfAttention {
             .collect();
         Ok(AttentionMaps::from_maps(maps)?)
     }
+
+    /// Merges on `B`'s `device` with `options`, labelled as
+    /// [`crate::Pipeline::segment`] labels: at the source image's own size when
+    /// the placement is known, else on a `side`×`side` square (`side`: the
+    /// model's input size, 512 for SD 1.x).
+    pub fn merge_on<B: Backend>(
+        &self,
+        options: &MergeOptions,
+        device: &B::Device,
+        side: usize,
+    ) -> Result<Segmentation, Error> {
+        options.validate()?;
+        let maps = self.to_maps::<B>(device)?;
+        let proposals = merge_attention(&maps, options)?;
+        match &self.placement {
+            Some(placement) => crate::pipeline::label_image(proposals, placement),
+            None => crate::pipeline::label_square(proposals, side),
+        }
+    }
+
+    /// [`SelfAttention::merge_on`] on a backend chosen at run time, labelling
+    /// a 512×512 square when the placement is unknown.
+    pub fn merge(&self, options: &MergeOptions, backend: BackendKind) -> Result<Segmentation, Error> {
+        struct Merge<'a> {
+            attention: &'a SelfAttention,
+            options: &'a MergeOptions,
+        }
+        impl BackendTask for Merge<'_> {
+            type Output = Result<Segmentation, Error>;
+            fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+                self.attention
+                    .merge_on::<B>(self.options, &device, crate::pipeline::SD1_INPUT_SIZE)
+            }
+        }
+        backend.run(Merge {
+            attention: self,
+            options,
+        })?
+    }
+}
+
+/// `(rows, columns)` of a `self_attn.{side}` or `self_attn.{h}x{w}` name.
+fn grid_of(name: &str) -> Option<(usize, usize)> {
+    let grid = name.strip_prefix("self_attn.")?;
+    let (height, width) = match grid.split_once('x') {
+        Some((height, width)) => (height.parse().ok()?, width.parse().ok()?),
+        None => {
+            let side = grid.parse().ok()?;
+            (side, side)
+        }
+    };
+    (height > 0 && width > 0).then_some((height, width))
+}
+
+/// One stored map averaged over its heads, checked: finite, non-negative,
+/// every row summing to 1.
+fn read_map(view: &TensorView, height: usize, width: usize) -> Result<Vec<f32>, String> {
+    let cells = height * width;
+    let heads = match view.shape() {
+        [rows, columns] if *rows == cells && *columns == cells => 1,
+        [heads, rows, columns] if *heads > 0 && *rows == cells && *columns == cells => *heads,
+        shape => {
+            return Err(format!(
+                "shape {shape:?}, expected [{cells}, {cells}] or [heads, {cells}, {cells}]"
+            ))
+        }
+    };
+    let data = view.data();
+    let probs = match view.dtype() {
+        Dtype::F32 => head_mean(data, cells, heads, |b: &[u8; 4]| f32::from_le_bytes(*b)),
+        Dtype::F16 => head_mean(data, cells, heads, |b: &[u8; 2]| {
+            half::f16::from_le_bytes(*b).to_f32()
+        }),
+        Dtype::BF16 => head_mean(data, cells, heads, |b: &[u8; 2]| {
+            half::bf16::from_le_bytes(*b).to_f32()
+        }),
+        dtype => return Err(format!("dtype {dtype:?}, expected F32, F16 or BF16")),
+    }?;
+    for (row, values) in probs.chunks_exact(cells).enumerate() {
+        let sum: f64 = values.iter().map(|&v| v as f64).sum();
+        if (sum as f32 - 1.0).abs() > ROW_SUM_TOLERANCE {
+            return Err(format!("row {row} is not a distribution: it sums to {sum:.6}"));
+        }
+    }
+    Ok(probs)
+}
+
+/// The mean over the heads of `[heads, cells, cells]` stored values, decoded
+/// by `decode` from `WIDTH`-byte chunks, in one pass; an error names the first
+/// non-finite value, else the first negative one.
+fn head_mean<const WIDTH: usize>(
+    data: &[u8],
+    cells: usize,
+    heads: usize,
+    decode: impl Fn(&[u8; WIDTH]) -> f32 + Copy,
+) -> Result<Vec<f32>, String> {
+    let values = || {
+        data.chunks_exact(WIDTH)
+            .map(move |b| decode(b.try_into().expect("chunks of WIDTH")))
+    };
+    let mut probs = vec![0f32; cells * cells];
+    let mut valid = true;
+    for head in data.chunks_exact(cells * cells * WIDTH) {
+        for (mean, b) in probs.iter_mut().zip(head.chunks_exact(WIDTH)) {
+            let value = decode(b.try_into().expect("chunks of WIDTH"));
+            valid &= value.is_finite() && value >= 0.0;
+            *mean += value / heads as f32;
+        }
+    }
+    if !valid {
+        if let Some((index, value)) = values().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("holds a non-finite value ({value}) at flat index {index}"));
+        }
+        if let Some((index, value)) = values().enumerate().find(|&(_, v)| v < 0.0) {
+            return Err(format!("holds a negative value ({value}) at flat index {index}"));
+        }
+    }
+    Ok(probs)
 }

@@ -93,6 +93,14 @@ pub enum Error {
     /// The model produced attention that is not usable (NaN, wrong shapes).
     #[error("the model's attention is unusable: {0}")]
     Model(String),
+    /// A saved self-attention file that cannot be read or used.
+    #[error("attention {path}: {reason}")]
+    Attention {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The segmentation algorithm failed.
     #[error(transparent)]
     Segment(#[from] diffseg_core::Error),

@@ -52,15 +52,17 @@ pub mod eval;
 pub mod input;
 pub mod output;
 mod pipeline;
+mod segmentation;
 mod segmenter;
 mod timing;
 pub mod weights;
 
 pub use attention::{SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
-pub use diffseg_core::{MergeOptions, Segment, Segmentation};
+pub use diffseg_core::MergeOptions;
 pub use error::Error;
 pub use input::{open_image, Fit};
 pub use pipeline::{model_input_size, Pipeline, TIMESTEP};
+pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};
 pub use timing::StageTimes;

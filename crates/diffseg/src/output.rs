@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use image::{ColorType, DynamicImage, ImageFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -171,6 +172,58 @@ pub fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(),
             reason: error.to_string(),
         })
     })
+}
+
+/// Writes `image` as a PNG to `path`, atomically.
+pub fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
+    write_atomically(path, |temporary| {
+        image
+            .save_with_format(temporary, ImageFormat::Png)
+            .map_err(|error| Error::Write {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            })
+    })
+}
+
+/// Writes a row-major label map as a greyscale PNG, pixel value = label (8-bit
+/// when every label fits a byte, else 16-bit), atomically. The label-PNG
+/// codec's writer; [`read_label_png`] reads it back.
+pub fn write_label_png(path: &Path, labels: &[u32], width: u32, height: u32) -> Result<(), Error> {
+    let image = crate::segmentation::label_image(labels, width, height).map_err(|error| {
+        Error::Write {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        }
+    })?;
+    write_png(path, &image)
+}
+
+/// Reads a label PNG (8- or 16-bit greyscale, pixel value = label) as
+/// row-major labels, width and height.
+pub fn read_label_png(path: &Path) -> Result<(Vec<u32>, u32, u32), Error> {
+    let decode_error = |reason: String| Error::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let image = image::open(path).map_err(|error| decode_error(error.to_string()))?;
+    let (width, height) = (image.width(), image.height());
+    let labels = label_values(image).map_err(|colour| {
+        decode_error(format!(
+            "a label PNG is 8- or 16-bit greyscale, this one is {colour:?}"
+        ))
+    })?;
+    Ok((labels, width, height))
+}
+
+/// The labels of a decoded label image, or its colour type when it is not 8-
+/// or 16-bit greyscale. The label-PNG codec's reader.
+pub(crate) fn label_values(image: DynamicImage) -> Result<Vec<u32>, ColorType> {
+    match image {
+        DynamicImage::ImageLuma8(buffer) => Ok(buffer.iter().map(|&v| v as u32).collect()),
+        DynamicImage::ImageLuma16(buffer) => Ok(buffer.iter().map(|&v| v as u32).collect()),
+        other => Err(other.color()),
+    }
 }
 
 #[cfg(test)]

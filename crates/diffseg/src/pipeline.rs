@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
-    label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Segmentation,
+    label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Proposals,
 };
 use diffseg_sd::weights::WeightsSource;
 use diffseg_sd::{empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion};
@@ -15,6 +15,7 @@ use image::DynamicImage;
 
 use crate::attention::{SelfAttention, SelfAttentionMap};
 use crate::input::{prepare_image, Fit, ModelInput, Placement};
+use crate::segmentation::Segmentation;
 use crate::timing::{timed, StageTimes};
 use crate::Error;
 
@@ -26,14 +27,16 @@ pub const TIMESTEP: f32 = 300.0;
 /// about 1e-3, NaN or garbage is far beyond this.
 const ROW_SUM_TOLERANCE: f32 = 1e-2;
 
+/// The side of SD 1.x's square input in pixels.
+pub(crate) const SD1_INPUT_SIZE: usize = 512;
+
 /// The side of the square image the model takes: the UNet's latent
 /// `sample_size` times the VAE's downscaling factor (2 per VAE block after the
 /// first). SD 1.x: 64 × 8 = 512; the tiny test model: 16 × 8 = 128.
 pub fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
-    const SD1_INPUT: usize = 512;
     let WeightsSource::Diffusers { root, .. } = source else {
         // Single-file checkpoints are SD 1.x (the loader checks the shapes).
-        return Ok(SD1_INPUT);
+        return Ok(SD1_INPUT_SIZE);
     };
     let read = |file: &str| -> Result<serde_json::Value, Error> {
         let path = root.join(file);
@@ -275,27 +278,8 @@ impl<B: Backend> Pipeline<B> {
             .map(|(maps, input)| {
                 let proposals = merge_attention(maps, options)?;
                 match target {
-                    Target::ModelInput => Ok(label_map(
-                        proposals.maps,
-                        proposals.height,
-                        proposals.width,
-                        self.input_size,
-                        self.input_size,
-                    )?),
-                    Target::Image => {
-                        // Label the fitted square at the image's own scale (capped:
-                        // 64×64 proposals hold no detail finer than that), then map
-                        // it onto the image's pixels.
-                        let side = (input.placement.side as usize).min(MAX_LABEL_SIDE);
-                        let square = label_map(
-                            proposals.maps,
-                            proposals.height,
-                            proposals.width,
-                            side,
-                            side,
-                        )?;
-                        Ok(square_to_image(&square, &input.placement)?)
-                    }
+                    Target::ModelInput => label_square(proposals, self.input_size),
+                    Target::Image => label_image(proposals, &input.placement),
                 }
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -327,8 +311,31 @@ impl<B: Backend> Pipeline<B> {
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(SelfAttention { maps })
+        Ok(SelfAttention {
+            maps,
+            placement: Some(input.placement),
+        })
     }
+}
+
+/// Labels the model's `side`×`side` input square from the final proposals.
+pub(crate) fn label_square<B: Backend>(
+    proposals: Proposals<B>,
+    side: usize,
+) -> Result<Segmentation, Error> {
+    Ok(label_map(proposals.maps, proposals.height, proposals.width, side, side)?.into())
+}
+
+/// Labels the image the model's input came from: the fitted square at the
+/// image's own scale (capped by [`MAX_LABEL_SIDE`]: 64×64 proposals hold no
+/// detail finer than that), mapped onto the image's pixels.
+pub(crate) fn label_image<B: Backend>(
+    proposals: Proposals<B>,
+    placement: &Placement,
+) -> Result<Segmentation, Error> {
+    let side = (placement.side as usize).min(MAX_LABEL_SIDE);
+    let square = label_map(proposals.maps, proposals.height, proposals.width, side, side)?;
+    Ok(square_to_image(&square, placement)?.into())
 }
 
 /// The largest square label map computed for [`Target::Image`]: 32 times the
@@ -351,9 +358,9 @@ pub(crate) enum Target {
 /// may be coarser than the image (see [`MAX_LABEL_SIDE`]): then each image
 /// pixel takes the label under its centre.
 fn square_to_image(
-    square: &Segmentation,
+    square: &diffseg_core::Segmentation,
     placement: &Placement,
-) -> Result<Segmentation, diffseg_core::Error> {
+) -> Result<diffseg_core::Segmentation, diffseg_core::Error> {
     let labelled = square.width() as i64;
     let side = placement.side as i64;
     // Square pixel (in image units) → label-map pixel, by the pixel centre.
@@ -373,7 +380,7 @@ fn square_to_image(
         let row = to_map(y - placement.top);
         labels.extend(columns.iter().map(|&column| square.label_at(column, row)));
     }
-    Segmentation::from_labels(labels, width, height)
+    diffseg_core::Segmentation::from_labels(labels, width, height)
 }
 
 /// Feeds each image's slice of the batch into its own running mean.
@@ -417,7 +424,7 @@ mod tests {
         // A 4×4 square whose rows are labels 0..4; the image is 4 wide, 2 high,
         // padded by one row above and below.
         let labels: Vec<u32> = (0..16).map(|i| i / 4).collect();
-        let square = Segmentation::from_labels(labels, 4, 4).unwrap();
+        let square = diffseg_core::Segmentation::from_labels(labels, 4, 4).unwrap();
         let placement = Placement::new(4, 2, Fit::Pad);
         let image = square_to_image(&square, &placement).unwrap();
         assert_eq!((image.width(), image.height()), (4, 2));
@@ -428,7 +435,7 @@ mod tests {
     #[test]
     fn a_coarser_square_is_sampled_at_pixel_centres() {
         // A 2×2 label map standing for a 4×4 square (a 4×4 image, no padding).
-        let square = Segmentation::from_labels(vec![0, 1, 2, 3], 2, 2).unwrap();
+        let square = diffseg_core::Segmentation::from_labels(vec![0, 1, 2, 3], 2, 2).unwrap();
         let placement = Placement::new(4, 4, Fit::Pad);
         let image = square_to_image(&square, &placement).unwrap();
         assert_eq!(
@@ -519,7 +526,7 @@ mod tests {
     #[test]
     fn centre_crop_extends_the_border_labels() {
         // A 2×2 square (columns labelled 0, 1) cropped from a 4×2 image.
-        let square = Segmentation::from_labels(vec![0, 1, 0, 1], 2, 2).unwrap();
+        let square = diffseg_core::Segmentation::from_labels(vec![0, 1, 0, 1], 2, 2).unwrap();
         let placement = Placement::new(4, 2, Fit::CenterCrop);
         let image = square_to_image(&square, &placement).unwrap();
         assert_eq!(image.labels(), &[0, 0, 1, 1, 0, 0, 1, 1]);

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
-use diffseg_core::{MergeOptions, Segmentation};
+use diffseg_core::MergeOptions;
 use diffseg_sd::weights::{Variant, WeightsSource};
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
 use crate::input::Fit;
 use crate::pipeline::{Pipeline, Target};
+use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
 use crate::weights::{resolve_weights, FoundWeights, DEFAULT_MODEL};
 use crate::{BackendKind, BackendTask, Error, Precision};

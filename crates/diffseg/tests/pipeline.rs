@@ -225,13 +225,43 @@ fn the_attention_round_trips_through_safetensors() {
 
     // Merging the saved maps gives the segmentation `segment` gives: a square
     // image at the model size is neither padded nor resampled.
-    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-    let maps = attention
-        .to_maps::<burn::backend::NdArray<f32>>(&device)
+    let loaded = diffseg::SelfAttention::load_safetensors(&path).unwrap();
+    assert_eq!(loaded, attention);
+    let merged = loaded
+        .merge(&MergeOptions::default(), BackendKind::Cpu)
         .unwrap();
-    let merged =
-        diffseg_core::segment_attention(&maps, &MergeOptions::default(), 128, 128).unwrap();
     assert_eq!(merged, pipeline.segment(&image).unwrap());
+}
+
+/// A re-merge of saved attention with other options is what `segment` gives
+/// with them, at the image's own size (a padded, non-square image).
+#[test]
+fn a_re_merge_maps_back_like_segment() {
+    let image = photo("chelsea.png");
+    assert_ne!(image.width(), image.height());
+    let options = MergeOptions::default().with_tau(0.9);
+    let segmenter = Segmenter::builder()
+        .weights(tiny_weights())
+        .merge_options(options.clone())
+        .allow_download(false)
+        .build()
+        .unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("attn.safetensors");
+    segmenter
+        .attention(&image)
+        .unwrap()
+        .save_safetensors(&path)
+        .unwrap();
+    let merged = diffseg::SelfAttention::load_safetensors(&path)
+        .unwrap()
+        .merge(&options, BackendKind::Cpu)
+        .unwrap();
+    assert_eq!(
+        (merged.width(), merged.height()),
+        (image.width() as usize, image.height() as usize)
+    );
+    assert_eq!(merged, segmenter.segment(&image).unwrap());
 }
 
 /// One `Segmenter` shared by threads that segment at the same time gives each of them what it

@@ -101,6 +101,9 @@ pub enum EvalError {
         /// Why.
         source: image::ImageError,
     },
+    /// A report or prediction file that cannot be written.
+    #[error(transparent)]
+    Write(#[from] crate::Error),
     /// An image id list that cannot be used.
     #[error("image list {path}: {reason}")]
     ImageList {

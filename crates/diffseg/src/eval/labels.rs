@@ -1,9 +1,9 @@
 //! Label maps in and out: ground truth read and brought to the protocol's 512×512
 //! (docs/method.md §7), predictions read and written as PNG.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use image::{DynamicImage, ImageBuffer, Luma};
+use image::DynamicImage;
 
 use super::error::EvalError;
 
@@ -124,16 +124,15 @@ pub struct PredictionImage {
 pub fn decode_prediction_png(path: &Path) -> Result<PredictionImage, EvalError> {
     let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
     let (width, height) = (decoded.width(), decoded.height());
-    let segments = match decoded {
-        DynamicImage::ImageLuma8(buffer) => buffer.as_raw().iter().map(|&v| v as u16).collect(),
-        DynamicImage::ImageLuma16(buffer) => buffer.into_raw(),
-        other => {
-            return Err(EvalError::PredictionFormat {
-                path: path.to_path_buf(),
-                found: format!("{:?}", other.color()),
-            })
-        }
-    };
+    let segments = crate::output::label_values(decoded)
+        .map_err(|colour| EvalError::PredictionFormat {
+            path: path.to_path_buf(),
+            found: format!("{colour:?}"),
+        })?
+        .into_iter()
+        // 8- and 16-bit greyscale values: all fit.
+        .map(|label| label as u16)
+        .collect();
     Ok(PredictionImage {
         width,
         height,
@@ -153,46 +152,6 @@ pub fn read_prediction_png(path: &Path, side: usize) -> Result<Vec<u16>, EvalErr
         });
     }
     Ok(prediction.segments)
-}
-
-/// Writes a `side`×`side` label map as a greyscale PNG, 8-bit when every label fits
-/// in a byte and 16-bit otherwise. The file appears whole or not at all: it is
-/// written under a temporary name in the same folder and renamed.
-///
-/// # Panics
-///
-/// If `labels` does not hold `side * side` values.
-pub fn write_prediction_png(path: &Path, labels: &[u16], side: usize) -> Result<(), EvalError> {
-    assert_eq!(labels.len(), side * side, "a {side}×{side} label map");
-    let temporary = temporary_path(path);
-    let written = if labels.iter().all(|&label| label <= u8::MAX as u16) {
-        let bytes = labels.iter().map(|&label| label as u8).collect();
-        ImageBuffer::<Luma<u8>, Vec<u8>>::from_raw(side as u32, side as u32, bytes)
-            .expect("side × side labels")
-            .save_with_format(&temporary, image::ImageFormat::Png)
-    } else {
-        ImageBuffer::<Luma<u16>, Vec<u16>>::from_raw(side as u32, side as u32, labels.to_vec())
-            .expect("side × side labels")
-            .save_with_format(&temporary, image::ImageFormat::Png)
-    };
-    if let Err(source) = written {
-        // Best effort: a leftover temporary file would only waste space.
-        let _ = std::fs::remove_file(&temporary);
-        return Err(EvalError::image(path, source));
-    }
-    std::fs::rename(&temporary, path).map_err(|source| {
-        let _ = std::fs::remove_file(&temporary);
-        EvalError::io(path, source)
-    })
-}
-
-/// A temporary name next to `path`, unique to this process: `.<name>.<pid>.tmp`.
-fn temporary_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 #[cfg(test)]
@@ -232,7 +191,8 @@ mod tests {
         for max in [200u16, 700] {
             let path = folder.path().join(format!("p{max}.png"));
             let labels: Vec<u16> = (0..16).map(|i| i * max / 15).collect();
-            write_prediction_png(&path, &labels, 4).unwrap();
+            let wide: Vec<u32> = labels.iter().map(|&label| label as u32).collect();
+            crate::output::write_label_png(&path, &wide, 4, 4).unwrap();
             assert_eq!(read_prediction_png(&path, 4).unwrap(), labels);
             let error = read_prediction_png(&path, 8).unwrap_err();
             assert!(

@@ -155,19 +155,15 @@ fn percent(value: Option<f64>) -> String {
     )
 }
 
-/// Writes `text` under a temporary name next to `path`, then renames it.
+/// Writes `text` to `path` through the one atomic writer.
 fn write_atomically(path: &Path, text: &str) -> Result<(), EvalError> {
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&temporary);
-            EvalError::io(path, source)
+    crate::output::write_atomically(path, |temporary| {
+        std::fs::write(temporary, text).map_err(|error| crate::Error::Write {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
         })
+    })
+    .map_err(EvalError::from)
 }
 
 #[cfg(test)]
