@@ -124,3 +124,32 @@ fn bad_inputs_fail_cleanly() {
     assert!(!attention.exists());
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+/// An error's cause is said once: a message that already quotes its cause does
+/// not also hand it on to be printed again after it.
+#[test]
+fn causes_are_printed_once() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let image = dir.join("good.png");
+    image::RgbImage::new(8, 8).save(&image).unwrap();
+    // A weights folder with a text encoder and no UNet config.
+    let weights = dir.join("weights");
+    std::fs::create_dir_all(weights.join("text_encoder")).unwrap();
+    std::fs::write(weights.join("model_index.json"), "{}").unwrap();
+    let output = diffseg(
+        &[
+            "segment",
+            image.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--out",
+            dir.join("out").to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert_clean_failure(&output, &["config.json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let cause = "No such file or directory";
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+}

@@ -7,15 +7,15 @@ use serde::{de::DeserializeOwned, Deserialize};
 /// A model configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read model config {path}: {source}")]
+    #[error("cannot read model config {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("invalid model config {path}: {source}")]
+    #[error("invalid model config {path}: {error}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     #[error("unsupported model config {path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
@@ -25,11 +25,11 @@ pub enum ConfigError {
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 

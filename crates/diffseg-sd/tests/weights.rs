@@ -725,3 +725,23 @@ fn an_ldm_file_missing_a_network_says_nothing_matched() {
     );
     assert_names(&error, &file, &["no tensor matched at all"]);
 }
+
+/// A text encoder written by the current transformers' `save_pretrained` has no
+/// `text_model.` prefix (fixture from `tools/reference/transformers5_text_encoder.py`,
+/// which checks that transformers gives the original's output from it). It loads
+/// the same parameters as the original layout, so it gives the same embedding.
+#[test]
+fn a_text_encoder_saved_by_transformers_5_loads() {
+    let device = Default::default();
+    let transformers5 = WeightsSource::Diffusers {
+        root: fixtures().with_file_name("tiny-transformers5"),
+        variant: Variant::F32,
+    };
+    let loaded = load_text_encoder::<NdArray>(&transformers5, &device);
+    let loaded = match loaded {
+        Ok(model) => model,
+        Err(error) => panic!("{error}"),
+    };
+    let original = load_text_encoder::<NdArray>(&diffusers(Variant::F32), &device).unwrap();
+    assert_eq!(parameters(&loaded), parameters(&original));
+}

@@ -10,12 +10,12 @@ use crate::weights::WeightsOrigin;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An image file could not be opened or read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {error}")]
     ImageRead {
         /// The image file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// An image file is corrupt, truncated or not an image.
     #[error("{path}: cannot decode: {reason}")]
@@ -83,12 +83,12 @@ pub enum Error {
         files: Vec<String>,
     },
     /// The weights exist but cannot be loaded.
-    #[error("loading weights {path}: {source}")]
+    #[error("loading weights {path}: {error}")]
     Load {
         /// The folder or file.
         path: PathBuf,
         /// What the loader said.
-        source: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The model produced attention that is not usable (NaN, wrong shapes).
     #[error("the model's attention is unusable: {0}")]

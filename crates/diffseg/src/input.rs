@@ -63,13 +63,13 @@ pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
     let file = std::fs::File::open(path).map_err(|source| Error::ImageRead {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
         .map_err(|source| Error::ImageRead {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
     if reader.format().is_none() {
         return Err(Error::ImageDecode {

@@ -55,7 +55,7 @@ pub fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
 fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Load {
         path: path.to_path_buf(),
-        source: Box::new(error),
+        error: Box::new(error),
     }
 }
 

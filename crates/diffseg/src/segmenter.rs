@@ -332,7 +332,7 @@ impl SegmenterBuilder {
         let weights = resolve_weights(self.weights.as_deref(), &self.model, self.allow_download)?;
         let source = WeightsSource::detect(&weights.path).map_err(|error| Error::Load {
             path: weights.path.clone(),
-            source: Box::new(error),
+            error: Box::new(error),
         })?;
         // Read the stored half-precision files directly when computing in f16.
         let source = match self.precision {

@@ -240,7 +240,7 @@ fn load_error(weights: &Path) -> (PathBuf, String) {
         .allow_download(false)
         .build()
     {
-        Err(Error::Load { path, source }) => (path, source.to_string()),
+        Err(Error::Load { path, error }) => (path, error.to_string()),
         Err(other) => panic!("expected a load error, got {other}"),
         Ok(_) => panic!("damaged weights {} loaded", weights.display()),
     }

@@ -167,11 +167,11 @@ pub(super) fn weights_path(
 /// `proj_attn` are renamed later, with every other field-path exception, by
 /// [`crate::keys::DIFFUSERS_KEY_REMAP`].)
 pub fn diffusers_key_role(component: Component, key: &str) -> KeyRole {
-    let not_needed = match component {
-        Component::Unet => false,
-        Component::Vae => key.starts_with("decoder.") || key.starts_with("post_quant_conv."),
-        Component::TextEncoder => key == "text_model.embeddings.position_ids",
-    };
+    if component == Component::TextEncoder {
+        return text_encoder_key_role(key);
+    }
+    let not_needed =
+        component == Component::Vae && (key.starts_with("decoder.") || key.starts_with("post_quant_conv."));
     if not_needed {
         return KeyRole::NotNeeded;
     }
@@ -185,10 +185,29 @@ pub fn diffusers_key_role(component: Component, key: &str) -> KeyRole {
     }
 }
 
+/// What a CLIP text-encoder key means, with or without the `text_model.`
+/// level: transformers writes it from a model loaded from a file that had it,
+/// but a `CLIPTextModel` built by transformers 5 saves without it (as did
+/// checkpoints from very old transformers).
+pub(super) fn text_encoder_key_role(key: &str) -> KeyRole {
+    let key = match key.strip_prefix("text_model.") {
+        Some(rest) => format!("text_model.{rest}"),
+        None => format!("text_model.{key}"),
+    };
+    if key == "text_model.embeddings.position_ids" {
+        // A constant buffer (0..77), not a weight.
+        return KeyRole::NotNeeded;
+    }
+    KeyRole::Load {
+        key,
+        conv_to_linear: false,
+    }
+}
+
 /// The diffusers component whose keys `keys` look like, for error messages.
 pub(super) fn guess_component<'a>(mut keys: impl Iterator<Item = &'a str>) -> Option<Component> {
     keys.find_map(|key| {
-        if key.starts_with("text_model.") {
+        if key.starts_with("text_model.") || key.starts_with("embeddings.token_embedding") {
             Some(Component::TextEncoder)
         } else if key.starts_with("encoder.") || key.starts_with("decoder.") {
             Some(Component::Vae)
@@ -203,11 +222,11 @@ pub(super) fn guess_component<'a>(mut keys: impl Iterator<Item = &'a str>) -> Op
 impl From<ConfigError> for LoadError {
     fn from(error: ConfigError) -> Self {
         match error {
-            ConfigError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            ConfigError::Read { path, error: source } if source.kind() == std::io::ErrorKind::NotFound => {
                 LoadError::MissingConfig { path }
             }
-            ConfigError::Read { path, source } => LoadError::Io { path, source },
-            ConfigError::Parse { path, source } => LoadError::BadConfig { path, source },
+            ConfigError::Read { path, error: source } => LoadError::Io { path, error: source },
+            ConfigError::Parse { path, error: source } => LoadError::BadConfig { path, error: source },
             ConfigError::Unsupported { path, reason } => {
                 LoadError::UnsupportedConfig { path, reason }
             }

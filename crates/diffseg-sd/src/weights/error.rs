@@ -16,11 +16,10 @@ const SHOWN_PER_LIST: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file or folder could not be opened or read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The path is neither a diffusers folder nor a `.safetensors` checkpoint.
@@ -55,11 +54,10 @@ pub enum LoadError {
     MissingConfig { path: PathBuf },
 
     /// A `config.json` is not valid JSON or lacks a field the network needs.
-    #[error("{}: invalid config: {source}", path.display())]
+    #[error("{}: invalid config: {error}", path.display())]
     BadConfig {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A `config.json` asks for an architecture the networks do not implement.

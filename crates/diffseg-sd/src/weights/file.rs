@@ -58,7 +58,7 @@ impl SafetensorsFile {
     pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
         let io_error = |source| LoadError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let file = File::open(path).map_err(io_error)?;
         let length = file.metadata().map_err(io_error)?.len();

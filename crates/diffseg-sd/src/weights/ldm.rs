@@ -28,6 +28,7 @@
 //!
 //! L is the UNet's `layers_per_block` (2 in SD 1.x).
 
+use super::diffusers::text_encoder_key_role;
 use super::{Component, KeyRole};
 
 /// Prefix of the UNet's keys in an LDM checkpoint.
@@ -68,7 +69,7 @@ pub fn ldm_key_role(component: Component, key: &str, unet_layers_per_block: usiz
             None => KeyRole::NotNeeded,
         },
         Component::TextEncoder => match key.strip_prefix(LDM_TEXT_ENCODER_PREFIX) {
-            Some(rest) => text_encoder_role(rest),
+            Some(rest) => text_encoder_key_role(rest),
             // `cond_stage_model.model.*` is SD 2.x OpenCLIP, which this
             // text encoder is not: report it rather than load nothing silently.
             None if key.starts_with(LDM_COND_STAGE_PREFIX) => KeyRole::Unexpected,
@@ -226,20 +227,6 @@ fn vae_resnet_key(target: &str, segments: &[&str]) -> Option<String> {
         ["nin_shortcut", param] => Some(join(target, &["conv_shortcut", param])),
         _ => None,
     }
-}
-
-/// Role of a CLIP key (without `cond_stage_model.transformer.`).
-fn text_encoder_role(key: &str) -> KeyRole {
-    // Checkpoints saved with old `transformers` lack the `text_model.` level.
-    let key = match key.strip_prefix("text_model.") {
-        Some(rest) => format!("text_model.{rest}"),
-        None => format!("text_model.{key}"),
-    };
-    if key == "text_model.embeddings.position_ids" {
-        // A constant buffer (0..77), not a weight.
-        return KeyRole::NotNeeded;
-    }
-    to_role(Some(key), false)
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl WeightsSource {
         let path = path.as_ref();
         let metadata = std::fs::metadata(path).map_err(|source| LoadError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         if metadata.is_dir() {
             return if diffusers::is_pipeline_folder(path) {
@@ -376,7 +376,7 @@ fn open_component_file(
 fn check_pipeline_root(root: &Path, component: Component) -> Result<(), LoadError> {
     let metadata = std::fs::metadata(root).map_err(|source| LoadError::Io {
         path: root.to_path_buf(),
-        source,
+        error: source,
     })?;
     if metadata.is_dir() {
         return Ok(());

@@ -86,20 +86,20 @@ pub enum EvalError {
         label_height: u32,
     },
     /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A PNG that cannot be decoded or encoded.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Image {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: image::ImageError,
+        error: image::ImageError,
     },
     /// A report or prediction file that cannot be written.
     #[error(transparent)]
@@ -119,7 +119,7 @@ impl EvalError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> EvalError {
         EvalError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -127,7 +127,7 @@ impl EvalError {
     pub(crate) fn image(path: impl Into<PathBuf>, source: image::ImageError) -> EvalError {
         EvalError::Image {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }
