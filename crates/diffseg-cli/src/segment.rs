@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long)]
     pub allow_truncated: bool,
     /// List the images of this run (or shard) with their state (todo, done,
-    /// outdated) on standard output and stop, loading nothing.
+    /// outdated) on standard output and stop, loading nothing; the exit status
+    /// says whether listing found problems.
     #[arg(long)]
     pub dry_run: bool,
     /// Images per model pass.
@@ -342,7 +343,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 State::Outdated(why) => println!("outdated\t{}\t{why}", job.input.display()),
             }
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let (mut todo, mut skipped, mut outdated_kept) = (Vec::new(), Vec::new(), Vec::new());
     let mut redone = 0usize;
