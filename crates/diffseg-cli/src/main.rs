@@ -4,8 +4,10 @@ mod attention;
 mod eval;
 mod fetch;
 mod info;
+mod jobs;
 mod merge;
 mod options;
+mod progress;
 mod segment;
 
 use std::process::ExitCode;

@@ -2,38 +2,77 @@
 //!
 //! For each image, in DIR (mirroring the sub-folders of a folder argument):
 //! `<stem>.png` (label map), `<stem>.overlay.png` (segments tinted over the
-//! image) and `<stem>.json` (size, segments with area, box and COCO RLE mask).
-//! Each file is written atomically; an image whose three files exist is skipped
-//! unless `--overwrite`, so an interrupted run resumes where it stopped. A bad
-//! image is reported and skipped; the exit status is non-zero if any failed.
+//! image) and `<stem>.json` (size, the settings used, segments with area, box
+//! and COCO RLE mask). Each file is written atomically; an image whose three
+//! files exist and whose JSON records this run's settings is skipped unless
+//! `--overwrite`, so an interrupted run resumes where it stopped and a run
+//! with other settings redoes it. A bad image is reported and skipped; the
+//! exit status is non-zero if any failed. `--shard I/N` takes one share of the
+//! images, for running one folder on many machines.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diffseg::{open_image, Segmentation, StageTimes};
+use diffseg::output::{write_json_atomically, SegmentSettings};
+use diffseg::weights::{FoundWeights, WeightsOrigin};
+use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
-use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
 use crate::options::{MergeArgs, ModelArgs};
+use crate::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Image files and folders (searched recursively for .png, .jpg, .jpeg,
     /// .tif, .tiff, .webp, .bmp).
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "files_from", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Output folder.
+    /// Also segment the files listed in LIST, one path per line (`-`: standard
+    /// input); their results mirror the folders in the listed paths.
+    #[arg(long, value_name = "LIST")]
+    pub files_from: Option<PathBuf>,
+    /// Output folder (never read as input, even inside an input folder).
     #[arg(long, short, value_name = "DIR")]
     pub out: PathBuf,
+    /// Take share I of N of the images (positions I, I+N, ... of the sorted
+    /// list); I and N are numbers or names of environment variables holding
+    /// them, e.g. SLURM_ARRAY_TASK_ID/16 or JOB_COMPLETION_INDEX/8.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     /// Redo images whose results already exist.
     #[arg(long)]
     pub overwrite: bool,
+    /// Keep results made with other settings (model, revision, precision,
+    /// fit, merge options, diffseg version) instead of redoing them; they are
+    /// reported.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub keep_outdated: bool,
+    /// Segment a truncated or corrupt image that still decodes (the decoder
+    /// fills in what is missing), with a warning, instead of refusing it.
+    #[arg(long)]
+    pub allow_truncated: bool,
+    /// List the images of this run (or shard) with their state (todo, done,
+    /// outdated) on standard output and stop, loading nothing; the exit status
+    /// says whether listing found problems.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Images per model pass.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// When stderr is not a terminal, write a progress line every N images
+    /// (and at least once a minute).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_every: u64,
+    /// Print errors only: no progress, no notes, no final tally.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Write a summary of the run (done, skipped, failed with reasons,
+    /// settings, timing) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
     /// Write the wall time of each stage (seconds, JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
@@ -43,103 +82,145 @@ pub struct Args {
     pub merge: MergeArgs,
 }
 
-/// File extensions taken from folders (files named explicitly are always tried).
-const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "webp", "bmp"];
-
-/// One image to segment and where its results go.
+/// Where a job stands before the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    /// The image file.
-    pub input: PathBuf,
-    /// Output path without extension: `<out>/<sub-folders>/<stem>`.
-    pub output_base: PathBuf,
+enum State {
+    /// No complete results.
+    Todo,
+    /// Complete results with this run's settings.
+    Done,
+    /// Complete results with other or unknown settings: what differs.
+    Outdated(String),
 }
 
-impl Job {
-    /// The three result files: label PNG, overlay PNG, JSON.
-    pub fn outputs(&self) -> [PathBuf; 3] {
-        let base = self.output_base.as_os_str().to_owned();
-        let with = |suffix: &str| {
-            let mut path = base.clone();
-            path.push(suffix);
-            PathBuf::from(path)
-        };
-        [with(".png"), with(".overlay.png"), with(".json")]
-    }
-
-    fn done(&self) -> bool {
-        self.outputs().iter().all(|path| path.is_file())
-    }
-}
-
-/// Expands the arguments into jobs: folders recursively (sorted, image
-/// extensions only), files as given. Paths that do not exist are returned
-/// separately. Two inputs that would share a result name keep their extension
-/// in it (`photo.jpg.png`) so neither overwrites the other.
-pub fn collect_jobs(paths: &[PathBuf], out: &Path) -> (Vec<Job>, Vec<PathBuf>) {
-    let mut found: Vec<(PathBuf, PathBuf)> = Vec::new(); // (input, relative folder)
-    let mut missing = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut files = Vec::new();
-            walk(path, &mut files);
-            files.sort();
-            for file in files {
-                let relative = file
-                    .parent()
-                    .and_then(|parent| parent.strip_prefix(path).ok())
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
-                found.push((file, relative));
-            }
-        } else if path.exists() {
-            found.push((path.clone(), PathBuf::new()));
-        } else {
-            missing.push(path.clone());
+/// What differs between the settings recorded with a result and this run's;
+/// `None` if nothing. A revision still to be downloaded is not compared.
+fn settings_difference(
+    recorded: &SegmentSettings,
+    expected: &SegmentSettings,
+    revision_pending: bool,
+) -> Option<String> {
+    let mut differences = Vec::new();
+    let mut differ = |name: &str, recorded: String, expected: String| {
+        if recorded != expected {
+            differences.push(format!("{name} {recorded} (now {expected})"));
         }
-    }
-    found.dedup_by(|a, b| a.0 == b.0);
-    let stem_of = |input: &Path| input.file_stem().unwrap_or(input.as_os_str()).to_owned();
-    let mut uses: HashMap<PathBuf, usize> = HashMap::new();
-    for (input, relative) in &found {
-        *uses.entry(relative.join(stem_of(input))).or_default() += 1;
-    }
-    let jobs = found
-        .into_iter()
-        .map(|(input, relative)| {
-            let key = relative.join(stem_of(&input));
-            let name = if uses[&key] > 1 {
-                input.file_name().unwrap_or(input.as_os_str()).to_owned()
-            } else {
-                stem_of(&input)
-            };
-            Job {
-                output_base: out.join(relative).join(name),
-                input,
-            }
-        })
-        .collect();
-    (jobs, missing)
-}
-
-fn walk(folder: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(folder) else {
-        return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, files);
-        } else if path
-            .extension()
-            .and_then(|extension| extension.to_str())
-            .is_some_and(|extension| {
-                IMAGE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str())
-            })
-        {
-            files.push(path);
-        }
+    let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "unknown".into());
+    differ("model", recorded.model.clone(), expected.model.clone());
+    if !revision_pending {
+        differ(
+            "revision",
+            text(&recorded.revision),
+            text(&expected.revision),
+        );
     }
+    differ(
+        "precision",
+        recorded.precision.clone(),
+        expected.precision.clone(),
+    );
+    differ("fit", recorded.fit.clone(), expected.fit.clone());
+    differ(
+        "merge options",
+        format!("{:?}", recorded.merge),
+        format!("{:?}", expected.merge),
+    );
+    differ(
+        "diffseg version",
+        recorded.version.clone(),
+        expected.version.clone(),
+    );
+    (!differences.is_empty()).then(|| differences.join(", "))
+}
+
+/// Whether `job` has results, and made with `expected` settings.
+fn job_state(job: &Job, expected: &SegmentSettings, revision_pending: bool) -> State {
+    let [labels, overlay, json] = job.outputs();
+    if !(labels.is_file() && overlay.is_file() && json.is_file()) {
+        return State::Todo;
+    }
+    /// Only the settings of a results JSON.
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        settings: Option<SegmentSettings>,
+    }
+    let recorded = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Recorded>(&text).ok());
+    match recorded {
+        None => State::Todo,
+        Some(Recorded { settings: None }) => State::Outdated("no settings recorded".into()),
+        Some(Recorded {
+            settings: Some(recorded),
+        }) => match settings_difference(&recorded, expected, revision_pending) {
+            None => State::Done,
+            Some(difference) => State::Outdated(difference),
+        },
+    }
+}
+
+/// This run's settings, known before loading anything, and whether the
+/// revision is still to be downloaded (then it is not compared).
+fn expected_settings(args: &Args) -> Result<(SegmentSettings, bool), diffseg::Error> {
+    let located =
+        diffseg::weights::locate_weights(args.model.weights.as_deref(), &args.model.model)?;
+    let revision_pending = located.is_none();
+    // Weights still to be downloaded come from the hub; the revision is what
+    // the download will find.
+    let weights = located.unwrap_or(FoundWeights {
+        path: PathBuf::new(),
+        origin: WeightsOrigin::Downloaded,
+    });
+    let settings = SegmentSettings::new(
+        &weights,
+        &args.model.model,
+        args.model.precision,
+        args.model.fit,
+        &args.merge.to_options(),
+    );
+    Ok((settings, revision_pending))
+}
+
+/// The `--summary` report.
+#[derive(serde::Serialize)]
+struct Summary {
+    /// The diffseg version that ran.
+    version: &'static str,
+    /// The settings results are made (and compared) with.
+    settings: SegmentSettings,
+    /// The share of the images this run took, if sharded.
+    shard: Option<Shard>,
+    /// Images listed before sharding (the same on every shard of one run).
+    listed: usize,
+    /// Images in this run (this shard's share).
+    images: usize,
+    /// Images segmented now.
+    done: Vec<PathBuf>,
+    /// Images already segmented with these settings.
+    skipped: Vec<PathBuf>,
+    /// Images kept with results of other settings (`--keep-outdated`).
+    outdated_kept: Vec<Outdated>,
+    /// Damaged images segmented anyway (`--allow-truncated`).
+    damaged_accepted: Vec<Failure>,
+    /// Images and paths that failed, with why.
+    failed: Vec<Failure>,
+    /// Wall time of the run in seconds.
+    seconds: f64,
+    /// Images segmented per minute.
+    images_per_minute: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Failure {
+    path: PathBuf,
+    reason: String,
+}
+
+#[derive(serde::Serialize)]
+struct Outdated {
+    path: PathBuf,
+    difference: String,
 }
 
 /// Writes a job's three results, each atomically; if one fails, the ones
@@ -148,6 +229,7 @@ pub fn write_results(
     job: &Job,
     image: &DynamicImage,
     segmentation: &Segmentation,
+    settings: &SegmentSettings,
 ) -> Result<(), diffseg::Error> {
     let [labels, overlay, json] = job.outputs();
     let result = segmentation
@@ -158,7 +240,9 @@ pub fn write_results(
                 .input
                 .file_name()
                 .map(|name| name.to_string_lossy().into_owned());
-            segmentation.save_json(&json, name)
+            let mut description = segmentation.describe(name);
+            description.settings = Some(settings.clone());
+            write_json_atomically(&json, &description)
         });
     if result.is_err() {
         for path in [&labels, &overlay, &json] {
@@ -187,46 +271,168 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (mut decode, mut outputs) = (Duration::ZERO, Duration::ZERO);
     let mut stages = StageTimes::default();
-    let (jobs, missing) = collect_jobs(&args.paths, &args.out);
-    let mut failed = 0usize;
-    for path in &missing {
-        eprintln!("error: {}: no such file or folder", path.display());
-        failed += 1;
+    let note = |text: String| {
+        if !args.quiet {
+            eprintln!("{text}");
+        }
+    };
+    let listed = match &args.files_from {
+        Some(list) => read_file_list(list)
+            .with_context(|| format!("cannot read the file list {}", list.display()))?,
+        None => Vec::new(),
+    };
+    let listing = collect_jobs(&args.paths, &listed, &args.out);
+    let mut failed: Vec<Failure> = Vec::new();
+    for (path, reason) in listing.problems {
+        eprintln!("error: {}: {reason}", path.display());
+        failed.push(Failure { path, reason });
     }
-    let total = jobs.len();
-    let (todo, done): (Vec<Job>, Vec<Job>) = jobs
-        .into_iter()
-        .partition(|job| args.overwrite || !job.done());
-    if !done.is_empty() {
-        eprintln!(
-            "{} of {total} images already segmented in {} (skipped; --overwrite redoes them)",
-            done.len(),
+    for text in listing.notes {
+        note(format!("note: {text}"));
+    }
+    let listed_count = listing.jobs.len();
+    let jobs = match args.shard {
+        Some(shard) => {
+            let share = shard.select(listing.jobs);
+            note(format!(
+                "shard {}/{}: {} of {listed_count} images",
+                shard.index,
+                shard.count,
+                share.len()
+            ));
+            share
+        }
+        None => listing.jobs,
+    };
+    let images = jobs.len();
+    let (expected, revision_pending) = expected_settings(&args)?;
+    let states: Vec<State> = jobs
+        .iter()
+        .map(|job| {
+            if args.overwrite {
+                State::Todo
+            } else {
+                job_state(job, &expected, revision_pending)
+            }
+        })
+        .collect();
+    if args.dry_run {
+        for (job, state) in jobs.iter().zip(&states) {
+            match state {
+                State::Todo => println!("todo\t{}", job.input.display()),
+                State::Done => println!("done\t{}", job.input.display()),
+                State::Outdated(why) => println!("outdated\t{}\t{why}", job.input.display()),
+            }
+        }
+        return Ok(if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let (mut todo, mut skipped, mut outdated_kept) = (Vec::new(), Vec::new(), Vec::new());
+    let mut redone = 0usize;
+    for (job, state) in jobs.into_iter().zip(states) {
+        match state {
+            State::Todo => todo.push(job),
+            State::Done => skipped.push(job.input),
+            State::Outdated(difference) if args.keep_outdated => outdated_kept.push(Outdated {
+                path: job.input,
+                difference,
+            }),
+            State::Outdated(_) => {
+                redone += 1;
+                todo.push(job)
+            }
+        }
+    }
+    if !skipped.is_empty() {
+        note(format!(
+            "{} of {images} images already segmented with these settings in {} (skipped; --overwrite redoes them)",
+            skipped.len(),
             args.out.display()
-        );
+        ));
     }
-    let mut segmented = 0usize;
+    if !outdated_kept.is_empty() {
+        note(format!(
+            "{} of {images} images have results made with other settings, kept (--keep-outdated), e.g. {}: {}",
+            outdated_kept.len(),
+            outdated_kept[0].path.display(),
+            outdated_kept[0].difference
+        ));
+    }
+    if redone > 0 {
+        note(format!(
+            "{redone} of {images} images have results made with other settings; redoing them (--keep-outdated keeps them)"
+        ));
+    }
+    let mut done: Vec<PathBuf> = Vec::new();
+    let mut damaged_accepted: Vec<Failure> = Vec::new();
+    let mut settings = expected.clone();
     if !todo.is_empty() {
+        let weights = match &args.model.weights {
+            Some(path) => format!("weights {}", path.display()),
+            None => format!("model {}", args.model.model),
+        };
+        note(format!(
+            "loading {weights} on {} ({}); this can take a while",
+            args.model.backend, args.model.precision
+        ));
+        let loading = Instant::now();
         let segmenter = args
             .model
             .builder(&args.merge)
             .build()
             .context("cannot load the model")?;
-        let progress = ProgressBar::new(todo.len() as u64).with_style(
-            ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images, {elapsed} elapsed, ~{eta} left {msg}",
-            )
-            .expect("valid template"),
+        note(format!(
+            "loaded {} ({}) in {:.1} s",
+            segmenter.weights().path.display(),
+            segmenter.weights().origin,
+            loading.elapsed().as_secs_f64()
+        ));
+        settings = SegmentSettings::new(
+            segmenter.weights(),
+            &args.model.model,
+            segmenter.precision(),
+            segmenter.fit(),
+            segmenter.merge_options(),
         );
+        let mut progress = Progress::new(todo.len(), args.log_every as usize, args.quiet);
         for chunk in todo.chunks(args.batch_size as usize) {
             let mut batch: Vec<(&Job, DynamicImage)> = Vec::with_capacity(chunk.len());
             let decoding = Instant::now();
             for job in chunk {
-                match open_image(&job.input) {
-                    Ok(image) => batch.push((job, image)),
+                let opened = if args.allow_truncated {
+                    diffseg::open_image_allowing_damage(&job.input)
+                } else {
+                    diffseg::open_image(&job.input).map(|image| (image, None))
+                };
+                match opened {
+                    Ok((image, damage)) => {
+                        if let Some(reason) = damage {
+                            progress.message(&format!(
+                                "warning: {}: damaged image segmented anyway (--allow-truncated): {reason}",
+                                job.input.display()
+                            ));
+                            damaged_accepted.push(Failure {
+                                path: job.input.clone(),
+                                reason,
+                            });
+                        }
+                        batch.push((job, image))
+                    }
                     Err(error) => {
-                        progress.suspend(|| eprintln!("skipped: {error}"));
-                        failed += 1;
-                        progress.inc(1);
+                        let hint = if matches!(error, diffseg::Error::ImageDamaged { .. }) {
+                            " (--allow-truncated segments it anyway)"
+                        } else {
+                            ""
+                        };
+                        progress.message(&format!("skipped: {error}{hint}"));
+                        failed.push(Failure {
+                            path: job.input.clone(),
+                            reason: error.to_string(),
+                        });
+                        progress.inc();
                     }
                 }
             }
@@ -239,29 +445,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(segmentations) => {
                     let writing = Instant::now();
                     for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
-                        match write_results(job, image, segmentation) {
-                            Ok(()) => segmented += 1,
+                        match write_results(job, image, segmentation, &settings) {
+                            Ok(()) => done.push(job.input.clone()),
                             Err(error) => {
-                                progress.suspend(|| {
-                                    eprintln!("failed: {}: {error}", job.input.display())
+                                progress
+                                    .message(&format!("failed: {}: {error}", job.input.display()));
+                                failed.push(Failure {
+                                    path: job.input.clone(),
+                                    reason: error.to_string(),
                                 });
-                                failed += 1;
                             }
                         }
-                        progress.inc(1);
+                        progress.inc();
                     }
                     outputs += writing.elapsed();
                 }
                 Err(error) => {
                     for (job, _) in &batch {
-                        progress.suspend(|| eprintln!("failed: {}: {error}", job.input.display()));
-                        failed += 1;
-                        progress.inc(1);
+                        progress.message(&format!("failed: {}: {error}", job.input.display()));
+                        failed.push(Failure {
+                            path: job.input.clone(),
+                            reason: error.to_string(),
+                        });
+                        progress.inc();
                     }
                 }
             }
         }
-        progress.finish_and_clear();
+        progress.finish();
         stages = segmenter.stage_times();
     }
     if let Some(path) = &args.timings {
@@ -281,50 +492,79 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         diffseg::output::write_json_atomically(path, &report)
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
-    eprintln!(
-        "{segmented} segmented, {} skipped (already done), {failed} failed; results in {}",
+    note(format!(
+        "{} segmented, {} skipped (already done), {}{} failed; results in {}",
         done.len(),
+        skipped.len(),
+        if outdated_kept.is_empty() {
+            String::new()
+        } else {
+            format!("{} kept with other settings, ", outdated_kept.len())
+        },
+        failed.len(),
         args.out.display()
-    );
-    Ok(if failed > 0 {
-        ExitCode::FAILURE
-    } else {
+    ));
+    let exit = if failed.is_empty() {
         ExitCode::SUCCESS
-    })
+    } else {
+        ExitCode::FAILURE
+    };
+    if let Some(path) = &args.summary {
+        let seconds = started.elapsed().as_secs_f64();
+        let summary = Summary {
+            version: env!("CARGO_PKG_VERSION"),
+            settings,
+            shard: args.shard,
+            listed: listed_count,
+            images,
+            images_per_minute: done.len() as f64 / seconds * 60.0,
+            done,
+            skipped,
+            outdated_kept,
+            damaged_accepted,
+            failed,
+            seconds,
+        };
+        write_json_atomically(path, &summary)
+            .with_context(|| format!("cannot write the summary to {}", path.display()))?;
+    }
+    Ok(exit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn settings() -> SegmentSettings {
+        let weights = FoundWeights {
+            path: PathBuf::from("/hub/models--x/snapshots/abc123"),
+            origin: WeightsOrigin::HuggingFaceCache,
+        };
+        SegmentSettings::new(
+            &weights,
+            "x",
+            diffseg::Precision::F32,
+            diffseg::Fit::Pad,
+            &diffseg::MergeOptions::default(),
+        )
+    }
+
     #[test]
-    fn folders_are_walked_and_names_kept_apart() {
-        let root = tempfile::tempdir().unwrap();
-        let images = root.path().join("images");
-        std::fs::create_dir_all(images.join("sub")).unwrap();
-        for name in ["a.png", "a.jpg", "b.JPG", "notes.txt", "sub/c.webp"] {
-            std::fs::write(images.join(name), b"").unwrap();
-        }
-        let out = root.path().join("out");
-        let (jobs, missing) = collect_jobs(&[images.clone(), root.path().join("nope.png")], &out);
-        assert_eq!(missing, vec![root.path().join("nope.png")]);
-        let bases: Vec<PathBuf> = jobs.iter().map(|job| job.output_base.clone()).collect();
-        assert_eq!(
-            bases,
-            vec![
-                out.join("a.jpg"),
-                out.join("a.png"),
-                out.join("b"),
-                out.join("sub/c")
-            ]
+    fn settings_differences_are_named() {
+        let expected = settings();
+        assert_eq!(expected.revision.as_deref(), Some("abc123"));
+        assert_eq!(settings_difference(&expected, &expected, false), None);
+        let mut recorded = expected.clone();
+        recorded.merge.tau = vec![0.9];
+        recorded.revision = Some("old".into());
+        let difference = settings_difference(&recorded, &expected, false).unwrap();
+        assert!(
+            difference.contains("revision old (now abc123)"),
+            "{difference}"
         );
-        assert_eq!(
-            jobs[2].outputs(),
-            [
-                out.join("b.png"),
-                out.join("b.overlay.png"),
-                out.join("b.json")
-            ]
-        );
+        assert!(difference.contains("merge options"), "{difference}");
+        // A revision still to be downloaded is not compared.
+        recorded.merge.tau = expected.merge.tau.clone();
+        assert_eq!(settings_difference(&recorded, &expected, true), None);
     }
 }

@@ -25,6 +25,15 @@ pub enum Error {
         /// What the decoder said.
         reason: String,
     },
+    /// An image file that decodes only because the decoder filled in what it
+    /// could not read (truncated or corrupt data).
+    #[error("{path}: damaged image: {reason}")]
+    ImageDamaged {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An image larger than the decoding limits.
     #[error("{path}: image too large: {reason}")]
     ImageTooLarge {

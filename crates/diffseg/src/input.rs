@@ -8,10 +8,10 @@
 //!   evaluation uses. Pixels outside the square take the label of the nearest
 //!   pixel on the square's border.
 
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 
 use crate::Error;
 
@@ -60,30 +60,57 @@ pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 /// (PNG, JPEG including CMYK, TIFF, WebP, BMP), with decoding limits so that a
 /// header claiming a huge size gives [`Error::ImageTooLarge`] instead of
 /// exhausting memory.
+///
+/// A damaged file is refused with [`Error::ImageDamaged`]: decoders fill in
+/// what they cannot read (a truncated JPEG decodes with its missing part grey),
+/// and a segmentation of that would look like a result. To accept such images
+/// with a warning, use [`open_image_allowing_damage`].
 pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
-    let file = std::fs::File::open(path).map_err(|source| Error::ImageRead {
+    match open_image_allowing_damage(path)? {
+        (image, None) => Ok(image),
+        (_, Some(reason)) => Err(Error::ImageDamaged {
+            path: path.to_path_buf(),
+            reason,
+        }),
+    }
+}
+
+/// Like [`open_image`], but an image that decodes despite damage is returned
+/// with a description of the damage, for the caller to report. Files that do
+/// not decode at all are still errors.
+pub fn open_image_allowing_damage(path: &Path) -> Result<(DynamicImage, Option<String>), Error> {
+    let read_error = |source| Error::ImageRead {
         path: path.to_path_buf(),
         error: source,
-    })?;
-    let reader = ImageReader::new(BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|source| Error::ImageRead {
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_DECODE_BYTES {
+        return Err(Error::ImageTooLarge {
             path: path.to_path_buf(),
-            error: source,
-        })?;
-    if reader.format().is_none() {
+            reason: format!(
+                "a {} MiB file (at most {} MiB)",
+                size >> 20,
+                MAX_DECODE_BYTES >> 20
+            ),
+        });
+    }
+    // Read whole: the damage checks below read the bytes a second time.
+    let bytes = std::fs::read(path).map_err(read_error)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes.as_slice()))
+        .with_guessed_format()
+        .map_err(read_error)?;
+    let Some(format) = reader.format() else {
         return Err(Error::ImageDecode {
             path: path.to_path_buf(),
             reason: "not an image in a supported format (PNG, JPEG, TIFF, WebP, BMP)".into(),
         });
-    }
-    let mut limited = reader;
+    };
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
-    limited.limits(limits);
-    let image = limited.decode().map_err(|error| match error {
+    reader.limits(limits);
+    let image = reader.decode().map_err(|error| match error {
         image::ImageError::Limits(limit) => Error::ImageTooLarge {
             path: path.to_path_buf(),
             reason: format!(
@@ -99,7 +126,40 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
     if image.width() == 0 || image.height() == 0 {
         return Err(Error::EmptyImage);
     }
-    Ok(image)
+    let damage = match format {
+        ImageFormat::Jpeg => jpeg_damage(&bytes),
+        ImageFormat::Png => png_damage(&bytes),
+        // The WebP, TIFF and BMP decoders fail on a truncated file themselves.
+        _ => None,
+    };
+    Ok((image, damage))
+}
+
+/// What a strict JPEG decode finds wrong with a file that `image` decoded.
+/// `image` runs zune-jpeg leniently: a premature end of the data or a broken
+/// entropy-coded segment is logged and the rest of the image filled in. The
+/// same decoder in strict mode makes those errors.
+fn jpeg_damage(bytes: &[u8]) -> Option<String> {
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(MAX_IMAGE_SIDE as usize)
+        .set_max_height(MAX_IMAGE_SIDE as usize);
+    zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options)
+        .decode()
+        .err()
+        .map(|error| format!("JPEG data is truncated or corrupt ({error})"))
+}
+
+/// What the PNG decoder finds wrong after the pixels: `image` stops reading at
+/// the end of the image data, so a file cut off after it, or with bad chunks
+/// there, decodes. Reading on to the end chunk (checking every chunk's CRC)
+/// finds that.
+fn png_damage(bytes: &[u8]) -> Option<String> {
+    png::Decoder::new(Cursor::new(bytes))
+        .read_info()
+        .and_then(|mut reader| reader.finish())
+        .err()
+        .map(|error| format!("PNG file is truncated or corrupt ({error})"))
 }
 
 /// Where the model's square input came from in the original image: the square

@@ -61,7 +61,7 @@ pub use attention::{SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
-pub use input::{open_image, Fit};
+pub use input::{open_image, open_image_allowing_damage, Fit};
 pub use pipeline::{model_input_size, Pipeline, TIMESTEP};
 pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use image::{ColorType, DynamicImage, ImageFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::weights::{FoundWeights, WeightsOrigin};
+use crate::{Error, Fit, MergeOptions, Precision};
 
 /// A segmentation described for JSON output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct SegmentsFile {
     pub width: u32,
     /// Image height in pixels.
     pub height: u32,
+    /// The settings the segmentation was made with, if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SegmentSettings>,
     /// One entry per segment, in label order.
     pub segments: Vec<SegmentRecord>,
 }
@@ -113,7 +117,63 @@ pub fn describe_labels(
         image,
         width,
         height,
+        settings: None,
         segments,
+    }
+}
+
+/// The settings a segmentation was made with, recorded in its JSON so that a
+/// resumed run can tell a result of other settings from a finished one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentSettings {
+    /// The model: its Hugging Face id, or the weights path when the weights
+    /// were given explicitly (`--weights`, `DIFFSEG_WEIGHTS`).
+    pub model: String,
+    /// The weights' Hugging Face revision (the snapshot's commit), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Compute precision (`f32`, `f16`).
+    pub precision: String,
+    /// How the image was fitted to the model's input (`pad`, `center-crop`).
+    pub fit: String,
+    /// The merging options.
+    pub merge: MergeOptions,
+    /// The version of the diffseg crate that made the segmentation.
+    pub version: String,
+}
+
+impl SegmentSettings {
+    /// The settings of a run of `model` (a Hugging Face id) with the weights
+    /// found, in this version of the crate.
+    pub fn new(
+        weights: &FoundWeights,
+        model: &str,
+        precision: Precision,
+        fit: Fit,
+        merge: &MergeOptions,
+    ) -> SegmentSettings {
+        let from_hub = matches!(
+            weights.origin,
+            WeightsOrigin::HuggingFaceCache | WeightsOrigin::Downloaded
+        );
+        // A hub snapshot folder is named after its commit.
+        let (model, revision) = if from_hub {
+            let commit = weights.path.file_name();
+            (
+                model.to_string(),
+                commit.map(|c| c.to_string_lossy().into_owned()),
+            )
+        } else {
+            (weights.path.display().to_string(), None)
+        };
+        SegmentSettings {
+            model,
+            revision,
+            precision: precision.to_string(),
+            fit: fit.to_string(),
+            merge: merge.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
     }
 }
 

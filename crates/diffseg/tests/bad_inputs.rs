@@ -83,25 +83,29 @@ fn broken_images_give_typed_errors() {
     }
     let mut corrupt_jpeg = jpeg[..20].to_vec();
     corrupt_jpeg.extend(std::iter::repeat_n(0xA7u8, 400));
+    let webp = encode(&gradient(64, 48), ImageFormat::WebP);
+    let tiff = encode(&gradient(64, 48), ImageFormat::Tiff);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty.png", Vec::new()),
         ("truncated.png", png[..png.len() / 2].to_vec()),
+        // Cut inside the end chunk: every pixel is there, the file is not whole.
+        ("truncated-end.png", png[..png.len() - 2].to_vec()),
         ("corrupt.png", corrupt_png),
         ("truncated.jpg", jpeg[..jpeg.len() / 2].to_vec()),
+        ("truncated-end.jpg", jpeg[..jpeg.len() - 40].to_vec()),
         ("corrupt.jpg", corrupt_jpeg),
+        ("truncated.webp", webp[..webp.len() / 2].to_vec()),
+        ("truncated.tiff", tiff[..tiff.len() / 2].to_vec()),
         ("text.png", b"this is not an image".to_vec()),
     ];
     for (name, bytes) in cases {
         let path = write(dir, name, &bytes);
         match diffseg::open_image(&path) {
-            Err(Error::ImageDecode { path: named, .. } | Error::ImageRead { path: named, .. }) => {
-                assert_eq!(named, path)
-            }
-            // A decoder may fill a truncated image's missing rows instead of
-            // failing; then it must still be a whole image of the right size.
-            Ok(image) if name.starts_with("truncated") => {
-                assert_eq!((image.width(), image.height()), (64, 48))
-            }
+            Err(
+                Error::ImageDecode { path: named, .. }
+                | Error::ImageRead { path: named, .. }
+                | Error::ImageDamaged { path: named, .. },
+            ) => assert_eq!(named, path, "{name}"),
             other => panic!("{name}: expected a decode error, got {other:?}"),
         }
     }
@@ -110,6 +114,43 @@ fn broken_images_give_typed_errors() {
         diffseg::open_image(&missing),
         Err(Error::ImageRead { .. })
     ));
+}
+
+/// The JPEG decoder fills a truncated file's missing part with grey and the PNG
+/// decoder stops before the end chunk: those files decode, and must be refused
+/// as damaged, unless the caller asks to take them with the damage described.
+#[test]
+fn damaged_files_that_decode_are_refused() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let jpeg = encode(&gradient(64, 48), ImageFormat::Jpeg);
+    let png = encode(&gradient(64, 48), ImageFormat::Png);
+    for (name, bytes, format) in [
+        ("half.jpg", &jpeg[..jpeg.len() / 2], "JPEG"),
+        ("no-end.png", &png[..png.len() - 4], "PNG"),
+    ] {
+        let path = write(dir, name, bytes);
+        let (image, damage) = diffseg::input::open_image_allowing_damage(&path).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 48), "{name}");
+        let damage = damage.unwrap_or_else(|| panic!("{name}: no damage found"));
+        assert!(damage.contains(format), "{name}: {damage}");
+        match diffseg::open_image(&path) {
+            Err(Error::ImageDamaged {
+                path: named,
+                reason,
+            }) => {
+                assert_eq!(named, path);
+                assert!(reason.contains("truncated"), "{reason}");
+            }
+            other => panic!("{name}: expected ImageDamaged, got {other:?}"),
+        }
+    }
+    // The whole files are not damaged.
+    for (name, bytes) in [("whole.jpg", &jpeg), ("whole.png", &png)] {
+        let path = write(dir, name, bytes);
+        let (_, damage) = diffseg::input::open_image_allowing_damage(&path).unwrap();
+        assert_eq!(damage, None, "{name}");
+    }
 }
 
 #[test]
