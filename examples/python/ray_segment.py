@@ -83,6 +83,8 @@ def main(argv=None) -> None:
     parser.add_argument("--weights", help="diffusers folder or .safetensors file")
     parser.add_argument("--model", default=diffseg.DEFAULT_MODEL)
     parser.add_argument("--offline", action="store_true", help="never download weights")
+    parser.add_argument("--tau", type=lambda text: [float(value) for value in text.split(",")],
+                        help="KL threshold: one, or one per iteration, comma-separated (default 1.1)")
     args = parser.parse_args(argv)
 
     ray.init(address=args.address, num_cpus=args.num_cpus)
@@ -92,6 +94,7 @@ def main(argv=None) -> None:
         weights=args.weights,
         model=args.model,
         allow_download=not args.offline,
+        tau=args.tau,
     )
     results = ray.data.read_images(args.images, include_paths=True).map_batches(
         SegmentActor,

@@ -68,9 +68,11 @@ fn attention_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SelfAttention> {
                 array.shape()
             )));
         }
-        let probs = match array.as_slice() {
-            Ok(contiguous) => contiguous.to_vec(),
-            Err(_) => array.as_array().iter().copied().collect(),
+        // ndarray's `as_slice` is row-major only (numpy's also takes column-major).
+        let view = array.as_array();
+        let probs = match view.as_slice() {
+            Some(row_major) => row_major.to_vec(),
+            None => view.iter().copied().collect(),
         };
         maps.push(SelfAttentionMap {
             height,

@@ -114,9 +114,11 @@ fn from_array(array: &Bound<'_, PyUntypedArray>) -> PyResult<DynamicImage> {
         return Err(too_large());
     };
     let readonly: PyReadonlyArrayDyn<'_, u8> = array.extract()?;
-    let pixels: Vec<u8> = match readonly.as_slice() {
-        Ok(contiguous) => contiguous.to_vec(),
-        Err(_) => readonly.as_array().iter().copied().collect(),
+    // ndarray's `as_slice` is row-major only (numpy's also takes column-major).
+    let view = readonly.as_array();
+    let pixels: Vec<u8> = match view.as_slice() {
+        Some(row_major) => row_major.to_vec(),
+        None => view.iter().copied().collect(),
     };
     let sized = "the pixel count matches the shape";
     Ok(match channels {

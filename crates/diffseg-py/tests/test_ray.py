@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPOSITORY, TINY_WEIGHTS
+from conftest import REPOSITORY, TAU, TINY_WEIGHTS
 
 pytest.importorskip("ray.data", reason="the Ray example needs ray[data]")
 
@@ -18,7 +18,7 @@ def test_ray_example_writes_one_label_map_per_image(segmenter, image_folder, tmp
     command = [
         sys.executable, str(REPOSITORY / "examples" / "python" / "ray_segment.py"),
         str(image_folder), "--out", str(out),
-        "--weights", str(TINY_WEIGHTS), "--offline",
+        "--weights", str(TINY_WEIGHTS), "--offline", "--tau", str(TAU),
         "--num-cpus", "2", "--concurrency", "1", "--batch-size", "2",
     ]
     subprocess.run(command, check=True, timeout=600)
