@@ -1,20 +1,23 @@
 """Type stubs of the extension module (the classes `diffseg` re-exports)."""
 
 import os
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
+import pathlib
+from typing import Any, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
-try:
-    from PIL.Image import Image as _PILImage
-except ImportError:  # PIL is optional
-    _PILImage = Any  # type: ignore[misc, assignment]
+class _PILImage(Protocol):
+    """What is used of a PIL.Image.Image (Pillow is optional, so it is not imported here)."""
 
-ImageInput = Union[npt.NDArray[np.uint8], _PILImage, str, "os.PathLike[str]"]
+    @property
+    def mode(self) -> str: ...
+    def convert(self, mode: str) -> Any: ...
+
+_ImageInput = Union[npt.NDArray[np.uint8], _PILImage, str, "os.PathLike[str]"]
 """A uint8 array H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA), a PIL image, or a path."""
 
-Tau = Union[float, Sequence[float]]
+_Tau = Union[float, Sequence[float]]
 """One KL threshold for every iteration, or one per iteration."""
 
 DEFAULT_MODEL: str
@@ -22,6 +25,18 @@ DEFAULT_MODEL: str
 PAPER_MODEL: str
 """The paper's model (SD 1.4)."""
 __version__: str
+
+__all__ = [
+    "Segmenter",
+    "Segmentation",
+    "merge",
+    "WeightsNotFoundError",
+    "BackendUnavailableError",
+    "ModelError",
+    "DEFAULT_MODEL",
+    "PAPER_MODEL",
+    "__version__",
+]
 
 class WeightsNotFoundError(FileNotFoundError):
     """No Stable Diffusion weights where they were looked for (the message lists where, and the files needed)."""
@@ -32,6 +47,7 @@ class BackendUnavailableError(RuntimeError):
 class ModelError(RuntimeError):
     """The weights exist but cannot be loaded, or the model's output is unusable."""
 
+@final
 class Segmentation:
     """A segmentation: every pixel labelled 0..num_segments."""
 
@@ -58,27 +74,28 @@ class Segmentation:
         self, output_mode: Literal["uncompressed_rle", "coco_rle", "binary_mask"] = "uncompressed_rle"
     ) -> List[Dict[str, Any]]:
         """`segments` with the mask as RLE or as a bool [height, width] array."""
-    def overlay(self, image: ImageInput) -> npt.NDArray[np.uint8]:
+    def overlay(self, image: _ImageInput) -> npt.NDArray[np.uint8]:
         """The image with each segment tinted (half opacity), uint8 RGB [H, W, 3]."""
     def save_labels(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Writes the label map as a grey PNG (8-bit up to 256 segments, else 16-bit), atomically."""
 
+@final
 class Segmenter:
     """DiffSeg with a Stable Diffusion 1.x model loaded once; usable from many threads."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         backend: str = "cpu",
         weights: Optional[Union[str, "os.PathLike[str]"]] = None,
         model: str = ...,
         precision: Literal["f32", "f16"] = "f32",
         fit: Literal["pad", "center-crop"] = "pad",
-        tau: Optional[Tau] = None,
+        tau: Optional[_Tau] = None,
         iterations: int = 3,
         anchors: int = 16,
         refine: bool = False,
         allow_download: bool = True,
-    ) -> None:
+    ) -> "Segmenter":
         """Finds (or downloads) the weights and loads the model.
 
         backend: "cpu", "wgpu", "wgpu:N", "cuda" or "cuda:N" (GPU ones need a build with them).
@@ -86,11 +103,11 @@ class Segmenter:
         $DIFFSEG_WEIGHTS, then the Hugging Face cache of `model`, then a download
         (unless allow_download is False: then WeightsNotFoundError).
         """
-    def segment(self, image: ImageInput) -> Segmentation:
+    def segment(self, image: _ImageInput) -> Segmentation:
         """Segments one image; the result has the image's size."""
-    def segment_batch(self, images: Sequence[ImageInput]) -> List[Segmentation]:
+    def segment_batch(self, images: Sequence[_ImageInput]) -> List[Segmentation]:
         """Segments images in one model pass; one result per image, in order."""
-    def attention(self, image: ImageInput) -> Dict[str, npt.NDArray[np.float32]]:
+    def attention(self, image: _ImageInput) -> Dict[str, npt.NDArray[np.float32]]:
         """Self-attention averaged over heads and layers, per grid:
         {"self_attn.64": float32 [4096, 4096], ...}, before any merging."""
     @property
@@ -103,7 +120,7 @@ class Segmenter:
     @property
     def fit(self) -> str: ...
     @property
-    def weights(self) -> str:
+    def weights(self) -> pathlib.Path:
         """Where the weights were loaded from."""
     @property
     def tau(self) -> List[float]: ...
@@ -116,7 +133,7 @@ class Segmenter:
 
 def merge(
     attention: Mapping[str, npt.NDArray[np.float32]],
-    tau: Optional[Tau] = None,
+    tau: Optional[_Tau] = None,
     iterations: int = 3,
     anchors: int = 16,
     refine: bool = False,
