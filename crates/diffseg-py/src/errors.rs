@@ -4,9 +4,7 @@
 use std::io::ErrorKind;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{
-    PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 create_exception!(

@@ -76,9 +76,15 @@ fn from_pil(image: &Bound<'_, PyAny>) -> PyResult<DynamicImage> {
         "L" | "RGB" | "RGBA" => image.clone(),
         _ => image.call_method1("convert", ("RGB",))?,
     };
-    let array = image.py().import("numpy")?.call_method1("asarray", (image,))?;
+    let array = image
+        .py()
+        .import("numpy")?
+        .call_method1("asarray", (image,))?;
     from_array(array.cast::<PyUntypedArray>()?)
 }
+
+/// The array shapes taken as images.
+const SHAPES: &str = "an image array must be H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA)";
 
 /// A uint8 array's pixels, copied in row-major order (any strides).
 fn from_array(array: &Bound<'_, PyUntypedArray>) -> PyResult<DynamicImage> {
@@ -94,11 +100,7 @@ fn from_array(array: &Bound<'_, PyUntypedArray>) -> PyResult<DynamicImage> {
     let (height, width, channels) = match shape[..] {
         [height, width] => (height, width, 1),
         [height, width, channels @ (1 | 3 | 4)] => (height, width, channels),
-        _ => {
-            return Err(value_error(format!(
-                "an image array must be H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA); got shape {shape:?}"
-            )))
-        }
+        _ => return Err(value_error(format!("{SHAPES}; got shape {shape:?}"))),
     };
     if height == 0 || width == 0 {
         return Err(to_py_err(diffseg::Error::EmptyImage));
@@ -109,7 +111,11 @@ fn from_array(array: &Bound<'_, PyUntypedArray>) -> PyResult<DynamicImage> {
             side = diffseg::input::MAX_IMAGE_SIDE
         ))
     };
-    let side = |length: usize| u32::try_from(length).ok().filter(|side| *side <= diffseg::input::MAX_IMAGE_SIDE);
+    let side = |length: usize| {
+        u32::try_from(length)
+            .ok()
+            .filter(|side| *side <= diffseg::input::MAX_IMAGE_SIDE)
+    };
     let (Some(width), Some(height)) = (side(width), side(height)) else {
         return Err(too_large());
     };

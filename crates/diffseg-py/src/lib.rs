@@ -19,7 +19,10 @@ fn _diffseg(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<segmenter::PySegmenter>()?;
     module.add_class::<segmentation::PySegmentation>()?;
     module.add_function(wrap_pyfunction!(attention::merge, module)?)?;
-    module.add("WeightsNotFoundError", py.get_type::<errors::WeightsNotFoundError>())?;
+    module.add(
+        "WeightsNotFoundError",
+        py.get_type::<errors::WeightsNotFoundError>(),
+    )?;
     module.add(
         "BackendUnavailableError",
         py.get_type::<errors::BackendUnavailableError>(),

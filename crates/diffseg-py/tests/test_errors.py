@@ -15,6 +15,7 @@ from conftest import TINY_WEIGHTS
         (np.zeros((8, 8, 2), np.uint8), ValueError, "got shape [8, 8, 2]"),
         (np.zeros((8,), np.uint8), ValueError, "must be H×W (grey)"),
         (np.zeros((0, 8, 3), np.uint8), ValueError, "no pixels"),
+        (np.zeros((16385, 1), np.uint8), ValueError, "too large (at most 16384×16384 pixels)"),
         (42, TypeError, "expected an image"),
         ([[1, 2], [3, 4]], TypeError, "got list"),
     ],
