@@ -3,9 +3,10 @@
 //! the model.
 
 use burn::tensor::backend::Backend;
+use diffseg::input::Placement;
 use diffseg::{BackendKind, BackendTask, MergeOptions, SelfAttention, SelfAttentionMap};
-use numpy::ndarray::Array2;
-use numpy::{PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::ndarray::{Array1, Array2};
+use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyDictMethods};
 
@@ -14,15 +15,19 @@ use crate::segmentation::PySegmentation;
 use crate::segmenter::merge_options;
 
 /// How far an attention row may sum away from 1, as the facade allows for
-/// the model's own output (f16 rows over 4096 keys drift by about 1e-3).
+/// stored attention (f16 rows over 4096 keys drift by about 1e-3).
 const ROW_SUM_TOLERANCE: f32 = 1e-2;
 
 /// Stable Diffusion's VAE downscaling: the model input is 8 times the
 /// largest attention grid (64 → 512).
 const PIXELS_PER_CELL: usize = 8;
 
-/// Each map as `name → float32 [h*w, h*w]`, the buffers handed to numpy
-/// without a copy.
+/// The dict key of the placement: where the model's square input lay in the
+/// image, `[image_height, image_width, top, left, side]` (int64).
+const PLACEMENT_KEY: &str = "placement";
+
+/// Each map as `name → float32 [h*w, h*w]` (the buffers handed to numpy
+/// without a copy), and the placement under `"placement"`.
 pub fn attention_to_dict(py: Python<'_>, attention: SelfAttention) -> PyResult<Bound<'_, PyDict>> {
     let dict = PyDict::new(py);
     for map in attention.maps {
@@ -31,6 +36,16 @@ pub fn attention_to_dict(py: Python<'_>, attention: SelfAttention) -> PyResult<B
         let probs = Array2::from_shape_vec((cells, cells), map.probs)
             .map_err(|error| value_error(format!("{name}: {error}")))?;
         dict.set_item(name, PyArray2::from_owned_array(py, probs))?;
+    }
+    if let Some(placement) = attention.placement {
+        let numbers = Array1::from_vec(vec![
+            i64::from(placement.image_height),
+            i64::from(placement.image_width),
+            placement.top,
+            placement.left,
+            i64::from(placement.side),
+        ]);
+        dict.set_item(PLACEMENT_KEY, PyArray1::from_owned_array(py, numbers))?;
     }
     Ok(dict)
 }
@@ -44,16 +59,50 @@ fn grid_of(name: &str) -> Option<(usize, usize)> {
     }
 }
 
+/// Reads the `"placement"` entry.
+fn placement_from(value: &Bound<'_, PyAny>) -> PyResult<Placement> {
+    let invalid = || {
+        value_error(format!(
+            "attention `{PLACEMENT_KEY}`: expected int64 [image_height, image_width, top, left, \
+             side] with positive sizes"
+        ))
+    };
+    let array: PyReadonlyArray1<'_, i64> = value.extract().map_err(|_| invalid())?;
+    let numbers = array.as_array().to_vec();
+    let [height, width, top, left, side] = numbers[..] else {
+        return Err(invalid());
+    };
+    let size = |value: i64| u32::try_from(value).ok().filter(|size| *size > 0);
+    let (Some(image_height), Some(image_width), Some(side)) =
+        (size(height), size(width), size(side))
+    else {
+        return Err(invalid());
+    };
+    Ok(Placement {
+        image_width,
+        image_height,
+        top,
+        left,
+        side,
+    })
+}
+
 /// Reads a dict as `Segmenter.attention` returns it.
 fn attention_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SelfAttention> {
     let mut maps = Vec::with_capacity(dict.len());
+    let mut placement = None;
     for (key, value) in dict.iter() {
         let name: String = key
             .extract()
             .map_err(|_| type_error("attention keys must be strings like `self_attn.64`"))?;
+        if name == PLACEMENT_KEY {
+            placement = Some(placement_from(&value)?);
+            continue;
+        }
         let (height, width) = grid_of(&name).ok_or_else(|| {
             value_error(format!(
-                "attention key `{name}`: expected `self_attn.SIDE` or `self_attn.HxW`"
+                "attention key `{name}`: expected `self_attn.SIDE`, `self_attn.HxW` or \
+                 `{PLACEMENT_KEY}`"
             ))
         })?;
         let array: PyReadonlyArray2<'_, f32> = value.extract().map_err(|_| {
@@ -82,40 +131,35 @@ fn attention_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SelfAttention> {
     }
     // Largest grid first, as the facade orders them.
     maps.sort_by_key(|map| std::cmp::Reverse(map.height * map.width));
-    Ok(SelfAttention { maps })
+    Ok(SelfAttention { maps, placement })
 }
 
-/// The merge stage on the CPU backend.
+/// The facade's merge, after checking that every row is a distribution (the
+/// dict may come from anywhere; the facade checks files as it loads them).
 struct Merge {
     attention: SelfAttention,
     options: MergeOptions,
-    height: usize,
-    width: usize,
+    side: usize,
 }
 
 impl BackendTask for Merge {
     type Output = Result<diffseg::Segmentation, diffseg::Error>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let maps = self.attention.to_maps::<B>(&device)?;
-        maps.check_distributions(ROW_SUM_TOLERANCE)?;
-        Ok(diffseg_core::segment_attention(
-            &maps,
-            &self.options,
-            self.height,
-            self.width,
-        )?)
+        self.attention
+            .to_maps::<B>(&device)?
+            .check_distributions(ROW_SUM_TOLERANCE)?;
+        self.attention
+            .merge_on::<B>(&self.options, &device, self.side)
     }
 }
 
 /// Merges attention (as `Segmenter.attention` returns it) into segments with
-/// these options, on the CPU; the label map is `size` (an int for a square,
-/// or `(height, width)`), by default the model's input square (8 × the
-/// largest grid: 512 for SD 1.x).
-// TODO(facade): map onto the image's own size as `segment` does once the
-// facade's re-merge path does it (here the square grid of the model input).
+/// these options, on the CPU, labelled as `Segmenter.segment` labels: at the
+/// image's own size when the dict holds the placement, else on the model's
+/// square input (8 × the largest grid: 512 for SD 1.x).
 #[pyfunction]
-#[pyo3(signature = (attention, tau = None, iterations = 3, anchors = 16, refine = false, size = None))]
+#[pyo3(signature = (attention, tau = None, iterations = 3, anchors = 16, refine = false))]
 pub fn merge(
     py: Python<'_>,
     attention: &Bound<'_, PyDict>,
@@ -123,43 +167,22 @@ pub fn merge(
     iterations: usize,
     anchors: usize,
     refine: bool,
-    size: Option<Size>,
 ) -> PyResult<PySegmentation> {
     let options = merge_options(tau, iterations, anchors, refine)?;
     let attention = attention_from_dict(attention)?;
     let Some(largest) = attention.maps.first() else {
         return Err(value_error("attention holds no maps"));
     };
-    let (height, width) = match size {
-        Some(Size::Square(side)) => (side, side),
-        Some(Size::Rectangle(height, width)) => (height, width),
-        None => (
-            largest.height * PIXELS_PER_CELL,
-            largest.width * PIXELS_PER_CELL,
-        ),
-    };
-    if height == 0 || width == 0 {
-        return Err(value_error(format!("size {height}x{width} has no pixels")));
-    }
+    let side = largest.height.max(largest.width) * PIXELS_PER_CELL;
     let segmentation = py
         .detach(|| {
             BackendKind::Cpu.run(Merge {
                 attention,
                 options,
-                height,
-                width,
+                side,
             })
         })
         .map_err(to_py_err)?
         .map_err(to_py_err)?;
     PySegmentation::new(py, segmentation)
-}
-
-/// A label map size: one side, or `(height, width)`.
-#[derive(FromPyObject)]
-pub enum Size {
-    /// A square.
-    Square(usize),
-    /// `(height, width)`.
-    Rectangle(usize, usize),
 }

@@ -38,7 +38,8 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         Error::ImageDecode { .. }
         | Error::ImageTooLarge { .. }
         | Error::EmptyImage
-        | Error::InvalidInputSize(_) => PyValueError::new_err(message),
+        | Error::InvalidInputSize(_)
+        | Error::Attention { .. } => PyValueError::new_err(message),
         Error::Segment(error) => core_to_py_err(error),
         Error::WeightsPathMissing { .. } | Error::WeightsNotFound { .. } => {
             WeightsNotFoundError::new_err(message)

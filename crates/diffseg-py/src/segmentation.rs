@@ -1,12 +1,14 @@
 //! The result class: a label map with numpy views, masks, SAM-style records
 //! and an overlay.
 
+use diffseg::OverlayStyle;
+use image::DynamicImage;
 use numpy::ndarray::{Array2, Array3};
 use numpy::{PyArray2, PyArray3, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::errors::{core_to_py_err, to_py_err, value_error};
+use crate::errors::{to_py_err, value_error};
 use crate::image_input::ImageSource;
 
 /// A segmentation: every pixel labelled `0..num_segments`.
@@ -29,9 +31,9 @@ impl PySegmentation {
     }
 }
 
-/// The label map as `[height, width]` uint16: segment counts are bounded by
-/// the anchor grid (256 for the paper's 16×16), far below 65 536.
-// TODO(facade): take the facade's label map buffer once it has one.
+/// The label map as `[height, width]` uint16 (half the memory of the facade's
+/// u32): segment counts are bounded by the anchor grid (256 for the paper's
+/// 16×16), far below 65 536.
 fn labels_u16(segmentation: &diffseg::Segmentation) -> PyResult<Array2<u16>> {
     let labels = segmentation
         .labels()
@@ -127,18 +129,33 @@ impl PySegmentation {
         self.records(py, OutputMode::parse(output_mode)?)
     }
 
-    /// The image with each segment tinted in its own colour (half opacity),
-    /// as uint8 RGB `[H, W, 3]` of the image's size; the labels are resized
-    /// (nearest) when the sizes differ. `image` is any input `segment` takes.
+    /// The image with each segment tinted in its own colour (`opacity`: 0 the
+    /// image only, 1 the colour only) and outlined in `outline` (an RGB triple,
+    /// or `None` for no outline), as uint8 RGB `[H, W, 3]` of the image's
+    /// size; the labels are resized (nearest) when the sizes differ. `image`
+    /// is any input `segment` takes. The defaults draw what `diffseg segment`
+    /// writes as `.overlay.png`.
+    #[pyo3(signature = (image, opacity = 0.5, outline = Some([255, 255, 255])))]
     fn overlay<'py>(
         &self,
         py: Python<'py>,
         image: &Bound<'py, PyAny>,
+        opacity: f32,
+        outline: Option<[u8; 3]>,
     ) -> PyResult<Bound<'py, PyArray3<u8>>> {
+        if !(0.0..=1.0).contains(&opacity) {
+            return Err(value_error(format!(
+                "opacity {opacity} is not between 0 and 1"
+            )));
+        }
+        let style = OverlayStyle::default()
+            .with_opacity(opacity)
+            .with_outline(outline);
         let source = ImageSource::extract(image)?;
         let rgb = py.detach(|| {
             let image = source.load().map_err(to_py_err)?;
-            overlay_rgb(&self.inner, &image)
+            let overlay = self.inner.overlay(&image, &style).map_err(to_py_err)?;
+            Ok::<_, PyErr>(DynamicImage::ImageRgba8(overlay).into_rgb8())
         })?;
         let (width, height) = (rgb.width() as usize, rgb.height() as usize);
         let pixels = Array3::from_shape_vec((height, width, 3), rgb.into_raw())
@@ -150,7 +167,7 @@ impl PySegmentation {
     /// 256 segments, else 16-bit), atomically: what `diffseg segment` writes.
     fn save_labels(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         py.detach(|| self.inner.save_label_png(&path))
-            .map_err(core_to_py_err)
+            .map_err(to_py_err)
     }
 
     fn __repr__(&self) -> String {
@@ -165,57 +182,30 @@ impl PySegmentation {
 
 impl PySegmentation {
     fn records<'py>(&self, py: Python<'py>, mode: OutputMode) -> PyResult<Bound<'py, PyList>> {
-        let segmentation = &self.inner;
         let records = PyList::empty(py);
-        for segment in segmentation.segments() {
+        for segment in self.inner.describe(None).segments {
             let record = PyDict::new(py);
             let mask = match mode {
                 OutputMode::UncompressedRle => {
-                    let rle = diffseg::output::coco_rle(
-                        segmentation.labels(),
-                        segmentation.width() as u32,
-                        segmentation.height() as u32,
-                        segment.label,
-                    );
                     let encoded = PyDict::new(py);
-                    encoded.set_item("size", rle.size.to_vec())?;
-                    encoded.set_item("counts", rle.counts)?;
+                    encoded.set_item("size", segment.segmentation.size.to_vec())?;
+                    encoded.set_item("counts", segment.segmentation.counts)?;
                     encoded.into_any()
                 }
                 OutputMode::BinaryMask => {
-                    let (height, width) = (segmentation.height(), segmentation.width());
-                    let labels = segmentation.labels();
-                    let mask = Array2::from_shape_fn((height, width), |(y, x)| {
-                        labels[y * width + x] == segment.label
-                    });
+                    let mask = self.inner.mask(segment.label as usize).map_err(to_py_err)?;
+                    let mask =
+                        Array2::from_shape_vec((self.inner.height(), self.inner.width()), mask)
+                            .expect("a mask covers the label map");
                     PyArray2::from_owned_array(py, mask).into_any()
                 }
             };
             record.set_item("segmentation", mask)?;
             record.set_item("area", segment.area)?;
-            let bbox = segment.bbox;
-            record.set_item("bbox", [bbox.x, bbox.y, bbox.width, bbox.height])?;
+            record.set_item("bbox", segment.bbox.to_vec())?;
             record.set_item("label", segment.label)?;
             records.append(record)?;
         }
         Ok(records)
     }
-}
-
-/// The overlay in memory. The facade only writes overlays to files for now,
-/// so this goes through a temporary PNG rather than copy its palette.
-// TODO(facade): call the facade's in-memory RGBA overlay once it has one.
-fn overlay_rgb(
-    segmentation: &diffseg::Segmentation,
-    image: &image::DynamicImage,
-) -> PyResult<image::RgbImage> {
-    let folder = tempfile::tempdir().map_err(|error| {
-        pyo3::exceptions::PyOSError::new_err(format!("cannot create a temporary folder: {error}"))
-    })?;
-    let path = folder.path().join("overlay.png");
-    segmentation
-        .save_overlay(image, &path)
-        .map_err(core_to_py_err)?;
-    let overlay = diffseg::open_image(&path).map_err(to_py_err)?;
-    Ok(overlay.to_rgb8())
 }

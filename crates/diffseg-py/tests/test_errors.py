@@ -110,10 +110,19 @@ def test_bad_attention(segmenter, image_folder):
         diffseg.merge({**attention, "self_attn.16": attention["self_attn.16"] * 2})
     with pytest.raises(ValueError, match="holds no maps"):
         diffseg.merge({})
-    with pytest.raises(ValueError, match="no pixels"):
-        diffseg.merge(attention, size=0)
+    for placement in (np.array([72, 96, 0, 0]), np.array([0, 96, 0, 0, 128]), np.array([1.0] * 5)):
+        with pytest.raises(ValueError, match="placement"):
+            diffseg.merge({**attention, "placement": placement})
     with pytest.raises(ValueError, match="at least 2 are needed"):
         diffseg.merge(attention, anchors=1)
+
+
+def test_bad_overlay_options(segmenter, rgb_array):
+    result = segmenter.segment(rgb_array)
+    with pytest.raises(ValueError, match="opacity 1.5 is not between 0 and 1"):
+        result.overlay(rgb_array, opacity=1.5)
+    with pytest.raises(ValueError, match="outline"):
+        result.overlay(rgb_array, outline=(1, 2))
 
 
 def test_bad_output_mode(segmenter, rgb_array):

@@ -116,22 +116,43 @@ def test_save_labels_writes_what_the_cli_writes(segmenter, rgb_path, cli_outputs
     assert (tmp_path / "labels.png").read_bytes() == (cli_outputs / "astronaut.png").read_bytes()
 
 
-def test_merge_of_the_attention_equals_segment(segmenter, image_folder):
-    # A square image of the model's input size: `segment`'s labels are on the same grid.
-    path = image_folder / "chelsea.png"
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "grey"])
+def test_merge_of_the_attention_equals_segment(segmenter, image_folder, name):
+    path = image_folder / f"{name}.png"
     attention = segmenter.attention(path)
-    assert list(attention) == ["self_attn.16", "self_attn.8", "self_attn.4", "self_attn.2"]
-    for name, probs in attention.items():
-        cells = int(name.split(".")[1]) ** 2
+    assert list(attention) == ["self_attn.16", "self_attn.8", "self_attn.4", "self_attn.2", "placement"]
+    for key, probs in attention.items():
+        if key == "placement":
+            continue
+        cells = int(key.split(".")[1]) ** 2
         assert probs.dtype == np.float32 and probs.shape == (cells, cells)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    expected = segmenter.segment(path).labels
     merged = diffseg.merge(attention, tau=TAU)
-    np.testing.assert_array_equal(merged.labels, segmenter.segment(path).labels)
-    transposed = {name: np.asfortranarray(probs) for name, probs in attention.items()}
-    np.testing.assert_array_equal(diffseg.merge(transposed, tau=TAU).labels, merged.labels)
-    # A sweep needs no model: other options, other label map sizes.
-    assert diffseg.merge(attention, tau=0.5, size=(40, 60)).labels.shape == (40, 60)
-    assert diffseg.merge(attention, tau=[2.0, 1.0, 0.5], refine=True, size=32).labels.shape == (32, 32)
+    np.testing.assert_array_equal(merged.labels, expected)
+    column_major = {key: np.asfortranarray(value) for key, value in attention.items()}
+    np.testing.assert_array_equal(diffseg.merge(column_major, tau=TAU).labels, expected)
+
+
+def test_merge_sweeps_options_without_the_model(segmenter, rgb_path):
+    attention = segmenter.attention(rgb_path)
+    counts = [diffseg.merge(attention, tau=tau).num_segments for tau in (0.003, 0.004, 0.005)]
+    assert counts[0] > counts[-1] >= 1
+    refined = diffseg.merge(attention, tau=[0.005, 0.004, 0.003], refine=True)
+    assert refined.labels.shape == (72, 96)
+    # Without the placement, the labels cover the model's square input (128 px here).
+    maps_only = {key: value for key, value in attention.items() if key != "placement"}
+    assert diffseg.merge(maps_only, tau=TAU).labels.shape == (128, 128)
+
+
+def test_overlay_options(segmenter, rgb_path, rgb_array):
+    result = segmenter.segment(rgb_path)
+    np.testing.assert_array_equal(result.overlay(rgb_array, opacity=0.0, outline=None), rgb_array)
+    tinted = result.overlay(rgb_array, opacity=1.0, outline=None)
+    assert tinted.shape == rgb_array.shape and tinted.dtype == np.uint8
+    # Fully tinted, each segment is one colour.
+    for index in range(result.num_segments):
+        assert len(np.unique(tinted[result.labels == index], axis=0)) == 1
 
 
 def test_options_reach_the_segmenter(segmenter):

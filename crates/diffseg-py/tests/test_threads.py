@@ -46,9 +46,11 @@ def test_the_gil_is_released_during_segment(segmenter, rgb_array):
 def test_the_gil_is_released_during_attention_and_merge(segmenter, rgb_array):
     import diffseg
 
+    # A large image, so that merging (which labels every pixel) lasts many milliseconds.
+    large = np.tile(rgb_array, (12, 12, 1))
     attention = {}
-    assert counter_advance_during(lambda: attention.update(segmenter.attention(rgb_array))) > 0
-    assert counter_advance_during(lambda: diffseg.merge(attention, size=1024)) > 0
+    assert counter_advance_during(lambda: attention.update(segmenter.attention(large))) > 0
+    assert counter_advance_during(lambda: diffseg.merge(attention)) > 0
 
 
 def test_the_probe_sees_a_call_that_keeps_the_gil():

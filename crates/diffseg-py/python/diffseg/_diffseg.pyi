@@ -74,8 +74,15 @@ class Segmentation:
         self, output_mode: Literal["uncompressed_rle", "coco_rle", "binary_mask"] = "uncompressed_rle"
     ) -> List[Dict[str, Any]]:
         """`segments` with the mask as RLE or as a bool [height, width] array."""
-    def overlay(self, image: _ImageInput) -> npt.NDArray[np.uint8]:
-        """The image with each segment tinted (half opacity), uint8 RGB [H, W, 3]."""
+    def overlay(
+        self,
+        image: _ImageInput,
+        opacity: float = 0.5,
+        outline: Optional[Tuple[int, int, int]] = (255, 255, 255),
+    ) -> npt.NDArray[np.uint8]:
+        """The image with each segment tinted (opacity 0: the image only, 1: the colour only)
+        and outlined (None: no outline), uint8 RGB [H, W, 3]; the defaults draw the CLI's
+        .overlay.png."""
     def save_labels(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Writes the label map as a grey PNG (8-bit up to 256 segments, else 16-bit), atomically."""
 
@@ -107,9 +114,11 @@ class Segmenter:
         """Segments one image; the result has the image's size."""
     def segment_batch(self, images: Sequence[_ImageInput]) -> List[Segmentation]:
         """Segments images in one model pass; one result per image, in order."""
-    def attention(self, image: _ImageInput) -> Dict[str, npt.NDArray[np.float32]]:
+    def attention(self, image: _ImageInput) -> Dict[str, npt.NDArray[Any]]:
         """Self-attention averaged over heads and layers, per grid:
-        {"self_attn.64": float32 [4096, 4096], ...}, before any merging."""
+        {"self_attn.64": float32 [4096, 4096], ...}, before any merging, and
+        "placement": int64 [image_height, image_width, top, left, side], where the
+        model's square input lay in the image."""
     @property
     def input_size(self) -> int:
         """The side of the model's square input (512 for SD 1.x)."""
@@ -132,15 +141,13 @@ class Segmenter:
     def refine(self) -> bool: ...
 
 def merge(
-    attention: Mapping[str, npt.NDArray[np.float32]],
+    attention: Mapping[str, npt.NDArray[Any]],
     tau: Optional[_Tau] = None,
     iterations: int = 3,
     anchors: int = 16,
     refine: bool = False,
-    size: Optional[Union[int, Tuple[int, int]]] = None,
 ) -> Segmentation:
-    """Merges attention (as `Segmenter.attention` returns it) into segments on the CPU.
-
-    The label map is `size` (a side, or (height, width)); by default the model's
-    input square, 8 × the largest grid (512 for SD 1.x).
-    """
+    """Merges attention (as `Segmenter.attention` returns it) into segments on the CPU,
+    labelled as `Segmenter.segment` labels: at the image's size when the dict has its
+    "placement", else on the model's square input (8 × the largest grid: 512 for SD 1.x).
+    tau=None is the paper's 1.1."""
