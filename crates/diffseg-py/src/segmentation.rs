@@ -135,7 +135,10 @@ impl PySegmentation {
     /// size; the labels are resized (nearest) when the sizes differ. `image`
     /// is any input `segment` takes. The defaults draw what `diffseg segment`
     /// writes as `.overlay.png`.
-    #[pyo3(signature = (image, opacity = 0.5, outline = Some([255, 255, 255])))]
+    #[pyo3(
+        signature = (image, opacity = 0.5, outline = Some([255, 255, 255])),
+        text_signature = "($self, image, opacity=0.5, outline=(255, 255, 255))"
+    )]
     fn overlay<'py>(
         &self,
         py: Python<'py>,
