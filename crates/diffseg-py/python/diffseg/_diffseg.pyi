@@ -1,0 +1,153 @@
+"""Type stubs of the extension module (the classes `diffseg` re-exports)."""
+
+import os
+import pathlib
+from typing import Any, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union, final
+
+import numpy as np
+import numpy.typing as npt
+
+class _PILImage(Protocol):
+    """What is used of a PIL.Image.Image (Pillow is optional, so it is not imported here)."""
+
+    @property
+    def mode(self) -> str: ...
+    def convert(self, mode: str) -> Any: ...
+
+_ImageInput = Union[npt.NDArray[np.uint8], _PILImage, str, "os.PathLike[str]"]
+"""A uint8 array H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA), a PIL image, or a path."""
+
+_Tau = Union[float, Sequence[float]]
+"""One KL threshold for every iteration, or one per iteration."""
+
+DEFAULT_MODEL: str
+"""The Hugging Face model loaded when no weights are given (SD 1.5)."""
+PAPER_MODEL: str
+"""The paper's model (SD 1.4)."""
+__version__: str
+
+__all__ = [
+    "Segmenter",
+    "Segmentation",
+    "merge",
+    "WeightsNotFoundError",
+    "BackendUnavailableError",
+    "ModelError",
+    "DEFAULT_MODEL",
+    "PAPER_MODEL",
+    "__version__",
+]
+
+class WeightsNotFoundError(FileNotFoundError):
+    """No Stable Diffusion weights where they were looked for (the message lists where, and the files needed)."""
+
+class BackendUnavailableError(RuntimeError):
+    """The backend or precision is not compiled into this build, or its device cannot start here."""
+
+class ModelError(RuntimeError):
+    """The weights exist but cannot be loaded, or the model's output is unusable."""
+
+@final
+class Segmentation:
+    """A segmentation: every pixel labelled 0..num_segments."""
+
+    @property
+    def labels(self) -> npt.NDArray[np.uint16]:
+        """The label map, uint16 [height, width], read-only."""
+    @property
+    def num_segments(self) -> int:
+        """Number of segments (labels are 0..num_segments)."""
+    @property
+    def height(self) -> int:
+        """Label map rows."""
+    @property
+    def width(self) -> int:
+        """Label map columns."""
+    def masks(self) -> npt.NDArray[np.bool_]:
+        """One boolean mask per segment, [num_segments, height, width]."""
+    @property
+    def segments(self) -> List[Dict[str, Any]]:
+        """segment-anything's automatic-mask-generator records: `segmentation`
+        (COCO uncompressed RLE: {"size": [h, w], "counts": [...]}), `area`,
+        `bbox` ([x, y, width, height]) and `label`."""
+    def segments_as(
+        self, output_mode: Literal["uncompressed_rle", "coco_rle", "binary_mask"] = "uncompressed_rle"
+    ) -> List[Dict[str, Any]]:
+        """`segments` with the mask as RLE or as a bool [height, width] array."""
+    def overlay(
+        self,
+        image: _ImageInput,
+        opacity: float = 0.5,
+        outline: Optional[Tuple[int, int, int]] = (255, 255, 255),
+    ) -> npt.NDArray[np.uint8]:
+        """The image with each segment tinted (opacity 0: the image only, 1: the colour only)
+        and outlined (None: no outline), uint8 RGB [H, W, 3]; the defaults draw the CLI's
+        .overlay.png."""
+    def save_labels(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Writes the label map as a grey PNG (8-bit up to 256 segments, else 16-bit), atomically."""
+
+@final
+class Segmenter:
+    """DiffSeg with a Stable Diffusion 1.x model loaded once; usable from many threads."""
+
+    def __new__(
+        cls,
+        backend: str = "cpu",
+        weights: Optional[Union[str, "os.PathLike[str]"]] = None,
+        model: str = ...,
+        precision: Literal["f32", "f16"] = "f32",
+        fit: Literal["pad", "center-crop"] = "pad",
+        tau: Optional[_Tau] = None,
+        iterations: int = 3,
+        anchors: int = 16,
+        refine: bool = False,
+        allow_download: bool = True,
+    ) -> "Segmenter":
+        """Finds (or downloads) the weights and loads the model.
+
+        backend: "cpu", "wgpu", "wgpu:N", "cuda" or "cuda:N" (GPU ones need a build with them).
+        weights: a diffusers folder or single-file .safetensors checkpoint; by default
+        $DIFFSEG_WEIGHTS, then the Hugging Face cache of `model`, then a download
+        (unless allow_download is False: then WeightsNotFoundError).
+        """
+    def segment(self, image: _ImageInput) -> Segmentation:
+        """Segments one image; the result has the image's size."""
+    def segment_batch(self, images: Sequence[_ImageInput]) -> List[Segmentation]:
+        """Segments images in one model pass; one result per image, in order."""
+    def attention(self, image: _ImageInput) -> Dict[str, npt.NDArray[Any]]:
+        """Self-attention averaged over heads and layers, per grid:
+        {"self_attn.64": float32 [4096, 4096], ...}, before any merging, and
+        "placement": int64 [image_height, image_width, top, left, side], where the
+        model's square input lay in the image."""
+    @property
+    def input_size(self) -> int:
+        """The side of the model's square input (512 for SD 1.x)."""
+    @property
+    def backend(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def fit(self) -> str: ...
+    @property
+    def weights(self) -> pathlib.Path:
+        """Where the weights were loaded from."""
+    @property
+    def tau(self) -> List[float]: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def anchors(self) -> int: ...
+    @property
+    def refine(self) -> bool: ...
+
+def merge(
+    attention: Mapping[str, npt.NDArray[Any]],
+    tau: Optional[_Tau] = None,
+    iterations: int = 3,
+    anchors: int = 16,
+    refine: bool = False,
+) -> Segmentation:
+    """Merges attention (as `Segmenter.attention` returns it) into segments on the CPU,
+    labelled as `Segmenter.segment` labels: at the image's size when the dict has its
+    "placement", else on the model's square input (8 × the largest grid: 512 for SD 1.x).
+    tau=None is the paper's 1.1."""

@@ -1,0 +1,71 @@
+//! The facade's errors as Python exceptions: the type says what kind of
+//! problem it is, the message is the project's own (it names the file or option).
+
+use std::io::ErrorKind;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::PyErr;
+
+create_exception!(
+    diffseg,
+    WeightsNotFoundError,
+    PyFileNotFoundError,
+    "No Stable Diffusion weights where they were looked for (the message lists where, and the files needed)."
+);
+create_exception!(
+    diffseg,
+    BackendUnavailableError,
+    PyRuntimeError,
+    "The backend or precision asked for is not compiled into this build, or its device cannot start here."
+);
+create_exception!(
+    diffseg,
+    ModelError,
+    PyRuntimeError,
+    "The weights exist but cannot be loaded, or the model's output is unusable."
+);
+
+/// The Python exception for a facade error.
+pub fn to_py_err(error: diffseg::Error) -> PyErr {
+    use diffseg::Error;
+    let message = error.to_string();
+    match error {
+        Error::ImageRead { source, .. } if source.kind() == ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(message)
+        }
+        Error::ImageRead { .. } | Error::Write { .. } => PyOSError::new_err(message),
+        Error::ImageDecode { .. }
+        | Error::ImageTooLarge { .. }
+        | Error::EmptyImage
+        | Error::InvalidInputSize(_)
+        | Error::Attention { .. } => PyValueError::new_err(message),
+        Error::Segment(error) => core_to_py_err(error),
+        Error::WeightsPathMissing { .. } | Error::WeightsNotFound { .. } => {
+            WeightsNotFoundError::new_err(message)
+        }
+        Error::Backend(_) | Error::NoDevice(_) | Error::PrecisionUnavailable { .. } => {
+            BackendUnavailableError::new_err(message)
+        }
+        Error::Load { .. } | Error::Model(_) => ModelError::new_err(message),
+    }
+}
+
+/// The Python exception for an error of the algorithm (options, shapes, writes).
+pub fn core_to_py_err(error: diffseg_core::Error) -> PyErr {
+    let message = error.to_string();
+    match error {
+        diffseg_core::Error::Write { .. } => PyOSError::new_err(message),
+        _ => PyValueError::new_err(message),
+    }
+}
+
+/// A `ValueError` with this message.
+pub fn value_error(message: impl Into<String>) -> PyErr {
+    PyValueError::new_err(message.into())
+}
+
+/// A `TypeError` with this message.
+pub fn type_error(message: impl Into<String>) -> PyErr {
+    PyTypeError::new_err(message.into())
+}

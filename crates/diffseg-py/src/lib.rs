@@ -1,0 +1,35 @@
+//! Python bindings of DiffSeg: the `diffseg._diffseg` extension module that
+//! the `diffseg` Python package re-exports (see docs/python.md).
+//!
+//! Everything here converts between Python and the facade (`diffseg`); the
+//! pipeline itself is the facade's. Compute runs with the GIL released.
+
+mod attention;
+mod errors;
+mod image_input;
+mod segmentation;
+mod segmenter;
+
+use pyo3::prelude::*;
+
+/// The extension module.
+#[pymodule]
+fn _diffseg(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add_class::<segmenter::PySegmenter>()?;
+    module.add_class::<segmentation::PySegmentation>()?;
+    module.add_function(wrap_pyfunction!(attention::merge, module)?)?;
+    module.add(
+        "WeightsNotFoundError",
+        py.get_type::<errors::WeightsNotFoundError>(),
+    )?;
+    module.add(
+        "BackendUnavailableError",
+        py.get_type::<errors::BackendUnavailableError>(),
+    )?;
+    module.add("ModelError", py.get_type::<errors::ModelError>())?;
+    module.add("DEFAULT_MODEL", diffseg::weights::DEFAULT_MODEL)?;
+    module.add("PAPER_MODEL", diffseg::weights::PAPER_MODEL)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

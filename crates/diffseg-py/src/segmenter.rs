@@ -1,0 +1,222 @@
+//! The `Segmenter` class: the facade's `Segmenter` (Send + Sync), called with
+//! the GIL released so that other Python threads run, and so that several
+//! threads can segment with one model at once.
+
+use std::path::PathBuf;
+
+use diffseg::{BackendKind, Fit, MergeOptions, Precision};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use crate::attention::attention_to_dict;
+use crate::errors::{core_to_py_err, to_py_err, type_error, value_error};
+use crate::image_input::{load_all, ImageSource};
+use crate::segmentation::PySegmentation;
+
+/// The KL thresholds from the `tau` argument: a number for every iteration,
+/// or a sequence with one per iteration; `None` is the paper's default.
+pub fn parse_tau(tau: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<f32>> {
+    let Some(tau) = tau else {
+        return Ok(MergeOptions::default().tau);
+    };
+    if let Ok(one) = tau.extract::<f32>() {
+        return Ok(vec![one]);
+    }
+    // A str is a sequence too, but never one of numbers.
+    if !tau.is_instance_of::<PyString>() {
+        if let Ok(many) = tau.extract::<Vec<f32>>() {
+            return Ok(many);
+        }
+    }
+    Err(type_error(format!(
+        "tau must be a number or a sequence of numbers, got {}",
+        tau.get_type().name()?
+    )))
+}
+
+/// The merge options from the keyword arguments `Segmenter` and `merge` share.
+pub fn merge_options(
+    tau: Option<&Bound<'_, PyAny>>,
+    iterations: usize,
+    anchors: usize,
+    refine: bool,
+) -> PyResult<MergeOptions> {
+    let options = MergeOptions::default()
+        .with_taus(parse_tau(tau)?)
+        .with_iterations(iterations)
+        .with_anchors(anchors)
+        .with_refine(refine);
+    options.validate().map_err(core_to_py_err)?;
+    Ok(options)
+}
+
+/// Segments images with DiffSeg (one Stable Diffusion pass per image, its
+/// self-attention merged into segments). Loading takes a while; keep one and
+/// reuse it, from any number of threads.
+#[pyclass(module = "diffseg", name = "Segmenter", frozen)]
+pub struct PySegmenter {
+    inner: diffseg::Segmenter,
+}
+
+#[pymethods]
+impl PySegmenter {
+    #[new]
+    #[pyo3(signature = (
+        backend = "cpu",
+        weights = None,
+        model = diffseg::weights::DEFAULT_MODEL,
+        precision = "f32",
+        fit = "pad",
+        tau = None,
+        iterations = 3,
+        anchors = 16,
+        refine = false,
+        allow_download = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        weights: Option<PathBuf>,
+        model: &str,
+        precision: &str,
+        fit: &str,
+        tau: Option<&Bound<'_, PyAny>>,
+        iterations: usize,
+        anchors: usize,
+        refine: bool,
+        allow_download: bool,
+    ) -> PyResult<Self> {
+        let backend: BackendKind = backend
+            .parse()
+            .map_err(|error: diffseg::backend::UnknownBackend| value_error(error.to_string()))?;
+        let precision: Precision = precision.parse().map_err(value_error)?;
+        let fit: Fit = fit.parse().map_err(value_error)?;
+        let mut builder = diffseg::Segmenter::builder()
+            .backend(backend)
+            .model(model)
+            .precision(precision)
+            .fit(fit)
+            .merge_options(merge_options(tau, iterations, anchors, refine)?)
+            .allow_download(allow_download);
+        if let Some(weights) = weights {
+            builder = builder.weights(weights);
+        }
+        let inner = py.detach(|| builder.build()).map_err(to_py_err)?;
+        Ok(Self { inner })
+    }
+
+    /// Segments one image (numpy uint8 array H×W, H×W×3 or H×W×4, a
+    /// PIL.Image.Image or a path); the result has the image's size.
+    fn segment(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<PySegmentation> {
+        let source = ImageSource::extract(image)?;
+        let segmentation = py.detach(|| {
+            let image = source.load().map_err(to_py_err)?;
+            self.inner.segment(&image).map_err(to_py_err)
+        })?;
+        PySegmentation::new(py, segmentation)
+    }
+
+    /// Segments images as one batch on the device (any mix of the inputs
+    /// `segment` takes); one result per image, in order.
+    fn segment_batch<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let sources = images
+            .try_iter()?
+            .map(|image| ImageSource::extract(&image?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let segmentations = py.detach(|| {
+            let images = load_all(sources)?;
+            self.inner.segment_batch(&images).map_err(to_py_err)
+        })?;
+        let results = segmentations
+            .into_iter()
+            .map(|segmentation| PySegmentation::new(py, segmentation))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, results)
+    }
+
+    /// The image's self-attention averaged over heads and layers, before any
+    /// merging: `{"self_attn.64": float32 [4096, 4096], ...}` (largest grid
+    /// first). `diffseg.merge` turns it into segments with any options.
+    fn attention<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let source = ImageSource::extract(image)?;
+        let attention = py.detach(|| {
+            let image = source.load().map_err(to_py_err)?;
+            self.inner.attention(&image).map_err(to_py_err)
+        })?;
+        attention_to_dict(py, attention)
+    }
+
+    /// The side of the model's square input in pixels (512 for SD 1.x).
+    #[getter]
+    fn input_size(&self) -> usize {
+        self.inner.input_size()
+    }
+
+    /// The backend the model runs on (`cpu`, `wgpu`, `cuda:0`, ...).
+    #[getter]
+    fn backend(&self) -> String {
+        self.inner.backend().to_string()
+    }
+
+    /// The compute precision (`f32` or `f16`).
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.precision().to_string()
+    }
+
+    /// How non-square images are fitted (`pad` or `center-crop`).
+    #[getter]
+    fn fit(&self) -> String {
+        self.inner.fit().to_string()
+    }
+
+    /// The folder or file the weights were loaded from.
+    #[getter]
+    fn weights(&self) -> PathBuf {
+        self.inner.weights().path.clone()
+    }
+
+    /// The KL thresholds (one, or one per iteration).
+    #[getter]
+    fn tau(&self) -> Vec<f32> {
+        self.inner.merge_options().tau.clone()
+    }
+
+    /// Merge iterations.
+    #[getter]
+    fn iterations(&self) -> usize {
+        self.inner.merge_options().iterations
+    }
+
+    /// Anchors per side of the anchor grid.
+    #[getter]
+    fn anchors(&self) -> usize {
+        self.inner.merge_options().anchors
+    }
+
+    /// Whether the k-means refinement runs.
+    #[getter]
+    fn refine(&self) -> bool {
+        self.inner.merge_options().refine
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Segmenter(backend={:?}, weights={:?}, precision={:?}, fit={:?}, input_size={})",
+            self.inner.backend().to_string(),
+            self.inner.weights().path.display().to_string(),
+            self.inner.precision().to_string(),
+            self.inner.fit().to_string(),
+            self.inner.input_size()
+        )
+    }
+}
