@@ -1,9 +1,8 @@
 //! The one error type of diffseg-core.
 
-use std::path::PathBuf;
-
 /// Everything that can go wrong in diffseg-core, each naming what it was about.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A tensor does not have the shape its role needs.
     #[error("{tensor}: expected shape {expected}, got {actual:?}")]
@@ -42,12 +41,4 @@ pub enum Error {
     /// An image, label map or output size that does not fit.
     #[error("{0}")]
     Size(String),
-    /// A file could not be written or encoded.
-    #[error("{path}: {problem}")]
-    Write {
-        /// The output file.
-        path: PathBuf,
-        /// What failed.
-        problem: String,
-    },
 }

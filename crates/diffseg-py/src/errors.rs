@@ -31,12 +31,13 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
     use diffseg::Error;
     let message = error.to_string();
     match error {
-        Error::ImageRead { source, .. } if source.kind() == ErrorKind::NotFound => {
+        Error::ImageRead { error: source, .. } if source.kind() == ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(message)
         }
         Error::ImageRead { .. } | Error::Write { .. } => PyOSError::new_err(message),
         Error::ImageDecode { .. }
         | Error::ImageTooLarge { .. }
+        | Error::ImageDamaged { .. }
         | Error::EmptyImage
         | Error::InvalidInputSize(_)
         | Error::Attention { .. } => PyValueError::new_err(message),
@@ -51,13 +52,9 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
     }
 }
 
-/// The Python exception for an error of the algorithm (options, shapes, writes).
+/// The Python exception for an error of the algorithm (options, shapes, sizes).
 pub fn core_to_py_err(error: diffseg_core::Error) -> PyErr {
-    let message = error.to_string();
-    match error {
-        diffseg_core::Error::Write { .. } => PyOSError::new_err(message),
-        _ => PyValueError::new_err(message),
-    }
+    PyValueError::new_err(error.to_string())
 }
 
 /// A `ValueError` with this message.
