@@ -130,7 +130,10 @@ pub enum Error {
     },
     /// A download that failed on the way (network, server error, a cut or
     /// corrupt transfer) after its retries, or a server that is not a Hub.
-    #[error("downloading {model} {file} from {endpoint}: {reason}")]
+    #[error(
+        "downloading {model}{} from {endpoint}: {reason}",
+        if file.is_empty() { String::new() } else { format!(" {file}") }
+    )]
     Download {
         /// The repository id.
         model: String,

@@ -340,41 +340,55 @@ impl HubModel {
             .build()
             .map_err(|error| self.download_error("", error.to_string()))?;
         let repo = api.repo(self.repo());
-        for component in &COMPONENTS {
-            self.download(&repo, &component.config(), progress)?;
-            let preferred = component.weights(self.variant);
-            match self.download(&repo, &preferred, progress) {
-                Err(Error::HubNotFound {
-                    missing: HubMissing::File,
-                    ..
-                }) => {
-                    let fallback = component.weights(self.variant.other());
-                    self.download(&repo, &fallback, progress)
-                        .map_err(|error| match error {
-                            Error::HubNotFound {
-                                missing: HubMissing::File,
-                                ..
-                            } => self
-                                .missing(HubMissing::File, format!("{preferred} (or {fallback})")),
-                            error => error,
-                        })?;
-                }
-                result => {
-                    result?;
-                }
+        // Each file goes into the snapshot of the commit the revision names
+        // when it is downloaded, and files already cached are looked up in the
+        // snapshot the cache's ref names: when the branch moved on since an
+        // earlier download, the first pass leaves some files in the old
+        // snapshot, and a second fetches them into the new one.
+        for _pass in 0..2 {
+            for component in &COMPONENTS {
+                self.download(&repo, &component.config(), progress)?;
+                self.download_weights(&repo, component, progress)?;
+            }
+            if let Some(snapshot) = self.cached() {
+                return Ok(snapshot);
             }
         }
-        // Every file went into the snapshot of the commit the revision named
-        // when it was downloaded; were they not all in one, the branch moved on.
-        self.cached().ok_or_else(|| {
-            self.download_error(
-                "",
-                format!(
-                    "revision {} changed on the Hub during the download: run it again",
-                    self.revision
-                ),
-            )
-        })
+        Err(self.download_error(
+            "",
+            format!(
+                "revision {} keeps changing on the Hub during the download: run it again",
+                self.revision
+            ),
+        ))
+    }
+
+    /// The chosen variant's weights of `component`, else the other's where
+    /// the repository lacks them.
+    fn download_weights(
+        &self,
+        repo: &ApiRepo,
+        component: &Component,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<PathBuf, Error> {
+        let preferred = component.weights(self.variant);
+        match self.download(repo, &preferred, progress) {
+            Err(Error::HubNotFound {
+                missing: HubMissing::File,
+                ..
+            }) => {
+                let fallback = component.weights(self.variant.other());
+                self.download(repo, &fallback, progress)
+                    .map_err(|error| match error {
+                        Error::HubNotFound {
+                            missing: HubMissing::File,
+                            ..
+                        } => self.missing(HubMissing::File, format!("{preferred} (or {fallback})")),
+                        error => error,
+                    })
+            }
+            result => result,
+        }
     }
 
     fn repo(&self) -> Repo {

@@ -453,3 +453,45 @@ fn a_segmenter_downloads_through_the_hub_then_uses_the_cache() {
     assert_eq!(segmenter.weights().origin, WeightsOrigin::HuggingFaceCache);
     assert_eq!(server.requests().len(), before);
 }
+
+#[test]
+fn files_cached_under_an_older_commit_of_the_branch_are_fetched_into_the_new_one() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let cache = TempDir::new().unwrap();
+    // An earlier download left `main` at another commit with one file.
+    let repo = cache.path().join("models--tiny--sd");
+    let old = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), old).unwrap();
+    let old_unet = repo.join("snapshots").join(old).join("unet");
+    std::fs::create_dir_all(&old_unet).unwrap();
+    std::fs::write(
+        old_unet.join("config.json"),
+        &fixture_files()["unet/config.json"],
+    )
+    .unwrap();
+
+    let snapshot = model(&server, &cache).fetch(&mut ()).unwrap();
+    assert!(snapshot.ends_with(ServedRepo::tiny(MODEL).commit));
+    assert_holds(&snapshot, &FULL_FILES);
+}
+
+#[test]
+fn both_variants_missing_names_both_files() {
+    let repo = ServedRepo::tiny(MODEL)
+        .without(|path| path.starts_with("vae/") && path.ends_with(".safetensors"));
+    let server = HubServer::start(vec![repo]);
+    let cache = TempDir::new().unwrap();
+    let error = model(&server, &cache).fetch(&mut ()).unwrap_err();
+    let message = error.to_string();
+    for expected in [
+        "vae/diffusion_pytorch_model.safetensors (or vae/diffusion_pytorch_model.fp16.safetensors)",
+        "404",
+        "diffusers layout",
+    ] {
+        assert!(
+            message.contains(expected),
+            "`{expected}` missing: {message}"
+        );
+    }
+}
