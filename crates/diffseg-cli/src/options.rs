@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use diffseg::weights::DEFAULT_MODEL;
+use diffseg::weights::{FileVariant, DEFAULT_MODEL, DEFAULT_REVISION};
 use diffseg::{BackendKind, Fit, MergeOptions, Precision, SegmenterBuilder};
 
 /// Where the model runs and which weights it loads.
@@ -19,6 +19,8 @@ pub struct ModelArgs {
     /// Hugging Face model id to look up in the cache or download.
     #[arg(long, default_value = DEFAULT_MODEL, value_name = "ID")]
     pub model: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Compute precision: f32, or f16 on GPU backends.
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
@@ -78,13 +80,29 @@ impl ModelArgs {
         let mut builder = diffseg::Segmenter::builder()
             .backend(self.backend)
             .model(&self.model)
+            .revision(&self.hub.revision)
             .precision(self.precision)
             .fit(self.fit)
             .allow_download(!self.offline)
             .merge_options(merge.to_options());
+        if let Some(variant) = self.hub.variant {
+            builder = builder.variant(variant);
+        }
         if let Some(weights) = &self.weights {
             builder = builder.weights(weights);
         }
         builder
     }
+}
+
+/// Which revision and weight files of a Hugging Face model to look up or download.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HubArgs {
+    /// Branch, tag or commit hash of the model repository.
+    #[arg(long, default_value = DEFAULT_REVISION, value_name = "REV")]
+    pub revision: String,
+    /// Weight files to download where the repository has both: fp16 (half the
+    /// download) or full [default: full for --precision f32, fp16 for f16].
+    #[arg(long, value_name = "fp16|full")]
+    pub variant: Option<FileVariant>,
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::backend::BackendUnavailable;
-use crate::weights::WeightsOrigin;
+use crate::weights::{HubMissing, WeightsOrigin};
 
 /// Everything that can go wrong between an image file and its segments, each
 /// naming the file or option it is about.
@@ -90,6 +90,68 @@ pub enum Error {
         cache: PathBuf,
         /// The files a diffusers folder needs.
         files: Vec<String>,
+    },
+    /// The Hub refused access to a repository (HTTP 401 or 403).
+    #[error(
+        "{model}: {endpoint} refused access (HTTP {status}{}): {advice}",
+        if message.is_empty() { String::new() } else { format!(", {message}") }
+    )]
+    HubAccessDenied {
+        /// The repository id.
+        model: String,
+        /// The Hub or mirror asked.
+        endpoint: String,
+        /// 401 (no or an invalid token) or 403 (a token without access).
+        status: u16,
+        /// What the Hub said (its `X-Error-Message`), if anything.
+        message: String,
+        /// What to do about it.
+        advice: String,
+    },
+    /// The Hub has no such repository, revision or file (HTTP 404).
+    #[error(
+        "{model}: {} on {endpoint} (HTTP 404): {}",
+        match missing {
+            HubMissing::Repository => "no such repository".to_string(),
+            HubMissing::Revision => format!("no revision `{revision}`"),
+            HubMissing::File => format!("no file `{file}` at revision `{revision}`"),
+        },
+        match missing {
+            HubMissing::Repository => "check the id given with --model (a private repository \
+                 needs HF_TOKEN or `huggingface-cli login`)",
+            HubMissing::Revision => "check --revision: a branch, tag or commit hash of the \
+                 repository",
+            HubMissing::File => "the repository is not a Stable Diffusion 1.x model in the \
+                 diffusers layout at this revision (or use --weights with a local copy)",
+        }
+    )]
+    HubNotFound {
+        /// The repository id.
+        model: String,
+        /// The revision asked for.
+        revision: String,
+        /// The Hub or mirror asked.
+        endpoint: String,
+        /// What does not exist.
+        missing: HubMissing,
+        /// The file being downloaded when the Hub said so.
+        file: String,
+    },
+    /// A download that failed on the way (network, server error, a cut or
+    /// corrupt transfer) after its retries, or a server that is not a Hub.
+    #[error(
+        "downloading {model}{} from {endpoint}: {reason}",
+        if file.is_empty() { String::new() } else { format!(" {file}") }
+    )]
+    Download {
+        /// The repository id.
+        model: String,
+        /// The Hub or mirror asked.
+        endpoint: String,
+        /// The file in the repository (empty before any file).
+        file: String,
+        /// What failed.
+        reason: String,
     },
     /// The weights exist but cannot be loaded.
     #[error("loading weights {path}: {error}")]

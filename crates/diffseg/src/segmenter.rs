@@ -14,7 +14,10 @@ use crate::input::Fit;
 use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
-use crate::weights::{resolve_weights, FoundWeights, DEFAULT_MODEL};
+use crate::weights::{
+    resolve_weights, ConsoleProgress, FileVariant, FoundWeights, HubModel, HubSettings,
+    DEFAULT_MODEL, DEFAULT_REVISION,
+};
 use crate::{BackendKind, BackendTask, Error, Precision};
 
 /// The backend-independent face of [`Pipeline`], so a [`Segmenter`] can hold a
@@ -255,12 +258,16 @@ impl Segmenter {
 
 /// Builds a [`Segmenter`]: backend, weights, model, precision, fit and merging
 /// options, each with a default (CPU, weights found automatically,
-/// [`DEFAULT_MODEL`], f32, [`Fit::Pad`], the paper's options).
+/// [`DEFAULT_MODEL`] at [`DEFAULT_REVISION`], f32, [`Fit::Pad`], the paper's
+/// options; the Hub as the environment describes it).
 #[derive(Debug, Clone)]
 pub struct SegmenterBuilder {
     backend: BackendKind,
     weights: Option<PathBuf>,
     model: String,
+    revision: String,
+    variant: Option<FileVariant>,
+    hub: Option<HubSettings>,
     precision: Precision,
     fit: Fit,
     options: MergeOptions,
@@ -273,6 +280,9 @@ impl Default for SegmenterBuilder {
             backend: BackendKind::default(),
             weights: None,
             model: DEFAULT_MODEL.to_string(),
+            revision: DEFAULT_REVISION.to_string(),
+            variant: None,
+            hub: None,
             precision: Precision::default(),
             fit: Fit::default(),
             options: MergeOptions::default(),
@@ -299,6 +309,26 @@ impl SegmenterBuilder {
     /// (e.g. [`crate::weights::PAPER_MODEL`]).
     pub fn model(mut self, id: impl Into<String>) -> Self {
         self.model = id.into();
+        self
+    }
+
+    /// The model's branch, tag or commit hash to look up or download.
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = revision.into();
+        self
+    }
+
+    /// The weight files to download and read where the repository has both
+    /// (default: the compute precision's, [`FileVariant::for_precision`]).
+    pub fn variant(mut self, variant: FileVariant) -> Self {
+        self.variant = Some(variant);
+        self
+    }
+
+    /// How to reach the Hub and where its cache is (default:
+    /// [`HubSettings::from_env`], read when building).
+    pub fn hub(mut self, settings: HubSettings) -> Self {
+        self.hub = Some(settings);
         self
     }
 
@@ -329,16 +359,28 @@ impl SegmenterBuilder {
     /// Finds (or downloads) the weights and loads the model on the backend.
     pub fn build(self) -> Result<Segmenter, Error> {
         self.options.validate()?;
-        let weights = resolve_weights(self.weights.as_deref(), &self.model, self.allow_download)?;
+        let variant = self
+            .variant
+            .unwrap_or(FileVariant::for_precision(self.precision));
+        let model = HubModel {
+            id: self.model,
+            revision: self.revision,
+            variant,
+            settings: self.hub.unwrap_or_else(HubSettings::from_env),
+        };
+        let weights = resolve_weights(
+            self.weights.as_deref(),
+            &model,
+            self.allow_download,
+            &mut ConsoleProgress::default(),
+        )?;
         let source = WeightsSource::detect(&weights.path).map_err(|error| Error::Load {
             path: weights.path.clone(),
             error: Box::new(error),
         })?;
-        // Read the stored half-precision files directly when computing in f16.
-        let source = match self.precision {
-            Precision::F16 => source.with_variant(Variant::F16),
-            Precision::F32 => source,
-        };
+        // Read the variant's files where a folder has several (by default
+        // the stored half-precision files directly when computing in f16).
+        let source = source.with_variant(Variant::from(variant));
         let pipeline = self.backend.run_in(self.precision, Load { source })??;
         Ok(Segmenter {
             pipelines: PipelinePool::new(pipeline),

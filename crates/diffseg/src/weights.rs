@@ -1,18 +1,33 @@
 //! Where the Stable Diffusion weights come from.
 //!
 //! In order: an explicit path (a diffusers folder or a single-file checkpoint),
-//! else the `DIFFSEG_WEIGHTS` environment variable, else the Hugging Face cache
-//! (`HF_HOME`, by default `~/.cache/huggingface`), else a download with `hf-hub`
-//! of only the files segmentation needs (fp16 variants where the repository has
-//! them). Offline with nothing found, the error lists which files to put where.
+//! else the `DIFFSEG_WEIGHTS` environment variable, else the Hugging Face cache,
+//! else a download from the Hugging Face Hub of only the files segmentation
+//! needs. Offline with nothing found, the error lists which files to put where.
+//!
+//! The Hub is reached as the Python client `huggingface_hub` reaches it
+//! ([`HubSettings::from_env`]): `HF_ENDPOINT` (a mirror), `HF_TOKEN` or the
+//! token file, `HF_HOME` / `HF_HUB_CACHE`, `HF_HUB_OFFLINE`; the cache layout is
+//! the one it shares with it. A model is a repository id, a revision (branch,
+//! tag or commit) and a [`FileVariant`] ([`HubModel`]).
+//!
+//! Downloads resume: a file cut off midway is continued from where it stopped
+//! by the next attempt (failed requests are retried with backoff) or the next
+//! run, and a weights file only counts as downloaded once its SHA-256 matches
+//! the one the Hub names it by.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::Cache;
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Cache, Repo, RepoType};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 
-use crate::Error;
+use crate::{Error, Precision};
 
 /// What [`crate::Pipeline::load`] reads: a diffusers folder or a single-file
 /// checkpoint, with the file variant (f32, fp16, bf16) to prefer.
@@ -24,6 +39,73 @@ pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 pub const PAPER_MODEL: &str = "CompVis/stable-diffusion-v1-4";
 /// The environment variable naming a weights folder or file.
 pub const WEIGHTS_ENV: &str = "DIFFSEG_WEIGHTS";
+/// The Hugging Face Hub, unless `HF_ENDPOINT` names a mirror.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// The revision downloaded unless another is asked for.
+pub const DEFAULT_REVISION: &str = "main";
+
+/// Which weight files to download where a repository has both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileVariant {
+    /// Half-precision files (`*.fp16.safetensors`): half the download.
+    Fp16,
+    /// Full-precision files (`*.safetensors`).
+    #[default]
+    Full,
+}
+
+impl FileVariant {
+    /// The files a computation in `precision` reads without losing anything:
+    /// full precision for f32, fp16 for f16.
+    pub fn for_precision(precision: Precision) -> FileVariant {
+        match precision {
+            Precision::F32 => FileVariant::Full,
+            Precision::F16 => FileVariant::Fp16,
+        }
+    }
+
+    fn other(self) -> FileVariant {
+        match self {
+            FileVariant::Fp16 => FileVariant::Full,
+            FileVariant::Full => FileVariant::Fp16,
+        }
+    }
+}
+
+impl From<FileVariant> for Variant {
+    fn from(variant: FileVariant) -> Variant {
+        match variant {
+            FileVariant::Fp16 => Variant::F16,
+            FileVariant::Full => Variant::F32,
+        }
+    }
+}
+
+impl fmt::Display for FileVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileVariant::Fp16 => "fp16",
+            FileVariant::Full => "full",
+        })
+    }
+}
+
+/// A file variant name that is not `fp16` or `full`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown file variant `{0}`: expected fp16 or full")]
+pub struct UnknownVariant(pub String);
+
+impl FromStr for FileVariant {
+    type Err = UnknownVariant;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp16" => Ok(FileVariant::Fp16),
+            "full" => Ok(FileVariant::Full),
+            _ => Err(UnknownVariant(s.to_string())),
+        }
+    }
+}
 
 /// One network's files in the diffusers folder layout.
 struct Component {
@@ -53,13 +135,12 @@ impl Component {
         format!("{}/config.json", self.folder)
     }
 
-    /// The weight files to look for, preferred first: half the download for
-    /// the fp16 variant, converted to the compute precision on load.
-    fn weights_candidates(&self) -> [String; 2] {
-        [
-            format!("{}/{}.fp16.safetensors", self.folder, self.weights_stem),
-            format!("{}/{}.safetensors", self.folder, self.weights_stem),
-        ]
+    fn weights(&self, variant: FileVariant) -> String {
+        let infix = match variant {
+            FileVariant::Fp16 => ".fp16",
+            FileVariant::Full => "",
+        };
+        format!("{}/{}{infix}.safetensors", self.folder, self.weights_stem)
     }
 }
 
@@ -68,10 +149,539 @@ pub fn needed_files() -> Vec<String> {
     COMPONENTS
         .iter()
         .flat_map(|component| {
-            let [fp16, full] = component.weights_candidates();
-            [component.config(), format!("{full} (or {fp16})")]
+            [
+                component.config(),
+                format!(
+                    "{} (or {})",
+                    component.weights(FileVariant::Full),
+                    component.weights(FileVariant::Fp16)
+                ),
+            ]
         })
         .collect()
+}
+
+/// How to reach the Hugging Face Hub and where its cache is: the settings the
+/// Python client `huggingface_hub` reads from the environment
+/// ([`HubSettings::from_env`]), or given directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// The Hub or a mirror, without a trailing slash (`HF_ENDPOINT`).
+    pub endpoint: String,
+    /// The access token sent with every request, for private and gated
+    /// repositories (`HF_TOKEN`, else the token file).
+    pub token: Option<String>,
+    /// The cache folder (`HF_HUB_CACHE`, else `$HF_HOME/hub`).
+    pub cache: PathBuf,
+    /// Whether downloads are off (`HF_HUB_OFFLINE`).
+    pub offline: bool,
+    /// How many times a download that failed on the way (network, a server
+    /// error, a cut connection) is tried again, resuming where it stopped.
+    pub retries: u32,
+    /// The wait before the first retry, doubled before each next one.
+    pub retry_delay: Duration,
+}
+
+impl HubSettings {
+    /// The settings as `huggingface_hub` reads them from the environment.
+    pub fn from_env() -> HubSettings {
+        HubSettings::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// The settings from the environment variables `var` looks up, as
+    /// `huggingface_hub` reads them (an empty variable counts as unset):
+    ///
+    /// - `HF_ENDPOINT`: the Hub or a mirror (default [`DEFAULT_ENDPOINT`]);
+    /// - `HF_HOME`: default `$XDG_CACHE_HOME/huggingface`, else
+    ///   `~/.cache/huggingface`;
+    /// - `HF_HUB_CACHE`: the cache (default `$HF_HOME/hub`);
+    /// - `HF_TOKEN`: the token, else the file `HF_TOKEN_PATH` (default
+    ///   `$HF_HOME/token`, where `huggingface-cli login` writes it);
+    /// - `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`): downloads are off when
+    ///   it is `1`, `ON`, `YES` or `TRUE` in any case.
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> HubSettings {
+        let var = |name: &str| var(name).filter(|value| !value.is_empty());
+        let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    var("HOME")
+                        .or_else(|| var("USERPROFILE"))
+                        .map(|home| PathBuf::from(home).join(".cache"))
+                })
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("huggingface")
+        });
+        let token = var("HF_TOKEN")
+            .map(|token| token.to_string_lossy().into_owned())
+            .or_else(|| {
+                let file = var("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| home.join("token"));
+                std::fs::read_to_string(file).ok()
+            })
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty());
+        let offline = var("HF_HUB_OFFLINE")
+            .or_else(|| var("TRANSFORMERS_OFFLINE"))
+            .is_some_and(|value| {
+                let value = value.to_string_lossy().trim().to_ascii_uppercase();
+                matches!(value.as_str(), "1" | "ON" | "YES" | "TRUE")
+            });
+        HubSettings {
+            endpoint: var("HF_ENDPOINT")
+                .map(|endpoint| endpoint.to_string_lossy().trim_end_matches('/').to_string())
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
+            token,
+            cache: var("HF_HUB_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join("hub")),
+            offline,
+            retries: 3,
+            retry_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A model on the Hugging Face Hub: its repository, the revision and file
+/// variant wanted, and how to reach the Hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubModel {
+    /// The repository id, e.g. [`DEFAULT_MODEL`].
+    pub id: String,
+    /// A branch, tag or commit hash (default [`DEFAULT_REVISION`]).
+    pub revision: String,
+    /// The weight files to download where the repository has both.
+    pub variant: FileVariant,
+    /// The Hub and its cache.
+    pub settings: HubSettings,
+}
+
+impl HubModel {
+    /// Repository `id` at [`DEFAULT_REVISION`], full-precision files, the Hub
+    /// as the environment describes it ([`HubSettings::from_env`]).
+    pub fn new(id: impl Into<String>) -> HubModel {
+        HubModel {
+            id: id.into(),
+            revision: DEFAULT_REVISION.to_string(),
+            variant: FileVariant::default(),
+            settings: HubSettings::from_env(),
+        }
+    }
+
+    /// At this branch, tag or commit.
+    pub fn with_revision(mut self, revision: impl Into<String>) -> HubModel {
+        self.revision = revision.into();
+        self
+    }
+
+    /// Downloading these weight files where the repository has both.
+    pub fn with_variant(mut self, variant: FileVariant) -> HubModel {
+        self.variant = variant;
+        self
+    }
+
+    /// With these Hub settings.
+    pub fn with_settings(mut self, settings: HubSettings) -> HubModel {
+        self.settings = settings;
+        self
+    }
+
+    /// The cache's snapshot folder (a diffusers layout) holding every file
+    /// segmentation needs, the chosen variant's weights or else the other's.
+    /// Makes no request.
+    pub fn cached(&self) -> Option<PathBuf> {
+        self.cached_with(&[self.variant, self.variant.other()])
+    }
+
+    /// The cache's snapshot folder of this revision, if the cache knows it:
+    /// a commit hash names its folder, a branch or tag is looked up in `refs/`.
+    fn snapshot(&self) -> Option<PathBuf> {
+        let repo = self.settings.cache.join(self.repo().folder_name());
+        let commit = if is_commit_hash(&self.revision) {
+            self.revision.clone()
+        } else {
+            std::fs::read_to_string(repo.join("refs").join(&self.revision))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        Some(repo.join("snapshots").join(commit))
+    }
+
+    /// The snapshot if it holds every needed file with weights of one of `variants`.
+    fn cached_with(&self, variants: &[FileVariant]) -> Option<PathBuf> {
+        let snapshot = self.snapshot()?;
+        let complete = COMPONENTS.iter().all(|component| {
+            snapshot.join(component.config()).is_file()
+                && variants
+                    .iter()
+                    .any(|&variant| snapshot.join(component.weights(variant)).is_file())
+        });
+        complete.then_some(snapshot)
+    }
+
+    /// Downloads what segmentation needs (the chosen variant's weights, or
+    /// the other's where the repository lacks them) into the cache, skipping
+    /// files already there, and returns the snapshot folder, a diffusers
+    /// layout. Makes no request when the cache holds them all.
+    pub fn fetch(&self, progress: &mut dyn DownloadProgress) -> Result<PathBuf, Error> {
+        if let Some(snapshot) = self.cached_with(&[self.variant]) {
+            return Ok(snapshot);
+        }
+        if self.settings.offline {
+            return Err(self.not_found("downloads are off (HF_HUB_OFFLINE is set)"));
+        }
+        let api = ApiBuilder::from_cache(Cache::new(self.settings.cache.clone()))
+            .with_endpoint(self.settings.endpoint.clone())
+            .with_token(self.settings.token.clone())
+            .with_progress(false)
+            .with_user_agent("diffseg", env!("CARGO_PKG_VERSION"))
+            .build()
+            .map_err(|error| self.download_error("", error.to_string()))?;
+        let repo = api.repo(self.repo());
+        // Each file goes into the snapshot of the commit the revision names
+        // when it is downloaded, and files already cached are looked up in the
+        // snapshot the cache's ref names: when the branch moved on since an
+        // earlier download, the first pass leaves some files in the old
+        // snapshot, and a second fetches them into the new one.
+        for _pass in 0..2 {
+            for component in &COMPONENTS {
+                self.download(&repo, &component.config(), progress)?;
+                self.download_weights(&repo, component, progress)?;
+            }
+            if let Some(snapshot) = self.cached() {
+                return Ok(snapshot);
+            }
+        }
+        Err(self.download_error(
+            "",
+            format!(
+                "revision {} keeps changing on the Hub during the download: run it again",
+                self.revision
+            ),
+        ))
+    }
+
+    /// The chosen variant's weights of `component`, else the other's where
+    /// the repository lacks them.
+    fn download_weights(
+        &self,
+        repo: &ApiRepo,
+        component: &Component,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<PathBuf, Error> {
+        let preferred = component.weights(self.variant);
+        match self.download(repo, &preferred, progress) {
+            Err(Error::HubNotFound {
+                missing: HubMissing::File,
+                ..
+            }) => {
+                let fallback = component.weights(self.variant.other());
+                self.download(repo, &fallback, progress)
+                    .map_err(|error| match error {
+                        Error::HubNotFound {
+                            missing: HubMissing::File,
+                            ..
+                        } => self.missing(HubMissing::File, format!("{preferred} (or {fallback})")),
+                        error => error,
+                    })
+            }
+            result => result,
+        }
+    }
+
+    fn repo(&self) -> Repo {
+        Repo::with_revision(self.id.clone(), RepoType::Model, self.revision.clone())
+    }
+
+    /// One file from the cache, else downloaded, retrying with backoff what
+    /// failed on the way (each attempt resumes the partial file hf-hub keeps
+    /// as `blobs/<etag>.part`).
+    fn download(
+        &self,
+        repo: &ApiRepo,
+        file: &str,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<PathBuf, Error> {
+        if let Some(path) = self.snapshot().map(|snapshot| snapshot.join(file)) {
+            if path.is_file() {
+                return Ok(path);
+            }
+        }
+        let mut delay = self.settings.retry_delay;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let failure = match repo.download_with_progress(file, Reporter::new(progress, file)) {
+                Ok(path) => match verify_download(&path) {
+                    Ok(()) => return Ok(path),
+                    Err(reason) => Failure::Transient(reason),
+                },
+                Err(error) => self.classify(file, error),
+            };
+            match failure {
+                Failure::Transient(reason) if tries <= self.settings.retries => {
+                    progress.retry(file, &reason, delay);
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Failure::Transient(reason) => {
+                    let plural = if tries == 1 { "" } else { "s" };
+                    return Err(self.download_error(
+                        file,
+                        format!("{reason} ({tries} attempt{plural}; running again resumes the download)"),
+                    ));
+                }
+                Failure::Final(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whether an hf-hub error is worth another try, or the error to report.
+    fn classify(&self, file: &str, error: ApiError) -> Failure {
+        let status = match error {
+            ApiError::RequestError(error) => match *error {
+                ureq::Error::Status(status, response) => (status, response),
+                ureq::Error::Transport(transport) => {
+                    return Failure::Transient(transport.to_string())
+                }
+            },
+            ApiError::IoError(error) => return Failure::Transient(error.to_string()),
+            ApiError::MissingHeader(header) | ApiError::InvalidHeader(header) => {
+                return Failure::Final(self.download_error(
+                    file,
+                    format!(
+                        "the answer has no valid `{header}` header, which the Hub sends: \
+                         is HF_ENDPOINT ({}) a Hugging Face Hub or mirror?",
+                        self.settings.endpoint
+                    ),
+                ))
+            }
+            ApiError::InvalidResume => {
+                return Failure::Final(self.download_error(
+                    file,
+                    format!(
+                        "the partial download in {} is longer than the file: delete the \
+                         `.part` files there and run again",
+                        self.settings.cache.join(self.repo().folder_name()).join("blobs").display()
+                    ),
+                ))
+            }
+            other => return Failure::Final(self.download_error(file, other.to_string())),
+        };
+        let (status, response) = status;
+        let header = |name: &str| response.header(name).map(str::to_string);
+        let message = header("x-error-message").unwrap_or_default();
+        match status {
+            401 | 403 => Failure::Final(Error::HubAccessDenied {
+                model: self.id.clone(),
+                endpoint: self.settings.endpoint.clone(),
+                status,
+                message,
+                advice: self.access_advice(status),
+            }),
+            404 => Failure::Final(match header("x-error-code").as_deref() {
+                Some("RepoNotFound") => self.missing(HubMissing::Repository, file.to_string()),
+                Some("RevisionNotFound") => self.missing(HubMissing::Revision, file.to_string()),
+                _ => self.missing(HubMissing::File, file.to_string()),
+            }),
+            408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {status} {message}")),
+            _ => Failure::Final(self.download_error(file, format!("HTTP {status} {message}"))),
+        }
+    }
+
+    fn access_advice(&self, status: u16) -> String {
+        let model_page = format!("{}/{}", self.settings.endpoint, self.id);
+        match (status, &self.settings.token) {
+            (401, None) => format!(
+                "the repository is private or gated, or does not exist: check the id given \
+                 with --model, and if it is yours or you were granted access, log in with \
+                 `huggingface-cli login` or set HF_TOKEN to a token that can read {model_page}"
+            ),
+            (401, Some(_)) => "the token (HF_TOKEN or the token file) was not accepted: \
+                 it may be invalid or revoked; create a new one in your Hub account's settings"
+                .to_string(),
+            _ => format!(
+                "the token cannot read this repository: if it is gated, accept its conditions \
+                 on {model_page} with your account; a fine-grained token needs read access to it"
+            ),
+        }
+    }
+
+    fn missing(&self, missing: HubMissing, file: String) -> Error {
+        Error::HubNotFound {
+            model: self.id.clone(),
+            revision: self.revision.clone(),
+            endpoint: self.settings.endpoint.clone(),
+            missing,
+            file,
+        }
+    }
+
+    fn download_error(&self, file: &str, reason: String) -> Error {
+        Error::Download {
+            model: self.id.clone(),
+            endpoint: self.settings.endpoint.clone(),
+            file: file.to_string(),
+            reason,
+        }
+    }
+
+    fn not_found(&self, reason: &str) -> Error {
+        Error::WeightsNotFound {
+            model: self.id.clone(),
+            reason: reason.to_string(),
+            cache: self.settings.cache.clone(),
+            files: needed_files(),
+        }
+    }
+}
+
+enum Failure {
+    /// Worth another try: the network, a server error, a cut or corrupt transfer.
+    Transient(String),
+    /// Trying again gives the same answer.
+    Final(Error),
+}
+
+/// What the Hub said does not exist (HTTP 404).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubMissing {
+    /// No repository of this id (or a private one, without the token).
+    Repository,
+    /// No such branch, tag or commit in the repository.
+    Revision,
+    /// No such file at this revision.
+    File,
+}
+
+fn is_commit_hash(revision: &str) -> bool {
+    revision.len() == 40 && revision.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// Checks a downloaded file against the SHA-256 the Hub names large (LFS)
+/// files by, the name of its blob in the cache; removes it when they differ,
+/// so that a cut or garbled transfer is never taken for the file.
+fn verify_download(path: &Path) -> Result<(), String> {
+    let blob = std::fs::canonicalize(path).map_err(|error| error.to_string())?;
+    let expected = blob
+        .file_name()
+        .and_then(|name| name.to_str())
+        .filter(|name| name.len() == 64 && name.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    let Some(expected) = expected else {
+        // Small files are named by their git hash, which is not the content's alone.
+        return Ok(());
+    };
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(&blob).map_err(|error| error.to_string())?;
+    std::io::copy(&mut file, &mut hasher).map_err(|error| error.to_string())?;
+    let actual = format!("{:x}", hasher.finalize());
+    if actual == expected.to_ascii_lowercase() {
+        return Ok(());
+    }
+    // Neither the link nor the blob may outlive the check: both point at bad bytes.
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&blob);
+    Err(format!(
+        "the downloaded file's SHA-256 is {actual}, the Hub's is {expected}"
+    ))
+}
+
+/// Told how a download goes (a progress bar, a log, a test's record).
+pub trait DownloadProgress {
+    /// `file` (`size` bytes) starts downloading; it may have been started
+    /// before, and [`DownloadProgress::advance`] then first reports the bytes
+    /// already there.
+    fn start(&mut self, file: &str, size: u64);
+    /// `bytes` more of the file are on disk.
+    fn advance(&mut self, bytes: u64);
+    /// The file is complete.
+    fn finish(&mut self, file: &str);
+    /// The download of `file` failed (`reason`) and is tried again after `delay`.
+    fn retry(&mut self, file: &str, reason: &str, delay: Duration);
+}
+
+/// No progress shown.
+impl DownloadProgress for () {
+    fn start(&mut self, _file: &str, _size: u64) {}
+    fn advance(&mut self, _bytes: u64) {}
+    fn finish(&mut self, _file: &str) {}
+    fn retry(&mut self, _file: &str, _reason: &str, _delay: Duration) {}
+}
+
+/// Download progress on standard error: a line per file and per retry, and
+/// a progress bar while a file downloads when standard error is a terminal.
+#[derive(Debug, Default)]
+pub struct ConsoleProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl DownloadProgress for ConsoleProgress {
+    fn start(&mut self, file: &str, size: u64) {
+        eprintln!("downloading {file} ({})", HumanBytes(size));
+        let bar = ProgressBar::new(size).with_style(
+            ProgressStyle::with_template(
+                "  [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+            )
+            .expect("a valid progress template"),
+        );
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&mut self, _file: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn retry(&mut self, file: &str, reason: &str, delay: Duration) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+        eprintln!("downloading {file} failed ({reason}); resuming in {delay:?}");
+    }
+}
+
+/// hf-hub's progress calls, passed on to a [`DownloadProgress`] (hf-hub
+/// announces a file twice per attempt).
+struct Reporter<'a> {
+    sink: &'a mut dyn DownloadProgress,
+    file: &'a str,
+    started: bool,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(sink: &'a mut dyn DownloadProgress, file: &'a str) -> Self {
+        Reporter {
+            sink,
+            file,
+            started: false,
+        }
+    }
+}
+
+impl hf_hub::api::Progress for Reporter<'_> {
+    fn init(&mut self, size: usize, _filename: &str) {
+        if !self.started {
+            self.started = true;
+            self.sink.start(self.file, size as u64);
+        }
+    }
+
+    fn update(&mut self, size: usize) {
+        self.sink.advance(size as u64);
+    }
+
+    fn finish(&mut self) {
+        self.sink.finish(self.file);
+    }
 }
 
 /// How the weights were found.
@@ -108,16 +718,21 @@ pub struct FoundWeights {
 }
 
 /// Looks for weights without downloading: explicit path, then `DIFFSEG_WEIGHTS`,
-/// then the Hugging Face cache for `model`. `Ok(None)` when there are none; an
-/// error when an explicit or environment path does not exist.
+/// then the Hugging Face cache (as the environment describes it) for `model`
+/// at [`DEFAULT_REVISION`]. `Ok(None)` when there are none; an error when an
+/// explicit or environment path does not exist.
 pub fn locate_weights(explicit: Option<&Path>, model: &str) -> Result<Option<FoundWeights>, Error> {
+    locate(explicit, &HubModel::new(model))
+}
+
+fn locate(explicit: Option<&Path>, model: &HubModel) -> Result<Option<FoundWeights>, Error> {
     if let Some(path) = explicit {
         return existing(path, WeightsOrigin::Explicit).map(Some);
     }
     if let Some(value) = std::env::var_os(WEIGHTS_ENV).filter(|value| !value.is_empty()) {
         return existing(Path::new(&value), WeightsOrigin::Environment).map(Some);
     }
-    Ok(cached_snapshot(model).map(|path| FoundWeights {
+    Ok(model.cached().map(|path| FoundWeights {
         path,
         origin: WeightsOrigin::HuggingFaceCache,
     }))
@@ -137,104 +752,36 @@ fn existing(path: &Path, origin: WeightsOrigin) -> Result<FoundWeights, Error> {
     }
 }
 
-/// The Hugging Face cache's snapshot folder of `model` if it holds every file
-/// segmentation needs.
-pub fn cached_snapshot(model: &str) -> Option<PathBuf> {
-    let repo = Cache::from_env().model(model.to_string());
-    let mut snapshot = None;
-    for component in &COMPONENTS {
-        let config = repo.get(&component.config())?;
-        component
-            .weights_candidates()
-            .iter()
-            .find_map(|file| repo.get(file))?;
-        // `<snapshot>/<folder>/config.json`: every file resolves in the same snapshot.
-        snapshot = config.parent()?.parent().map(Path::to_path_buf);
-    }
-    snapshot
-}
-
-/// The Hugging Face cache folder in use (for messages and `diffseg info`).
+/// The Hugging Face cache folder the environment names (for messages and
+/// `diffseg info`).
 pub fn cache_dir() -> PathBuf {
-    Cache::from_env().path().clone()
+    HubSettings::from_env().cache
 }
 
-/// Whether downloads are switched off (`HF_HUB_OFFLINE=1`, as the Python hub reads it).
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|value| matches!(value.as_str(), "1" | "true" | "TRUE" | "yes"))
-}
-
-/// Downloads the files segmentation needs for `model` into the Hugging Face
-/// cache (files already there are not fetched again) and returns the snapshot
-/// folder, a diffusers layout. `progress` shows a progress bar per file.
-pub fn fetch_weights(model: &str, progress: bool) -> Result<PathBuf, Error> {
-    if offline() {
-        return Err(not_found(
-            model,
-            "downloads are off (HF_HUB_OFFLINE is set)".into(),
-        ));
-    }
-    let api = ApiBuilder::from_cache(Cache::from_env())
-        .with_progress(progress)
-        .build()
-        .map_err(|error| not_found(model, format!("cannot start the download client: {error}")))?;
-    let repo = api.model(model.to_string());
-    let mut snapshot = None;
-    for component in &COMPONENTS {
-        let config = repo.get(&component.config()).map_err(|error| {
-            not_found(
-                model,
-                format!("download of {} failed: {error}", component.config()),
-            )
-        })?;
-        let [fp16, full] = component.weights_candidates();
-        if let Err(fp16_error) = repo.get(&fp16) {
-            repo.get(&full).map_err(|error| {
-                not_found(
-                    model,
-                    format!("download of {full} failed: {error} (and of {fp16}: {fp16_error})"),
-                )
-            })?;
-        }
-        snapshot = config
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf);
-    }
-    snapshot.ok_or_else(|| not_found(model, "the download left no snapshot folder".into()))
-}
-
-/// Finds the weights (see [`locate_weights`]), downloading them if allowed and
-/// nothing was found.
+/// Finds the weights (explicit path, `DIFFSEG_WEIGHTS`, the cache), else
+/// downloads `model`'s if allowed, telling `progress` how it goes.
 pub fn resolve_weights(
     explicit: Option<&Path>,
-    model: &str,
+    model: &HubModel,
     allow_download: bool,
+    progress: &mut dyn DownloadProgress,
 ) -> Result<FoundWeights, Error> {
-    if let Some(found) = locate_weights(explicit, model)? {
+    if let Some(found) = locate(explicit, model)? {
         return Ok(found);
     }
     if !allow_download {
-        return Err(not_found(model, "downloads are off".into()));
+        return Err(model.not_found("downloads are off"));
     }
-    fetch_weights(model, true).map(|path| FoundWeights {
+    model.fetch(progress).map(|path| FoundWeights {
         path,
         origin: WeightsOrigin::Downloaded,
     })
 }
 
-fn not_found(model: &str, reason: String) -> Error {
-    Error::WeightsNotFound {
-        model: model.to_string(),
-        reason,
-        cache: cache_dir(),
-        files: needed_files(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -254,5 +801,84 @@ mod tests {
     fn an_explicit_path_that_does_not_exist_is_an_error() {
         let error = locate_weights(Some(Path::new("/no/such/weights")), DEFAULT_MODEL).unwrap_err();
         assert!(error.to_string().contains("/no/such/weights"), "{error}");
+    }
+
+    fn settings(vars: &[(&str, &str)]) -> HubSettings {
+        let vars: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(name, value)| (name.to_string(), OsString::from(value)))
+            .collect();
+        HubSettings::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn hub_settings_follow_the_python_client() {
+        let defaults = settings(&[("HOME", "/home/me")]);
+        assert_eq!(defaults.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(defaults.cache, Path::new("/home/me/.cache/huggingface/hub"));
+        assert!(!defaults.offline);
+
+        let xdg = settings(&[("HOME", "/home/me"), ("XDG_CACHE_HOME", "/xdg")]);
+        assert_eq!(xdg.cache, Path::new("/xdg/huggingface/hub"));
+        let home = settings(&[("HF_HOME", "/hf"), ("XDG_CACHE_HOME", "/xdg")]);
+        assert_eq!(home.cache, Path::new("/hf/hub"));
+        let cache = settings(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/elsewhere")]);
+        assert_eq!(cache.cache, Path::new("/elsewhere"));
+
+        let mirror = settings(&[("HF_ENDPOINT", "https://hf-mirror.com/")]);
+        assert_eq!(mirror.endpoint, "https://hf-mirror.com");
+    }
+
+    #[test]
+    fn offline_accepts_the_usual_truthy_spellings() {
+        for value in ["1", "ON", "on", "YES", "yes", "TRUE", "True", "true"] {
+            assert!(settings(&[("HF_HUB_OFFLINE", value)]).offline, "{value}");
+        }
+        for value in ["", "0", "off", "no", "false", "2"] {
+            assert!(!settings(&[("HF_HUB_OFFLINE", value)]).offline, "{value}");
+        }
+        assert!(settings(&[("TRANSFORMERS_OFFLINE", "1")]).offline);
+    }
+
+    #[test]
+    fn the_token_comes_from_hf_token_else_the_token_file() {
+        let home = tempfile::tempdir().unwrap();
+        let hf_home = home.path().to_str().unwrap();
+        assert_eq!(settings(&[("HF_HOME", hf_home)]).token, None);
+        std::fs::write(home.path().join("token"), "hf_file\n").unwrap();
+        assert_eq!(
+            settings(&[("HF_HOME", hf_home)]).token.as_deref(),
+            Some("hf_file")
+        );
+        assert_eq!(
+            settings(&[("HF_HOME", hf_home), ("HF_TOKEN", "hf_env")])
+                .token
+                .as_deref(),
+            Some("hf_env")
+        );
+        let elsewhere = home.path().join("elsewhere");
+        std::fs::write(&elsewhere, "hf_path").unwrap();
+        let token_path = elsewhere.to_str().unwrap();
+        assert_eq!(
+            settings(&[("HF_HOME", hf_home), ("HF_TOKEN_PATH", token_path)])
+                .token
+                .as_deref(),
+            Some("hf_path")
+        );
+    }
+
+    #[test]
+    fn variants_parse_and_follow_the_precision() {
+        assert_eq!("fp16".parse(), Ok(FileVariant::Fp16));
+        assert_eq!("FULL".parse(), Ok(FileVariant::Full));
+        assert!("bf16".parse::<FileVariant>().is_err());
+        assert_eq!(
+            FileVariant::for_precision(Precision::F32),
+            FileVariant::Full
+        );
+        assert_eq!(
+            FileVariant::for_precision(Precision::F16),
+            FileVariant::Fp16
+        );
     }
 }

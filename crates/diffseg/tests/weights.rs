@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use diffseg::weights::{locate_weights, resolve_weights, WeightsOrigin, WEIGHTS_ENV};
+use diffseg::weights::{locate_weights, resolve_weights, HubModel, WeightsOrigin, WEIGHTS_ENV};
 use diffseg::Error;
 
 fn tiny_weights() -> PathBuf {
@@ -48,7 +48,7 @@ fn weights_are_found_in_order() {
     let model = "someone/tiny-sd";
 
     // Nothing anywhere, offline: the error says which files to put where.
-    let error = resolve_weights(None, model, true).unwrap_err();
+    let error = resolve_weights(None, &HubModel::new(model), true, &mut ()).unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, Error::WeightsNotFound { .. }));
     for needed in [
