@@ -4,7 +4,10 @@
 use std::io::ErrorKind;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyConnectionError, PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyTypeError, PyValueError,
+};
 use pyo3::PyErr;
 
 create_exception!(
@@ -42,13 +45,17 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         | Error::InvalidInputSize(_)
         | Error::Attention { .. } => PyValueError::new_err(message),
         Error::Segment(error) => core_to_py_err(error),
-        Error::WeightsPathMissing { .. } | Error::WeightsNotFound { .. } => {
-            WeightsNotFoundError::new_err(message)
-        }
+        Error::WeightsPathMissing { .. }
+        | Error::WeightsNotFound { .. }
+        | Error::HubNotFound { .. } => WeightsNotFoundError::new_err(message),
+        Error::HubAccessDenied { .. } => PyPermissionError::new_err(message),
+        Error::Download { .. } => PyConnectionError::new_err(message),
         Error::Backend(_) | Error::NoDevice(_) | Error::PrecisionUnavailable { .. } => {
             BackendUnavailableError::new_err(message)
         }
         Error::Load { .. } | Error::Model(_) => ModelError::new_err(message),
+        // A kind of error newer than this binding.
+        _ => PyRuntimeError::new_err(message),
     }
 }
 

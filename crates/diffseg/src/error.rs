@@ -8,6 +8,7 @@ use crate::weights::{HubMissing, WeightsOrigin};
 /// Everything that can go wrong between an image file and its segments, each
 /// naming the file or option it is about.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An image file could not be opened or read.
     #[error("{path}: cannot read: {error}")]
