@@ -5,6 +5,8 @@
 //! Module field names mirror diffusers/transformers keys so that weights load
 //! by path; the few exceptions are listed in [`keys`].
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod capture;
 pub mod check;
