@@ -6,6 +6,8 @@
 //! [`initial_proposals`] (using [`kl_matrix`]) → [`merge_proposals`] × (N−1) → optional
 //! [`refine`] → [`label_map`] → [`Segmentation`]. [`segment_attention`] runs them all.
 
+#![warn(missing_docs)]
+
 mod aggregate;
 mod attention;
 mod error;

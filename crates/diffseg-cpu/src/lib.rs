@@ -17,6 +17,8 @@
 //! direct `conv2d` runs at 9–13 GFLOP/s and its `matmul` uses one thread per
 //! matrix; the GEMM here runs at 60+.
 
+#![warn(missing_docs)]
+
 // First: its `with_best_simd!` macro is used by the modules after it.
 #[cfg(feature = "ndarray")]
 #[macro_use]

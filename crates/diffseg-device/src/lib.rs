@@ -5,6 +5,8 @@
 //! ask first, so that a program gets a typed error naming what is missing and
 //! a test suite can say that its GPU tests did not run.
 
+#![warn(missing_docs)]
+
 use burn::tensor::backend::Backend;
 
 /// The environment variable that turns a skipped WGPU test into a failure

@@ -73,10 +73,16 @@ impl AttentionConfig {
 pub struct Attention<B: Backend> {
     /// Only in the VAE mid block.
     pub group_norm: Option<GroupNorm<B>>,
+    /// Query projection, `query_dim` → `heads · dim_head` (diffusers `to_q`).
     pub to_q: Linear<B>,
+    /// Key projection of the context, or of the input itself for self-attention (diffusers `to_k`).
     pub to_k: Linear<B>,
+    /// Value projection, from the same source as the keys (diffusers `to_v`).
     pub to_v: Linear<B>,
+    /// Output projection back to `query_dim` (diffusers `to_out.0`; `to_out.1` is a dropout without
+    /// weights).
     pub to_out: Linear<B>,
+    /// Number of heads the projected channels are split into (not a weight).
     pub heads: usize,
 }
 

@@ -12,8 +12,11 @@ use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 pub struct NonFiniteError {
     /// What was checked, e.g. `"UNet noise prediction"`.
     pub what: String,
+    /// How many elements are NaN.
     pub nan: usize,
+    /// How many elements are +∞ or −∞.
     pub infinite: usize,
+    /// Number of elements in the tensor.
     pub total: usize,
 }
 

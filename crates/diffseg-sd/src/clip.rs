@@ -54,20 +54,30 @@ pub enum ClipActivation {
 /// Architecture of the text encoder, read from transformers' `text_encoder/config.json`.
 #[derive(Config, Debug)]
 pub struct ClipTextConfig {
+    /// Size of the token vocabulary (`vocab_size`; 49408 for SD 1.x).
     #[config(default = 49408)]
     pub vocab_size: usize,
+    /// Width of the embeddings and of every layer (`hidden_size`; 768 for SD 1.x, the UNet's
+    /// `cross_attention_dim`).
     #[config(default = 768)]
     pub hidden_size: usize,
+    /// Hidden width of each layer's MLP (`intermediate_size`; 3072 for SD 1.x).
     #[config(default = 3072)]
     pub intermediate_size: usize,
+    /// Number of encoder layers (`num_hidden_layers`; 12 for SD 1.x).
     #[config(default = 12)]
     pub num_hidden_layers: usize,
+    /// Attention heads per layer (`num_attention_heads`; 12 for SD 1.x).
     #[config(default = 12)]
     pub num_attention_heads: usize,
+    /// Number of learned positions, i.e. the longest token sequence (`max_position_embeddings`;
+    /// 77).
     #[config(default = 77)]
     pub max_position_embeddings: usize,
+    /// MLP activation (`hidden_act`: `quick_gelu` for SD 1.x, `gelu` for SD 2.x).
     #[config(default = "ClipActivation::QuickGelu")]
     pub hidden_act: ClipActivation,
+    /// Epsilon of every LayerNorm (`layer_norm_eps`; 1e-5).
     #[config(default = 1e-5)]
     pub layer_norm_eps: f64,
 }
@@ -160,53 +170,73 @@ impl ClipTextConfig {
 /// transformers `CLIPTextModel`; its only child mirrors the `text_model.` key prefix.
 #[derive(Module, Debug)]
 pub struct ClipTextModel<B: Backend> {
+    /// The transformer itself (key prefix `text_model.`).
     pub text_model: ClipTextTransformer<B>,
 }
 
 /// transformers `CLIPTextTransformer`.
 #[derive(Module, Debug)]
 pub struct ClipTextTransformer<B: Backend> {
+    /// Token and position embeddings (`embeddings`).
     pub embeddings: ClipTextEmbeddings<B>,
+    /// The stack of transformer layers (`encoder`).
     pub encoder: ClipEncoder<B>,
+    /// LayerNorm over the last layer's output (`final_layer_norm`); its output is SD's text
+    /// context.
     pub final_layer_norm: LayerNorm<B>,
 }
 
 /// Token plus learned absolute position embeddings.
 #[derive(Module, Debug)]
 pub struct ClipTextEmbeddings<B: Backend> {
+    /// Token id → `hidden_size` vector (`token_embedding`, `[vocab_size, hidden_size]`).
     pub token_embedding: Embedding<B>,
+    /// Learned absolute position → vector, added to the token embedding (`position_embedding`,
+    /// `[max_position_embeddings, hidden_size]`).
     pub position_embedding: Embedding<B>,
 }
 
 /// The stack of pre-LayerNorm encoder layers.
 #[derive(Module, Debug)]
 pub struct ClipEncoder<B: Backend> {
+    /// The `num_hidden_layers` layers, run in order (`layers.i`).
     pub layers: Vec<ClipEncoderLayer<B>>,
 }
 
 /// One pre-LayerNorm transformer layer with causal self-attention.
 #[derive(Module, Debug)]
 pub struct ClipEncoderLayer<B: Backend> {
+    /// Causal multi-head self-attention (`self_attn`).
     pub self_attn: ClipAttention<B>,
+    /// LayerNorm before the self-attention (`layer_norm1`).
     pub layer_norm1: LayerNorm<B>,
+    /// Feed-forward block (`mlp`).
     pub mlp: ClipMlp<B>,
+    /// LayerNorm before the MLP (`layer_norm2`).
     pub layer_norm2: LayerNorm<B>,
 }
 
 /// Multi-head self-attention with biases on every projection.
 #[derive(Module, Debug)]
 pub struct ClipAttention<B: Backend> {
+    /// Query projection (`q_proj`).
     pub q_proj: Linear<B>,
+    /// Key projection (`k_proj`).
     pub k_proj: Linear<B>,
+    /// Value projection (`v_proj`).
     pub v_proj: Linear<B>,
+    /// Projection of the merged heads back to `hidden_size` (`out_proj`).
     pub out_proj: Linear<B>,
+    /// Number of attention heads (`num_attention_heads`; not a weight).
     pub heads: usize,
 }
 
 /// `fc2(act(fc1(x)))`.
 #[derive(Module, Debug)]
 pub struct ClipMlp<B: Backend> {
+    /// Expansion to `intermediate_size` (`fc1`).
     pub fc1: Linear<B>,
+    /// Projection back to `hidden_size` (`fc2`).
     pub fc2: Linear<B>,
     /// quick-GELU (SD 1.x) rather than exact GELU.
     pub quick_gelu: bool,

@@ -7,18 +7,30 @@ use serde::{de::DeserializeOwned, Deserialize};
 /// A model configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read model config {path}: {error}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The underlying I/O error.
         error: std::io::Error,
     },
+    /// The file is not valid JSON or lacks a required field.
     #[error("invalid model config {path}: {error}")]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// The JSON error, with line and column.
         error: serde_json::Error,
     },
+    /// The config asks for an architecture this port does not implement.
     #[error("unsupported model config {path}: {reason}")]
-    Unsupported { path: PathBuf, reason: String },
+    Unsupported {
+        /// The config file.
+        path: PathBuf,
+        /// The option that was refused and its value, e.g. `hidden_act = gelu_new`.
+        reason: String,
+    },
 }
 
 /// Reads and deserialises a JSON config file; unknown fields are ignored.

@@ -13,11 +13,15 @@ use crate::{
 /// Settings of the spatial transformers in a cross-attention block.
 #[derive(Config, Debug)]
 pub struct CrossAttentionSettings {
+    /// Heads of every attention in the block; each head gets `channels / num_attention_heads`
+    /// channels (8 for SD 1.x).
     pub num_attention_heads: usize,
+    /// Width of the text context the cross-attention reads (768 for SD 1.x).
     pub cross_attention_dim: usize,
     /// Transformer blocks per `Transformer2DModel`.
     #[config(default = 1)]
     pub transformer_layers: usize,
+    /// `proj_in`/`proj_out` are linear layers (SD 2.x) instead of 1×1 convolutions (SD 1.x).
     #[config(default = false)]
     pub use_linear_projection: bool,
 }
@@ -41,8 +45,11 @@ impl CrossAttentionSettings {
 /// Configuration of [`DownBlock2D`].
 #[derive(Config, Debug)]
 pub struct DownBlock2DConfig {
+    /// Channels entering the block (the previous block's output, or `conv_in`'s).
     pub in_channels: usize,
+    /// Channels of every resnet's output (this block's `block_out_channels` entry).
     pub out_channels: usize,
+    /// Width of the time embedding fed to each resnet (1280 for SD 1.x).
     pub temb_channels: usize,
     /// Resnets (and transformers) in the block (`layers_per_block`).
     pub num_layers: usize,
@@ -50,8 +57,10 @@ pub struct DownBlock2DConfig {
     pub add_downsample: bool,
     /// `Some` for `CrossAttnDownBlock2D`, `None` for `DownBlock2D`.
     pub cross_attention: Option<CrossAttentionSettings>,
+    /// GroupNorm groups (`norm_num_groups`; 32).
     #[config(default = 32)]
     pub groups: usize,
+    /// GroupNorm epsilon (`norm_eps`; 1e-5).
     #[config(default = 1e-5)]
     pub eps: f64,
     /// Padding of the downsampling convolution (`downsample_padding`).
@@ -101,6 +110,7 @@ impl DownBlock2DConfig {
 /// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (empty `attentions`).
 #[derive(Module, Debug)]
 pub struct DownBlock2D<B: Backend> {
+    /// The block's `num_layers` resnets (`resnets.i`).
     pub resnets: Vec<ResnetBlock2D<B>>,
     /// One spatial transformer after each resnet, or none.
     pub attentions: Vec<Transformer2DModel<B>>,

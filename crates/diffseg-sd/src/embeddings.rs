@@ -72,7 +72,9 @@ impl TimestepEmbeddingConfig {
 /// diffusers `TimestepEmbedding`: `linear_2(silu(linear_1(x)))`.
 #[derive(Module, Debug)]
 pub struct TimestepEmbedding<B: Backend> {
+    /// `in_channels` → `time_embed_dim` (diffusers `linear_1`).
     pub linear_1: Linear<B>,
+    /// `time_embed_dim` → `time_embed_dim`, after a SiLU (diffusers `linear_2`).
     pub linear_2: Linear<B>,
 }
 

@@ -5,6 +5,8 @@
 //! Module field names mirror diffusers/transformers keys so that weights load
 //! by path; the few exceptions are listed in [`keys`].
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod capture;
 pub mod check;
@@ -48,8 +50,11 @@ pub(crate) fn torch_linear(d_input: usize, d_output: usize) -> LinearConfig {
 /// The architectures of the three networks of an SD pipeline.
 #[derive(Debug, Clone)]
 pub struct StableDiffusionConfig {
+    /// The VAE (only its encoder is built).
     pub vae: AutoencoderKLConfig,
+    /// The CLIP text encoder.
     pub text_encoder: ClipTextConfig,
+    /// The denoising UNet.
     pub unet: UNet2DConditionModelConfig,
 }
 
@@ -88,7 +93,10 @@ impl StableDiffusionConfig {
 /// cheap: the clones share the parameters' storage (on every Burn backend).
 #[derive(Debug, Clone)]
 pub struct StableDiffusion<B: Backend> {
+    /// The VAE encoder: image → latent (diffusers `vae/`).
     pub vae: AutoencoderKL<B>,
+    /// The CLIP text encoder: token ids → text context (diffusers `text_encoder/`).
     pub text_encoder: ClipTextModel<B>,
+    /// The UNet whose attention maps DiffSeg reads (diffusers `unet/`).
     pub unet: UNet2DConditionModel<B>,
 }

@@ -12,14 +12,19 @@ use crate::{
 /// Configuration of [`UNetMidBlock2DCrossAttn`].
 #[derive(Config, Debug)]
 pub struct UNetMidBlock2DCrossAttnConfig {
+    /// Channels in and out (the last `block_out_channels` entry; 1280 for SD 1.x).
     pub channels: usize,
+    /// Width of the time embedding fed to each resnet.
     pub temb_channels: usize,
+    /// Heads and context width of the spatial transformers.
     pub cross_attention: CrossAttentionSettings,
     /// Number of (transformer, resnet) pairs after the first resnet.
     #[config(default = 1)]
     pub num_layers: usize,
+    /// GroupNorm groups (`norm_num_groups`).
     #[config(default = 32)]
     pub groups: usize,
+    /// GroupNorm epsilon (`norm_eps`).
     #[config(default = 1e-5)]
     pub eps: f64,
     /// `mid_block_scale_factor`, the resnets' output divisor.
@@ -48,7 +53,9 @@ impl UNetMidBlock2DCrossAttnConfig {
 /// `resnets[0]`, then `attentions[i]` followed by `resnets[i + 1]`.
 #[derive(Module, Debug)]
 pub struct UNetMidBlock2DCrossAttn<B: Backend> {
+    /// `num_layers + 1` resnets (`resnets.i`).
     pub resnets: Vec<ResnetBlock2D<B>>,
+    /// `num_layers` spatial transformers, each between two resnets (`attentions.i`).
     pub attentions: Vec<Transformer2DModel<B>>,
 }
 

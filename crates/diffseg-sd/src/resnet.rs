@@ -16,10 +16,13 @@ use crate::{cpu, precision::group_norm_silu};
 /// Configuration of [`ResnetBlock2D`].
 #[derive(Config, Debug)]
 pub struct ResnetBlock2DConfig {
+    /// Channels of the input.
     pub in_channels: usize,
+    /// Channels of the output; a 1×1 `conv_shortcut` is added when they differ from `in_channels`.
     pub out_channels: usize,
     /// Width of the time embedding; `None` in the VAE (no `time_emb_proj`).
     pub temb_channels: Option<usize>,
+    /// GroupNorm groups of `norm1` and `norm2` (32 in SD).
     #[config(default = 32)]
     pub groups: usize,
     /// GroupNorm epsilon: `norm_eps` (1e-5) in the UNet, 1e-6 in the VAE.
@@ -62,13 +65,21 @@ impl ResnetBlock2DConfig {
 /// diffusers `ResnetBlock2D` (`time_embedding_norm = "default"`, swish).
 #[derive(Module, Debug)]
 pub struct ResnetBlock2D<B: Backend> {
+    /// GroupNorm before `conv1`, followed by SiLU (diffusers `norm1`).
     pub norm1: GroupNorm<B>,
+    /// First 3×3 convolution, `in_channels` → `out_channels` (diffusers `conv1`).
     pub conv1: Conv2d<B>,
+    /// Projects the SiLU'd time embedding to `out_channels`, added per channel after `conv1`;
+    /// `None` in the VAE (diffusers `time_emb_proj`).
     pub time_emb_proj: Option<Linear<B>>,
+    /// GroupNorm before `conv2`, followed by SiLU (diffusers `norm2`).
     pub norm2: GroupNorm<B>,
+    /// Second 3×3 convolution, `out_channels` → `out_channels` (diffusers `conv2`).
     pub conv2: Conv2d<B>,
     /// 1×1 convolution when the channel count changes.
     pub conv_shortcut: Option<Conv2d<B>>,
+    /// The sum of shortcut and residual is divided by this (diffusers `output_scale_factor`; 1 in
+    /// SD).
     pub output_scale_factor: f64,
 }
 

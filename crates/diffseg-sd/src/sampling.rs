@@ -20,6 +20,7 @@ use burn::{
 /// Configuration of [`Downsample2D`].
 #[derive(Config, Debug)]
 pub struct Downsample2DConfig {
+    /// Channels in and out.
     pub channels: usize,
     /// Symmetric convolution padding: 1 in the UNet (`downsample_padding`),
     /// 0 in the VAE, where diffusers pads right and bottom by one instead.
@@ -43,7 +44,10 @@ impl Downsample2DConfig {
 /// Stride-2 3×3 convolution halving the resolution.
 #[derive(Module, Debug)]
 pub struct Downsample2D<B: Backend> {
+    /// The stride-2 3×3 convolution (diffusers `conv`).
     pub conv: Conv2d<B>,
+    /// Symmetric padding of `conv`; 0 means diffusers' right/bottom padding by one is applied
+    /// before it (not a weight).
     pub padding: usize,
 }
 
@@ -65,6 +69,7 @@ impl<B: Backend> Downsample2D<B> {
 /// Configuration of [`Upsample2D`].
 #[derive(Config, Debug)]
 pub struct Upsample2DConfig {
+    /// Channels in and out.
     pub channels: usize,
 }
 
@@ -82,6 +87,7 @@ impl Upsample2DConfig {
 /// Nearest-neighbour ×2 upsampling followed by a 3×3 convolution.
 #[derive(Module, Debug)]
 pub struct Upsample2D<B: Backend> {
+    /// The 3×3 convolution after the upsampling (diffusers `conv`).
     pub conv: Conv2d<B>,
 }
 

@@ -23,13 +23,16 @@ use crate::{
 pub struct Transformer2DModelConfig {
     /// Channels in and out (the block's channel count).
     pub in_channels: usize,
+    /// Heads of each attention layer.
     pub num_attention_heads: usize,
+    /// Channels per head; `num_attention_heads · attention_head_dim` is the inner width.
     pub attention_head_dim: usize,
     /// Width of the text context (768 for SD 1.x).
     pub cross_attention_dim: usize,
     /// Number of `BasicTransformerBlock`s (`transformer_layers_per_block`).
     #[config(default = 1)]
     pub num_layers: usize,
+    /// Groups of the input GroupNorm (`norm_num_groups`; 32).
     #[config(default = 32)]
     pub norm_num_groups: usize,
     /// `proj_in`/`proj_out` are linear layers (SD 2.x) instead of 1×1 convolutions (SD 1.x).
@@ -73,7 +76,9 @@ impl Transformer2DModelConfig {
 /// so that the variant name does not appear in the key (see [`crate::keys`]).
 #[derive(Module, Debug)]
 pub enum Projection<B: Backend> {
+    /// A 1×1 convolution (SD 1.x).
     Conv(Conv2d<B>),
+    /// A linear layer applied to each position's channels (`use_linear_projection`, SD 2.x).
     Linear(Linear<B>),
 }
 
@@ -102,9 +107,13 @@ impl<B: Backend> Projection<B> {
 /// diffusers `Transformer2DModel` for continuous inputs.
 #[derive(Module, Debug)]
 pub struct Transformer2DModel<B: Backend> {
+    /// GroupNorm of the input, epsilon fixed at 1e-6 as in diffusers (diffusers `norm`).
     pub norm: GroupNorm<B>,
+    /// Projection of the normalised input to the inner width (diffusers `proj_in`).
     pub proj_in: Projection<B>,
+    /// The blocks run over the `h·w` tokens (diffusers `transformer_blocks.i`).
     pub transformer_blocks: Vec<BasicTransformerBlock<B>>,
+    /// Projection back to `in_channels`, added to the input (diffusers `proj_out`).
     pub proj_out: Projection<B>,
 }
 
@@ -156,9 +165,13 @@ impl<B: Backend> Transformer2DModel<B> {
 /// Configuration of [`BasicTransformerBlock`].
 #[derive(Config, Debug)]
 pub struct BasicTransformerBlockConfig {
+    /// Token width (the spatial transformer's inner width).
     pub dim: usize,
+    /// Heads of both attentions.
     pub num_attention_heads: usize,
+    /// Channels per head.
     pub attention_head_dim: usize,
+    /// Width of the text context `attn2` reads (768 for SD 1.x).
     pub cross_attention_dim: usize,
     /// LayerNorm epsilon (diffusers `norm_eps`, default 1e-5).
     #[config(default = 1e-5)]
@@ -193,11 +206,18 @@ impl BasicTransformerBlockConfig {
 /// feed-forward, each pre-normalised and residual.
 #[derive(Module, Debug)]
 pub struct BasicTransformerBlock<B: Backend> {
+    /// LayerNorm before `attn1`.
     pub norm1: LayerNorm<B>,
+    /// Self-attention over the spatial tokens: DiffSeg's self-attention maps come from here
+    /// (diffusers `attn1`).
     pub attn1: Attention<B>,
+    /// LayerNorm before `attn2`.
     pub norm2: LayerNorm<B>,
+    /// Cross-attention from the spatial tokens to the text context (diffusers `attn2`).
     pub attn2: Attention<B>,
+    /// LayerNorm before `ff`.
     pub norm3: LayerNorm<B>,
+    /// GEGLU feed-forward (diffusers `ff`).
     pub ff: FeedForward<B>,
 }
 
@@ -261,6 +281,7 @@ fn request<'r, 'a, B: Backend>(
 /// Configuration of [`FeedForward`].
 #[derive(Config, Debug)]
 pub struct FeedForwardConfig {
+    /// Token width in and out.
     pub dim: usize,
     /// Hidden width is `mult · dim`.
     #[config(default = 4)]
@@ -284,7 +305,9 @@ impl FeedForwardConfig {
 /// `ff.net.0.proj` → `geglu.proj` and `ff.net.2` → `proj_out` (see [`crate::keys`]).
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
+    /// The gated expansion, `dim` → `mult · dim` (diffusers `ff.net.0`).
     pub geglu: Geglu<B>,
+    /// Projection back to `dim` (diffusers `ff.net.2`).
     pub proj_out: Linear<B>,
 }
 
@@ -300,6 +323,7 @@ impl<B: Backend> FeedForward<B> {
 /// halves; the GELU is the exact erf form (PyTorch's default), as diffusers uses.
 #[derive(Module, Debug)]
 pub struct Geglu<B: Backend> {
+    /// `dim` → `2 · hidden`: the hidden half, then the gate half (diffusers `ff.net.0.proj`).
     pub proj: Linear<B>,
 }
 

@@ -36,14 +36,20 @@ pub enum UNetBlockKind {
 /// Architecture of a [`UNet2DConditionModel`], normalised from diffusers' `config.json`.
 #[derive(Config, Debug)]
 pub struct UNet2DConditionModelConfig {
+    /// Channels of the latent input (`in_channels`; 4).
     #[config(default = 4)]
     pub in_channels: usize,
+    /// Channels of the noise prediction (`out_channels`; 4).
     #[config(default = 4)]
     pub out_channels: usize,
+    /// Output channels of each down block (`block_out_channels`; `[320, 640, 1280, 1280]` for SD
+    /// 1.x); the up blocks use them reversed.
     pub block_out_channels: Vec<usize>,
+    /// Kind of each down block, highest resolution first (`down_block_types`).
     pub down_block_types: Vec<UNetBlockKind>,
     /// In execution order (lowest resolution first).
     pub up_block_types: Vec<UNetBlockKind>,
+    /// Resnets per down block; each up block has one more (`layers_per_block`; 2).
     #[config(default = 2)]
     pub layers_per_block: usize,
     /// Heads per down block (the up blocks use the reversed list). For SD 1.x
@@ -51,22 +57,35 @@ pub struct UNet2DConditionModelConfig {
     pub num_attention_heads: Vec<usize>,
     /// Transformer blocks per spatial transformer, per down block.
     pub transformer_layers_per_block: Vec<usize>,
+    /// Width of the text context (`cross_attention_dim`; 768 for SD 1.x, 1024 for SD 2.x).
     #[config(default = 768)]
     pub cross_attention_dim: usize,
+    /// GroupNorm groups throughout the UNet (`norm_num_groups`; 32).
     #[config(default = 32)]
     pub norm_num_groups: usize,
+    /// Epsilon of the resnets' GroupNorms and of `conv_norm_out` (`norm_eps`; 1e-5).
     #[config(default = 1e-5)]
     pub norm_eps: f64,
+    /// Timestep features are `[cos, sin]` rather than `[sin, cos]` (`flip_sin_to_cos`; true for
+    /// SD).
     #[config(default = true)]
     pub flip_sin_to_cos: bool,
+    /// Shift in the denominator of the timestep frequencies (`freq_shift`; 0 for SD); see
+    /// [`crate::embeddings::timestep_embedding`].
     #[config(default = 0.0)]
     pub freq_shift: f64,
+    /// Padding of the down blocks' stride-2 convolutions (`downsample_padding`; 1).
     #[config(default = 1)]
     pub downsample_padding: usize,
+    /// Divisor of the mid block's resnet outputs (`mid_block_scale_factor`; 1).
     #[config(default = 1.0)]
     pub mid_block_scale_factor: f64,
+    /// Spatial transformers project with linear layers instead of 1×1 convolutions
+    /// (`use_linear_projection`; false for SD 1.x, true for SD 2.x).
     #[config(default = false)]
     pub use_linear_projection: bool,
+    /// Map the input from [0, 1] to [-1, 1] (`2x − 1`) before `conv_in` (`center_input_sample`;
+    /// false for SD).
     #[config(default = false)]
     pub center_input_sample: bool,
 }
@@ -438,17 +457,29 @@ impl UNet2DConditionModelConfig {
 /// timestep given a text context, and can report its attention maps.
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
+    /// 3×3 convolution from the latent to `block_out_channels[0]` channels (diffusers `conv_in`).
     pub conv_in: Conv2d<B>,
+    /// MLP turning the sinusoidal timestep features into the `4 · block_out_channels[0]`-wide time
+    /// embedding (diffusers `time_embedding`).
     pub time_embedding: TimestepEmbedding<B>,
+    /// Down blocks, highest resolution first (diffusers `down_blocks.i`).
     pub down_blocks: Vec<DownBlock2D<B>>,
+    /// The block at the lowest resolution, between the down and up paths (diffusers `mid_block`).
     pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    /// Up blocks, lowest resolution first, consuming the down path's skip connections (diffusers
+    /// `up_blocks.i`).
     pub up_blocks: Vec<UpBlock2D<B>>,
+    /// GroupNorm (then SiLU) before `conv_out` (diffusers `conv_norm_out`).
     pub conv_norm_out: GroupNorm<B>,
+    /// 3×3 convolution to the `out_channels` of the noise prediction (diffusers `conv_out`).
     pub conv_out: Conv2d<B>,
     /// Width of the sinusoidal timestep features (`time_proj`, no weights).
     pub time_proj_channels: usize,
+    /// From the config: timestep features are `[cos, sin]`.
     pub flip_sin_to_cos: bool,
+    /// From the config: shift of the timestep frequencies.
     pub freq_shift: f64,
+    /// From the config: map the input to `2x − 1` before `conv_in`.
     pub center_input_sample: bool,
 }
 

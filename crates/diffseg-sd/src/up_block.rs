@@ -19,7 +19,9 @@ pub struct UpBlock2DConfig {
     pub in_channels: usize,
     /// Channels coming from the previous up block (or the mid block).
     pub prev_output_channels: usize,
+    /// Channels of every resnet's output (this block's entry of the reversed `block_out_channels`).
     pub out_channels: usize,
+    /// Width of the time embedding fed to each resnet.
     pub temb_channels: usize,
     /// Resnets in the block (`layers_per_block + 1`).
     pub num_layers: usize,
@@ -27,8 +29,10 @@ pub struct UpBlock2DConfig {
     pub add_upsample: bool,
     /// `Some` for `CrossAttnUpBlock2D`, `None` for `UpBlock2D`.
     pub cross_attention: Option<CrossAttentionSettings>,
+    /// GroupNorm groups (`norm_num_groups`).
     #[config(default = 32)]
     pub groups: usize,
+    /// GroupNorm epsilon (`norm_eps`).
     #[config(default = 1e-5)]
     pub eps: f64,
 }
@@ -78,7 +82,10 @@ impl UpBlock2DConfig {
 /// `CrossAttnUpBlock2D` (with `attentions`) or `UpBlock2D` (empty `attentions`).
 #[derive(Module, Debug)]
 pub struct UpBlock2D<B: Backend> {
+    /// `num_layers` resnets, each fed the running output concatenated with one skip connection
+    /// (`resnets.i`).
     pub resnets: Vec<ResnetBlock2D<B>>,
+    /// One spatial transformer after each resnet, or none (`attentions.i`).
     pub attentions: Vec<Transformer2DModel<B>>,
     /// Zero or one upsampler (a `Vec` so that the key stays `upsamplers.0`).
     pub upsamplers: Vec<Upsample2D<B>>,

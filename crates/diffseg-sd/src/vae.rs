@@ -29,20 +29,30 @@ const VAE_EPS: f64 = 1e-6;
 /// Architecture of the VAE encoder, normalised from diffusers' `vae/config.json`.
 #[derive(Config, Debug)]
 pub struct AutoencoderKLConfig {
+    /// Image channels (`in_channels`; 3, RGB).
     #[config(default = 3)]
     pub in_channels: usize,
+    /// Output channels of each down block (`block_out_channels`; `[128, 256, 512, 512]` for SD
+    /// 1.x).
     pub block_out_channels: Vec<usize>,
+    /// Resnets per down block (`layers_per_block`; 2 for SD 1.x).
     #[config(default = 2)]
     pub layers_per_block: usize,
+    /// Channels of the latent (`latent_channels`; 4); the encoder outputs twice as many (mean and
+    /// log-variance).
     #[config(default = 4)]
     pub latent_channels: usize,
+    /// GroupNorm groups throughout the encoder (`norm_num_groups`; 32).
     #[config(default = 32)]
     pub norm_num_groups: usize,
     /// Latents are `mean × scaling_factor` (0.18215 for SD 1.x).
     #[config(default = 0.18215)]
     pub scaling_factor: f64,
+    /// Whether a 1×1 `quant_conv` follows the encoder (`use_quant_conv`; true for SD).
     #[config(default = true)]
     pub use_quant_conv: bool,
+    /// Whether the mid block has its spatial self-attention (`mid_block_add_attention`; true for
+    /// SD).
     #[config(default = true)]
     pub mid_block_add_attention: bool,
 }
@@ -201,7 +211,9 @@ impl AutoencoderKLConfig {
 /// asymmetrically padded stride-2 downsampler (all blocks but the last).
 #[derive(Module, Debug)]
 pub struct DownEncoderBlock2D<B: Backend> {
+    /// The block's `layers_per_block` resnets (`resnets.i`).
     pub resnets: Vec<ResnetBlock2D<B>>,
+    /// Zero or one downsampler (a `Vec` so that the key stays `downsamplers.0`).
     pub downsamplers: Vec<Downsample2D<B>>,
 }
 
@@ -209,6 +221,7 @@ pub struct DownEncoderBlock2D<B: Backend> {
 /// self-attention, resnet.
 #[derive(Module, Debug)]
 pub struct VaeMidBlock<B: Backend> {
+    /// The resnets before and after the attention (`resnets.0`, `resnets.1`).
     pub resnets: Vec<ResnetBlock2D<B>>,
     /// Empty when `mid_block_add_attention` is false.
     pub attentions: Vec<Attention<B>>,
@@ -217,10 +230,15 @@ pub struct VaeMidBlock<B: Backend> {
 /// diffusers `Encoder` (`double_z = True`: outputs mean and log-variance).
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
+    /// 3×3 convolution from the image to `block_out_channels[0]` channels (diffusers `conv_in`).
     pub conv_in: Conv2d<B>,
+    /// Down blocks; each but the last halves the resolution (diffusers `down_blocks.i`).
     pub down_blocks: Vec<DownEncoderBlock2D<B>>,
+    /// Resnet, attention, resnet at the lowest resolution (diffusers `mid_block`).
     pub mid_block: VaeMidBlock<B>,
+    /// GroupNorm (then SiLU) before `conv_out` (diffusers `conv_norm_out`).
     pub conv_norm_out: GroupNorm<B>,
+    /// 3×3 convolution to the `2 · latent_channels` moments (diffusers `conv_out`).
     pub conv_out: Conv2d<B>,
 }
 
@@ -253,9 +271,15 @@ impl<B: Backend> Encoder<B> {
 /// The encoder part of diffusers `AutoencoderKL`.
 #[derive(Module, Debug)]
 pub struct AutoencoderKL<B: Backend> {
+    /// The encoder network (diffusers `encoder`).
     pub encoder: Encoder<B>,
+    /// 1×1 convolution over the moments; `None` when `use_quant_conv` is false (diffusers
+    /// `quant_conv`).
     pub quant_conv: Option<Conv2d<B>>,
+    /// Multiplier of the posterior mean that gives the latent (config `scaling_factor`; 0.18215 for
+    /// SD 1.x).
     pub scaling_factor: f64,
+    /// Channels of the latent; the first half of the moments is the mean (not a weight).
     pub latent_channels: usize,
 }
 

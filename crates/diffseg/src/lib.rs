@@ -45,6 +45,8 @@
 //! atomic writes), [`backend`] (run-time backend choice). The algorithm lives in
 //! `diffseg-core`, the networks in `diffseg-sd`.
 
+#![warn(missing_docs)]
+
 mod attention;
 pub mod backend;
 mod error;

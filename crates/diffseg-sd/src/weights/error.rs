@@ -18,13 +18,20 @@ pub enum LoadError {
     /// The file or folder could not be opened or read.
     #[error("{}: {error}", path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The underlying I/O error.
         error: std::io::Error,
     },
 
     /// The path is neither a diffusers folder nor a `.safetensors` checkpoint.
     #[error("{}: not a Stable Diffusion weights source: {reason}", path.display())]
-    UnrecognisedSource { path: PathBuf, reason: String },
+    UnrecognisedSource {
+        /// The path given.
+        path: PathBuf,
+        /// What the path is instead, e.g. a folder without the expected sub-folders.
+        reason: String,
+    },
 
     /// A pickled PyTorch checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`).
     ///
@@ -36,7 +43,10 @@ pub enum LoadError {
          `safetensors.torch.save_file(torch.load(path, weights_only=True)[\"state_dict\"], \"model.safetensors\")`",
         path.display()
     )]
-    PickleNotSupported { path: PathBuf },
+    PickleNotSupported {
+        /// The pickled checkpoint.
+        path: PathBuf,
+    },
 
     /// The file is not a valid safetensors file: truncated, corrupt, or not
     /// safetensors at all.
@@ -44,25 +54,40 @@ pub enum LoadError {
         "{}: not a valid safetensors file ({reason}); it may be truncated or corrupt, download it again",
         path.display()
     )]
-    CorruptSafetensors { path: PathBuf, reason: String },
+    CorruptSafetensors {
+        /// The file that failed to parse.
+        path: PathBuf,
+        /// What is wrong: the safetensors parser's message, or the file's length.
+        reason: String,
+    },
 
     /// A diffusers component folder has no `config.json`.
     #[error(
         "{}: missing; every diffusers component folder (unet/, vae/, text_encoder/) needs its config.json",
         path.display()
     )]
-    MissingConfig { path: PathBuf },
+    MissingConfig {
+        /// The `config.json` that does not exist.
+        path: PathBuf,
+    },
 
     /// A `config.json` is not valid JSON or lacks a field the network needs.
     #[error("{}: invalid config: {error}", path.display())]
     BadConfig {
+        /// The `config.json` file.
         path: PathBuf,
+        /// The JSON error, with line and column.
         error: serde_json::Error,
     },
 
     /// A `config.json` asks for an architecture the networks do not implement.
     #[error("{}: unsupported model config: {reason}", path.display())]
-    UnsupportedConfig { path: PathBuf, reason: String },
+    UnsupportedConfig {
+        /// The `config.json` file.
+        path: PathBuf,
+        /// The option that was refused and its value.
+        reason: String,
+    },
 
     /// A diffusers component folder holds no usable weights file.
     #[error(
@@ -71,8 +96,11 @@ pub enum LoadError {
         tried.join(", ")
     )]
     MissingWeights {
+        /// The component folder (e.g. `unet/`).
         folder: PathBuf,
+        /// The network whose weights are missing.
         component: Component,
+        /// The file names looked for, most preferred first.
         tried: Vec<String>,
     },
 
@@ -84,8 +112,11 @@ pub enum LoadError {
         path.display()
     )]
     SingleFileGivenAsDiffusers {
+        /// The file.
         path: PathBuf,
+        /// The network whose diffusers weights were expected.
         component: Component,
+        /// The LDM key prefix found in the file, e.g. `model.diffusion_model.`.
         ldm_prefix: &'static str,
     },
 
@@ -96,12 +127,19 @@ pub enum LoadError {
          WeightsSource::Diffusers on the folder that holds unet/, vae/ and text_encoder/",
         path.display()
     )]
-    DiffusersGivenAsSingleFile { path: PathBuf, found: String },
+    DiffusersGivenAsSingleFile {
+        /// The path given.
+        path: PathBuf,
+        /// What was found instead: a folder, diffusers component keys, or no tensors.
+        found: String,
+    },
 
     /// The file's tensors do not fit the network built from the config.
     #[error("{}: {component} weights do not match the network{report}", path.display())]
     Mismatch {
+        /// The weights file.
         path: PathBuf,
+        /// The network being loaded.
         component: Component,
         /// Boxed: it is large and `LoadError` travels in every `Result`.
         report: Box<MismatchReport>,
@@ -110,8 +148,11 @@ pub enum LoadError {
     /// A tensor is stored in a type the loader cannot convert to floats.
     #[error("{}: tensor `{key}` is stored as {dtype}, expected F32, F16 or BF16", path.display())]
     UnsupportedDtype {
+        /// The weights file.
         path: PathBuf,
+        /// The tensor's key in the file.
         key: String,
+        /// The stored type, e.g. `I64`.
         dtype: String,
     },
 
@@ -123,8 +164,11 @@ pub enum LoadError {
         shorten(tensors, SHOWN_PER_LIST)
     )]
     NonFinite {
+        /// The weights file.
         path: PathBuf,
+        /// The network being loaded.
         component: Component,
+        /// The compute type the weights were converted to, e.g. `F16`.
         dtype: String,
         /// `key (n non-finite values)` per offending tensor.
         tensors: Vec<String>,
@@ -138,8 +182,11 @@ pub enum LoadError {
         path.display()
     )]
     UnknownArchitecture {
+        /// The single-file checkpoint.
         path: PathBuf,
+        /// The network whose shapes were checked.
         component: Component,
+        /// The probed tensor that is absent or whose shape differs from SD 1.x's.
         reason: String,
     },
 }

@@ -83,7 +83,12 @@ impl fmt::Display for Component {
 pub enum KeyRole {
     /// Load it under this diffusers key. With `conv_to_linear`, a
     /// `[out, in, 1, 1]` 1×1-convolution weight feeds a linear layer.
-    Load { key: String, conv_to_linear: bool },
+    Load {
+        /// The diffusers key (the network's parameter path) the tensor loads into.
+        key: String,
+        /// Squeeze a `[out, in, 1, 1]` tensor to `[out, in]` for a linear layer.
+        conv_to_linear: bool,
+    },
     /// Belongs to another network or to a part that is never run (VAE
     /// decoder, EMA weights, scheduler buffers): skipped without error.
     NotNeeded,
@@ -95,7 +100,12 @@ pub enum KeyRole {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsSource {
     /// A diffusers pipeline folder, read in the preferred precision variant.
-    Diffusers { root: PathBuf, variant: Variant },
+    Diffusers {
+        /// The pipeline folder that holds `unet/`, `vae/` and `text_encoder/`.
+        root: PathBuf,
+        /// The precision variant preferred when a component has several weights files.
+        variant: Variant,
+    },
     /// A single-file checkpoint in the original LDM key layout.
     SingleFile(PathBuf),
 }
