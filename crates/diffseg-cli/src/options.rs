@@ -9,7 +9,9 @@ use diffseg::{BackendKind, Fit, MergeOptions, Precision, SegmenterBuilder};
 /// Where the model runs and which weights it loads.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Compute backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), cuda or cuda:N (each needs its Cargo feature).
+    /// Compute backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), wgpu:NAME (the first
+    /// adapter whose description contains NAME, e.g. nvidia), cuda or cuda:N (each needs its
+    /// Cargo feature).
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
     /// Weights: a diffusers folder or a single-file .safetensors checkpoint

@@ -144,16 +144,7 @@ impl BackendKind {
                 Ok(task.run::<Cuda>(burn::backend::cuda::CudaDevice::new(index)))
             }
             #[allow(unreachable_patterns)]
-            kind => Err(BackendUnavailable {
-                kind,
-                feature: kind.feature(),
-                available: BackendKind::compiled_in()
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into()),
+            kind => Err(kind.unavailable().into()),
         }
     }
 }
@@ -214,25 +205,91 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// A backend name that is not `cpu`, `wgpu`, `wgpu:N`, `cuda` or `cuda:N`.
+/// A backend name that is not `cpu`, `wgpu`, `wgpu:N`, `wgpu:NAME`, `cuda` or
+/// `cuda:N`, or a `wgpu:NAME` that names no adapter here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend `{0}`: expected cpu, wgpu, wgpu:N, cuda or cuda:N")]
-pub struct UnknownBackend(pub String);
+#[error("unknown backend `{name}`: {reason}")]
+pub struct UnknownBackend {
+    /// The name given.
+    pub name: String,
+    /// Why it names no backend.
+    pub reason: String,
+}
+
+impl BackendKind {
+    /// The first WGPU adapter whose description (as `diffseg info` and
+    /// [`wgpu_adapters`](crate::backend) list them, e.g. `llvmpipe (LLVM …)
+    /// (Cpu, Vulkan)`) contains `name`, ignoring case.
+    pub fn wgpu_adapter_named(name: &str) -> Result<BackendKind, crate::Error> {
+        #[cfg(feature = "wgpu")]
+        {
+            let adapters = diffseg_device::wgpu_adapters()?;
+            let wanted = name.to_lowercase();
+            adapters
+                .iter()
+                .position(|adapter| adapter.to_lowercase().contains(&wanted))
+                .map(BackendKind::WgpuAdapter)
+                .ok_or_else(|| {
+                    diffseg_device::NoDevice {
+                        backend: "wgpu",
+                        reason: format!(
+                            "no adapter named like `{name}`; the adapters here: {}",
+                            adapters.join("; ")
+                        ),
+                    }
+                    .into()
+                })
+        }
+        #[cfg(not(feature = "wgpu"))]
+        {
+            let _ = name;
+            Err(BackendKind::Wgpu.unavailable().into())
+        }
+    }
+
+    /// Why this backend is not compiled in.
+    fn unavailable(self) -> BackendUnavailable {
+        BackendUnavailable {
+            kind: self,
+            feature: self.feature(),
+            available: BackendKind::compiled_in()
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
 
 impl FromStr for BackendKind {
     type Err = UnknownBackend;
 
+    /// Parses a backend name; `wgpu:NAME` looks the adapter up now (see
+    /// [`BackendKind::wgpu_adapter_named`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let unknown = |reason: String| UnknownBackend {
+            name: s.to_string(),
+            reason,
+        };
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "ndarray" => Ok(BackendKind::Cpu),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda(0)),
             other => {
                 let indexed = |prefix: &str| other.strip_prefix(prefix)?.parse().ok();
-                indexed("cuda:")
+                if let Some(kind) = indexed("cuda:")
                     .map(BackendKind::Cuda)
                     .or_else(|| indexed("wgpu:").map(BackendKind::WgpuAdapter))
-                    .ok_or_else(|| UnknownBackend(s.to_string()))
+                {
+                    return Ok(kind);
+                }
+                match s.get(5..).filter(|_| other.starts_with("wgpu:")) {
+                    Some(name) if !name.is_empty() => BackendKind::wgpu_adapter_named(name)
+                        .map_err(|error| unknown(error.to_string())),
+                    _ => Err(unknown(
+                        "expected cpu, wgpu, wgpu:N, wgpu:NAME, cuda or cuda:N".into(),
+                    )),
+                }
             }
         }
     }
@@ -252,6 +309,8 @@ mod tests {
         assert_eq!(BackendKind::WgpuAdapter(1).to_string(), "wgpu:1");
         assert!("tpu".parse::<BackendKind>().is_err());
         assert!("cuda:x".parse::<BackendKind>().is_err());
+        let error = "wgpu:".parse::<BackendKind>().unwrap_err().to_string();
+        assert!(error.contains("wgpu:NAME"), "{error}");
     }
 
     struct DeviceName;

@@ -340,3 +340,37 @@ fn a_wgpu_adapter_is_chosen_by_index() {
     assert!(matches!(error, diffseg::Error::NoDevice(_)), "{error}");
     assert!(error.to_string().contains("no adapter 99"), "{error}");
 }
+
+/// `wgpu:NAME` picks the first adapter whose description contains NAME (any
+/// case), and a name no adapter has is an error that lists the adapters.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_wgpu_adapter_is_chosen_by_name() {
+    if !diffseg_device::ready_for_tests::<diffseg::backend::Wgpu>() {
+        return;
+    }
+    let adapters = diffseg::backend::wgpu_adapters().unwrap();
+    let last = adapters.len() - 1;
+    // The last adapter's own first word, shouted: it or an earlier namesake.
+    let word = adapters[last]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_uppercase();
+    let expected = adapters
+        .iter()
+        .position(|adapter| adapter.to_uppercase().contains(&word))
+        .unwrap();
+    assert_eq!(
+        format!("wgpu:{word}").parse::<BackendKind>(),
+        Ok(BackendKind::WgpuAdapter(expected))
+    );
+    let error = "wgpu:no-such-adapter"
+        .parse::<BackendKind>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("no-such-adapter") && error.contains(&adapters[0]),
+        "{error}"
+    );
+}
