@@ -41,7 +41,8 @@ pub struct Args {
     /// gives them; a file without that record gives a 512×512 square.
     #[arg(long)]
     pub size: Option<usize>,
-    /// Backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), cuda or cuda:N.
+    /// Backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), wgpu:NAME (the first adapter
+    /// whose description contains NAME), cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
 }

@@ -115,8 +115,14 @@ fn merges_into_four_segments() {
     assert_eq!(summary["width"], 128);
     assert_eq!(summary["segments"].as_array().unwrap().len(), 4);
     assert_eq!(summary["segments"][0]["area"], 64 * 64);
-    assert_eq!(summary["segments"][0]["bbox"], serde_json::json!([0, 0, 64, 64]));
-    assert_eq!(summary["segments"][0]["segmentation"]["size"], serde_json::json!([128, 128]));
+    assert_eq!(
+        summary["segments"][0]["bbox"],
+        serde_json::json!([0, 0, 64, 64])
+    );
+    assert_eq!(
+        summary["segments"][0]["segmentation"]["size"],
+        serde_json::json!([128, 128])
+    );
 }
 
 /// Runs the command expecting failure; the error must be one line naming `expected`, and no

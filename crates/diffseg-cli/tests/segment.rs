@@ -283,7 +283,12 @@ fn attention_then_merge_equals_segment() {
     let merged = folder.path().join("merged.png");
     let out = folder.path().join("out");
     for args in [
-        vec!["attention", image_path, "--out", attention.to_str().unwrap()],
+        vec![
+            "attention",
+            image_path,
+            "--out",
+            attention.to_str().unwrap(),
+        ],
         vec!["segment", image_path, "--out", out.to_str().unwrap()],
     ] {
         let step = diffseg(&[args, vec!["--weights", &weights]].concat());

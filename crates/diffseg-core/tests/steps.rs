@@ -289,7 +289,6 @@ fn segmentation_statistics_and_masks() {
 
     let resized = segmentation.resize_nearest(6, 4).unwrap();
     assert_eq!(&resized.labels()[..6], &[1, 1, 1, 1, 0, 0]);
-
 }
 
 /// The algorithm computes in the dtype of the maps it is given, whatever the backend's default:

@@ -134,8 +134,8 @@ impl SelfAttention {
             path: path.to_path_buf(),
             reason,
         };
-        let file = std::fs::File::open(path)
-            .map_err(|error| problem(format!("cannot read: {error}")))?;
+        let file =
+            std::fs::File::open(path).map_err(|error| problem(format!("cannot read: {error}")))?;
         // SAFETY: the mapping is read-only and dropped before this returns. Like
         // every memory-mapped reader (safetensors, candle, burn-store), it assumes
         // nobody truncates or rewrites the file meanwhile.
@@ -172,9 +172,12 @@ impl SelfAttention {
         let placement = match header.metadata() {
             Some(metadata) if PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key)) => {
                 let value = |key: &str| -> Result<i64, Error> {
-                    metadata[key]
-                        .parse()
-                        .map_err(|_| problem(format!("metadata {key} = {:?} is not an integer", metadata[key])))
+                    metadata[key].parse().map_err(|_| {
+                        problem(format!(
+                            "metadata {key} = {:?} is not an integer",
+                            metadata[key]
+                        ))
+                    })
                 };
                 let placement = Placement {
                     image_width: value("image_width")?.try_into().unwrap_or(0),
@@ -183,8 +186,11 @@ impl SelfAttention {
                     left: value("left")?,
                     side: value("side")?.try_into().unwrap_or(0),
                 };
-                if placement.image_width == 0 || placement.image_height == 0 || placement.side == 0 {
-                    return Err(problem(format!("metadata holds an empty image: {placement:?}")));
+                if placement.image_width == 0 || placement.image_height == 0 || placement.side == 0
+                {
+                    return Err(problem(format!(
+                        "metadata holds an empty image: {placement:?}"
+                    )));
                 }
                 Some(placement)
             }
@@ -244,7 +250,11 @@ impl SelfAttention {
 
     /// [`SelfAttention::merge_on`] on a backend chosen at run time, labelling
     /// a 512×512 square when the placement is unknown.
-    pub fn merge(&self, options: &MergeOptions, backend: BackendKind) -> Result<Segmentation, Error> {
+    pub fn merge(
+        &self,
+        options: &MergeOptions,
+        backend: BackendKind,
+    ) -> Result<Segmentation, Error> {
         struct Merge<'a> {
             attention: &'a SelfAttention,
             options: &'a MergeOptions,
@@ -303,7 +313,9 @@ fn read_map(view: &TensorView, height: usize, width: usize) -> Result<Vec<f32>, 
     for (row, values) in probs.chunks_exact(cells).enumerate() {
         let sum: f64 = values.iter().map(|&v| v as f64).sum();
         if (sum as f32 - 1.0).abs() > ROW_SUM_TOLERANCE {
-            return Err(format!("row {row} is not a distribution: it sums to {sum:.6}"));
+            return Err(format!(
+                "row {row} is not a distribution: it sums to {sum:.6}"
+            ));
         }
     }
     Ok(probs)
@@ -333,10 +345,14 @@ fn head_mean<const WIDTH: usize>(
     }
     if !valid {
         if let Some((index, value)) = values().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(format!("holds a non-finite value ({value}) at flat index {index}"));
+            return Err(format!(
+                "holds a non-finite value ({value}) at flat index {index}"
+            ));
         }
         if let Some((index, value)) = values().enumerate().find(|&(_, v)| v < 0.0) {
-            return Err(format!("holds a negative value ({value}) at flat index {index}"));
+            return Err(format!(
+                "holds a negative value ({value}) at flat index {index}"
+            ));
         }
     }
     Ok(probs)

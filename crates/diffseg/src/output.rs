@@ -250,12 +250,11 @@ pub fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
 /// when every label fits a byte, else 16-bit), atomically. The label-PNG
 /// codec's writer; [`read_label_png`] reads it back.
 pub fn write_label_png(path: &Path, labels: &[u32], width: u32, height: u32) -> Result<(), Error> {
-    let image = crate::segmentation::label_image(labels, width, height).map_err(|error| {
-        Error::Write {
+    let image =
+        crate::segmentation::label_image(labels, width, height).map_err(|error| Error::Write {
             path: path.to_path_buf(),
             reason: error.to_string(),
-        }
-    })?;
+        })?;
     write_png(path, &image)
 }
 

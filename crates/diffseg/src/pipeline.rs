@@ -323,7 +323,14 @@ pub(crate) fn label_square<B: Backend>(
     proposals: Proposals<B>,
     side: usize,
 ) -> Result<Segmentation, Error> {
-    Ok(label_map(proposals.maps, proposals.height, proposals.width, side, side)?.into())
+    Ok(label_map(
+        proposals.maps,
+        proposals.height,
+        proposals.width,
+        side,
+        side,
+    )?
+    .into())
 }
 
 /// Labels the image the model's input came from: the fitted square at the
@@ -334,7 +341,13 @@ pub(crate) fn label_image<B: Backend>(
     placement: &Placement,
 ) -> Result<Segmentation, Error> {
     let side = (placement.side as usize).min(MAX_LABEL_SIDE);
-    let square = label_map(proposals.maps, proposals.height, proposals.width, side, side)?;
+    let square = label_map(
+        proposals.maps,
+        proposals.height,
+        proposals.width,
+        side,
+        side,
+    )?;
     Ok(square_to_image(&square, placement)?.into())
 }
 

@@ -94,8 +94,10 @@ impl Segmentation {
             .into_iter()
             .map(|inside| if inside { 255 } else { 0 })
             .collect();
-        Ok(GrayImage::from_raw(self.width() as u32, self.height() as u32, pixels)
-            .expect("one value per pixel"))
+        Ok(
+            GrayImage::from_raw(self.width() as u32, self.height() as u32, pixels)
+                .expect("one value per pixel"),
+        )
     }
 
     /// The label map as a greyscale image, pixel value = label: 8-bit when
@@ -277,8 +279,10 @@ pub(crate) fn label_image(labels: &[u32], width: u32, height: u32) -> Result<Dyn
 }
 
 fn size_error(count: usize, width: u32, height: u32) -> Error {
-    diffseg_core::Error::Size(format!("{count} labels do not fill a {width}x{height} label map"))
-        .into()
+    diffseg_core::Error::Size(format!(
+        "{count} labels do not fill a {width}x{height} label map"
+    ))
+    .into()
 }
 
 #[cfg(test)]

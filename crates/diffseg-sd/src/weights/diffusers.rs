@@ -170,8 +170,8 @@ pub fn diffusers_key_role(component: Component, key: &str) -> KeyRole {
     if component == Component::TextEncoder {
         return text_encoder_key_role(key);
     }
-    let not_needed =
-        component == Component::Vae && (key.starts_with("decoder.") || key.starts_with("post_quant_conv."));
+    let not_needed = component == Component::Vae
+        && (key.starts_with("decoder.") || key.starts_with("post_quant_conv."));
     if not_needed {
         return KeyRole::NotNeeded;
     }
@@ -222,11 +222,24 @@ pub(super) fn guess_component<'a>(mut keys: impl Iterator<Item = &'a str>) -> Op
 impl From<ConfigError> for LoadError {
     fn from(error: ConfigError) -> Self {
         match error {
-            ConfigError::Read { path, error: source } if source.kind() == std::io::ErrorKind::NotFound => {
-                LoadError::MissingConfig { path }
-            }
-            ConfigError::Read { path, error: source } => LoadError::Io { path, error: source },
-            ConfigError::Parse { path, error: source } => LoadError::BadConfig { path, error: source },
+            ConfigError::Read {
+                path,
+                error: source,
+            } if source.kind() == std::io::ErrorKind::NotFound => LoadError::MissingConfig { path },
+            ConfigError::Read {
+                path,
+                error: source,
+            } => LoadError::Io {
+                path,
+                error: source,
+            },
+            ConfigError::Parse {
+                path,
+                error: source,
+            } => LoadError::BadConfig {
+                path,
+                error: source,
+            },
             ConfigError::Unsupported { path, reason } => {
                 LoadError::UnsupportedConfig { path, reason }
             }

@@ -29,8 +29,7 @@ pub use dataset::{
 pub use error::EvalError;
 pub use labels::{
     center_crop_resize_nearest, crop_resize_nearest, decode_prediction_png, nearest_source_index,
-    read_label_png, read_prediction_png, LabelImage, PredictionImage,
-    EVAL_SIDE,
+    read_label_png, read_prediction_png, LabelImage, PredictionImage, EVAL_SIDE,
 };
 pub use metric::{
     match_segments, max_weight_assignment, score_image, ClassCounts, Confusion, Scores,
