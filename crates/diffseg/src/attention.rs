@@ -12,12 +12,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::input::Placement;
 use crate::output::write_atomically;
+use crate::pipeline::ROW_SUM_TOLERANCE;
 use crate::segmentation::Segmentation;
 use crate::{BackendKind, BackendTask, Error};
-
-/// How far a stored row's sum may stray from 1: fp16 attention summed over
-/// 4096 keys is off by about 1e-3.
-const ROW_SUM_TOLERANCE: f32 = 1e-2;
 
 /// The safetensors metadata keys of [`SelfAttention::placement`].
 const PLACEMENT_KEYS: [&str; 5] = ["image_width", "image_height", "top", "left", "side"];

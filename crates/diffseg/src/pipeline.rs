@@ -24,8 +24,9 @@ pub const TIMESTEP: f32 = 300.0;
 
 /// How far an averaged attention row may sum away from 1 before the model's
 /// output is called broken: f16 softmax rows summed over 4096 keys drift by
-/// about 1e-3, NaN or garbage is far beyond this.
-const ROW_SUM_TOLERANCE: f32 = 1e-2;
+/// about 1e-3, NaN or garbage is far beyond this. Saved attention read back
+/// ([`SelfAttention::load_safetensors`]) is held to the same bound.
+pub(crate) const ROW_SUM_TOLERANCE: f32 = 1e-2;
 
 /// The side of SD 1.x's square input in pixels.
 pub(crate) const SD1_INPUT_SIZE: usize = 512;
