@@ -14,10 +14,6 @@ use crate::errors::{to_py_err, type_error, value_error};
 use crate::segmentation::PySegmentation;
 use crate::segmenter::merge_options;
 
-/// How far an attention row may sum away from 1, as the facade allows for
-/// stored attention (f16 rows over 4096 keys drift by about 1e-3).
-const ROW_SUM_TOLERANCE: f32 = 1e-2;
-
 /// Stable Diffusion's VAE downscaling: the model input is 8 times the
 /// largest attention grid (64 → 512).
 const PIXELS_PER_CELL: usize = 8;
@@ -134,8 +130,7 @@ fn attention_from_dict(dict: &Bound<'_, PyDict>) -> PyResult<SelfAttention> {
     Ok(SelfAttention { maps, placement })
 }
 
-/// The facade's merge, after checking that every row is a distribution (the
-/// dict may come from anywhere; the facade checks files as it loads them).
+/// The facade's merge of checked attention.
 struct Merge {
     attention: SelfAttention,
     options: MergeOptions,
@@ -146,9 +141,6 @@ impl BackendTask for Merge {
     type Output = Result<diffseg::Segmentation, diffseg::Error>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        self.attention
-            .to_maps::<B>(&device)?
-            .check_distributions(ROW_SUM_TOLERANCE)?;
         self.attention
             .merge_on::<B>(&self.options, &device, self.side)
     }
@@ -173,6 +165,8 @@ pub fn merge(
     let Some(largest) = attention.maps.first() else {
         return Err(value_error("attention holds no maps"));
     };
+    // The dict may come from anywhere: every row must be a distribution.
+    attention.check().map_err(to_py_err)?;
     let side = largest.height.max(largest.width) * PIXELS_PER_CELL;
     let segmentation = py
         .detach(|| {

@@ -19,6 +19,9 @@ use crate::{BackendKind, BackendTask, Error};
 /// The safetensors metadata keys of [`SelfAttention::placement`].
 const PLACEMENT_KEYS: [&str; 5] = ["image_width", "image_height", "top", "left", "side"];
 
+/// The little-endian u64 header length that opens every safetensors file.
+const HEADER_SIZE_BYTES: usize = 8;
+
 /// Self-attention averaged over heads and layers, one map per latent
 /// resolution, and where the model's input came from in the image.
 ///
@@ -138,14 +141,17 @@ impl SelfAttention {
         // nobody truncates or rewrites the file meanwhile.
         let bytes = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|error| problem(format!("cannot read: {error}")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        // One parse of the header: it lists the tensors and holds the placement.
+        let (header_len, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
-        let tensors = SafeTensors::deserialize(&bytes)
-            .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
+        let data = &bytes[HEADER_SIZE_BYTES + header_len..];
         let mut grids = BTreeMap::new();
-        for name in tensors.names() {
-            if let Some((height, width)) = grid_of(name) {
-                grids.insert(std::cmp::Reverse((height * width, height, width)), name);
+        for (name, info) in header.tensors() {
+            if let Some((height, width)) = grid_of(&name) {
+                grids.insert(
+                    std::cmp::Reverse((height * width, height, width)),
+                    (name, info),
+                );
             }
         }
         if grids.is_empty() {
@@ -155,9 +161,12 @@ impl SelfAttention {
         }
         let maps = grids
             .into_iter()
-            .map(|(std::cmp::Reverse((_, height, width)), name)| {
-                let view = tensors.tensor(name).expect("a listed name");
-                read_map(&view, height, width)
+            .map(|(std::cmp::Reverse((_, height, width)), (name, info))| {
+                // read_metadata validated every tensor's offsets against the buffer.
+                let (start, end) = info.data_offsets;
+                TensorView::new(info.dtype, info.shape.clone(), &data[start..end])
+                    .map_err(|error| error.to_string())
+                    .and_then(|view| read_map(&view, height, width))
                     .map(|probs| SelfAttentionMap {
                         height,
                         width,
@@ -196,18 +205,33 @@ impl SelfAttention {
         Ok(Self { maps, placement })
     }
 
-    /// The maps as diffseg-core's [`AttentionMaps`] on `device`.
-    pub fn to_maps<B: Backend>(&self, device: &B::Device) -> Result<AttentionMaps<B>, Error> {
+    /// Checks maps that were built by hand or came from elsewhere: at least
+    /// one map, `(h*w)²` values each, and every row a distribution (finite,
+    /// non-negative, summing to 1 within the tolerance the facade allows for
+    /// f16 attention). [`SelfAttention::load_safetensors`] checks as it reads.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.maps.is_empty() {
+            return Err(diffseg_core::Error::Maps("no attention map".into()).into());
+        }
         for map in &self.maps {
+            check_shape(map)?;
             let cells = map.height * map.width;
-            if map.probs.len() != cells * cells {
-                return Err(diffseg_core::Error::Shape {
+            if let Some((row, problem)) = row_problem(&map.probs, cells) {
+                return Err(diffseg_core::Error::NotDistribution {
                     tensor: map.tensor_name(),
-                    expected: format!("{} values", cells * cells),
-                    actual: vec![map.probs.len()],
+                    row,
+                    problem,
                 }
                 .into());
             }
+        }
+        Ok(())
+    }
+
+    /// The maps as diffseg-core's [`AttentionMaps`] on `device`.
+    pub fn to_maps<B: Backend>(&self, device: &B::Device) -> Result<AttentionMaps<B>, Error> {
+        for map in &self.maps {
+            check_shape(map)?;
         }
         let maps = self
             .maps
@@ -236,8 +260,8 @@ impl SelfAttention {
         device: &B::Device,
         side: usize,
     ) -> Result<Segmentation, Error> {
-        options.validate()?;
         let maps = self.to_maps::<B>(device)?;
+        // merge_attention validates the options before any work.
         let proposals = merge_attention(&maps, options)?;
         match &self.placement {
             Some(placement) => crate::pipeline::label_image(proposals, placement),
@@ -268,6 +292,20 @@ impl SelfAttention {
             options,
         })?
     }
+}
+
+/// Checks that `map` holds `(h*w)²` values of a non-empty grid.
+fn check_shape(map: &SelfAttentionMap) -> Result<(), Error> {
+    let cells = map.height * map.width;
+    if cells == 0 || map.probs.len() != cells * cells {
+        return Err(diffseg_core::Error::Shape {
+            tensor: map.tensor_name(),
+            expected: format!("{} values of a non-empty grid", cells * cells),
+            actual: vec![map.probs.len()],
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// `(rows, columns)` of a `self_attn.{side}` or `self_attn.{h}x{w}` name.
@@ -307,15 +345,30 @@ fn read_map(view: &TensorView, height: usize, width: usize) -> Result<Vec<f32>, 
         }),
         dtype => return Err(format!("dtype {dtype:?}, expected F32, F16 or BF16")),
     }?;
-    for (row, values) in probs.chunks_exact(cells).enumerate() {
-        let sum: f64 = values.iter().map(|&v| v as f64).sum();
-        if (sum as f32 - 1.0).abs() > ROW_SUM_TOLERANCE {
-            return Err(format!(
-                "row {row} is not a distribution: it sums to {sum:.6}"
-            ));
-        }
+    if let Some((row, problem)) = row_problem(&probs, cells) {
+        return Err(format!("row {row} is not a distribution: {problem}"));
     }
     Ok(probs)
+}
+
+/// The first row of row-major `[cells, cells]` probabilities that is not a
+/// distribution (non-finite, negative, or summing away from 1 by more than
+/// [`ROW_SUM_TOLERANCE`]), and what is wrong with it.
+fn row_problem(probs: &[f32], cells: usize) -> Option<(usize, String)> {
+    probs
+        .chunks_exact(cells)
+        .enumerate()
+        .find_map(|(row, values)| {
+            if let Some(value) = values.iter().find(|value| !value.is_finite()) {
+                return Some((row, format!("it holds a non-finite value ({value})")));
+            }
+            if let Some(value) = values.iter().find(|&&value| value < 0.0) {
+                return Some((row, format!("it holds a negative value ({value})")));
+            }
+            let sum: f64 = values.iter().map(|&value| value as f64).sum();
+            ((sum as f32 - 1.0).abs() > ROW_SUM_TOLERANCE)
+                .then(|| (row, format!("it sums to {sum:.6}")))
+        })
 }
 
 /// The mean over the heads of `[heads, cells, cells]` stored values, decoded
@@ -353,4 +406,57 @@ fn head_mean<const WIDTH: usize>(
         }
     }
     Ok(probs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `side`×`side` grid whose every query attends to every key equally.
+    fn uniform(side: usize) -> SelfAttentionMap {
+        let cells = side * side;
+        SelfAttentionMap {
+            height: side,
+            width: side,
+            probs: vec![1.0 / cells as f32; cells * cells],
+        }
+    }
+
+    #[test]
+    fn check_accepts_distributions_and_names_the_first_bad_row() {
+        let mut attention = SelfAttention {
+            maps: vec![uniform(4), uniform(2)],
+            placement: None,
+        };
+        attention.check().unwrap();
+
+        // Row 2 of the 2×2 grid sums to 1.25, beyond the tolerance.
+        attention.maps[1].probs[2 * 4] += 0.25;
+        let error = attention.check().unwrap_err().to_string();
+        assert!(error.contains("self_attn.2: row 2"), "{error}");
+        assert!(error.contains("sums to 1.25"), "{error}");
+
+        attention.maps[1].probs[2 * 4] = f32::NAN;
+        let error = attention.check().unwrap_err().to_string();
+        assert!(error.contains("non-finite"), "{error}");
+
+        attention.maps[1].probs.pop();
+        let error = attention.check().unwrap_err().to_string();
+        assert!(error.contains("expected shape 16 values"), "{error}");
+
+        attention.maps.clear();
+        assert!(attention.check().is_err());
+    }
+
+    #[test]
+    fn saved_attention_reads_back_with_its_placement() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("uniform.safetensors");
+        let attention = SelfAttention {
+            maps: vec![uniform(4), uniform(2)],
+            placement: Some(Placement::new(40, 30, crate::Fit::Pad)),
+        };
+        attention.save_safetensors(&path).unwrap();
+        assert_eq!(SelfAttention::load_safetensors(&path).unwrap(), attention);
+    }
 }
