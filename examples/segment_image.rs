@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "examples/images/astronaut.png".into());
-    let image = diffseg::open_image(path.as_ref())?;
+    let image = diffseg::open_image(&path)?;
     let segmenter = Segmenter::new(BackendKind::Cpu)?;
     let segmentation = segmenter.segment(&image)?;
     println!(

@@ -218,7 +218,7 @@ fn run_model(args: &Args, samples: &[Sample]) -> anyhow::Result<(Scores, String)
             let prediction = eval::decode_prediction_png(&path)?;
             // Scored on the grid the model saw (512 for SD 1.x): the cache's square.
             if prediction.width != prediction.height {
-                return Err(eval::EvalError::PredictionSize {
+                return Err(diffseg::Error::PredictionSize {
                     path,
                     width: prediction.width,
                     height: prediction.height,

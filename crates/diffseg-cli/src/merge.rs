@@ -48,12 +48,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = MergeOptions {
-        tau: args.tau.clone(),
-        anchors: args.anchors,
-        iterations: args.iterations,
-        refine: args.refine,
-    };
+    let options = MergeOptions::default()
+        .with_taus(args.tau.clone())
+        .with_anchors(args.anchors)
+        .with_iterations(args.iterations)
+        .with_refine(args.refine);
     options.validate()?;
     if args.size == Some(0) {
         bail!("--size must be at least 1");

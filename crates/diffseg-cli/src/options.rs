@@ -67,12 +67,11 @@ impl MergeArgs {
 
     /// The options these arguments describe.
     pub fn to_options(&self) -> MergeOptions {
-        MergeOptions {
-            tau: self.tau.clone(),
-            anchors: self.anchors,
-            iterations: self.iterations,
-            refine: self.refine,
-        }
+        MergeOptions::default()
+            .with_taus(self.tau.clone())
+            .with_anchors(self.anchors)
+            .with_iterations(self.iterations)
+            .with_refine(self.refine)
     }
 }
 

@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diffseg::output::{write_json_atomically, SegmentSettings};
 use diffseg::weights::{FoundWeights, WeightsOrigin};
+use diffseg::{write_json_atomically, SegmentSettings};
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
@@ -489,7 +489,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             outputs: seconds(outputs),
             total: seconds(started.elapsed()),
         };
-        diffseg::output::write_json_atomically(path, &report)
+        write_json_atomically(path, &report)
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
     note(format!(

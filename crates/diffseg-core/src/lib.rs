@@ -24,7 +24,7 @@ pub use merge::{
     anchor_grid, initial_proposals, kl_matrix, merge_proposals, proposals_from_matches, refine,
     MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
 };
-pub use resample::{interpolation_matrix, interpolation_tensor, resize_bilinear_half_pixel};
+pub use resample::resize_bilinear_half_pixel;
 pub use segmentation::{BoundingBox, Segment, Segmentation};
 
 use burn::tensor::backend::Backend;

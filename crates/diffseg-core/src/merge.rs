@@ -13,8 +13,10 @@ use crate::Error;
 pub const LOG_FLOOR: f32 = 1e-30;
 
 /// Settings of the merge stage. `Default` is the paper's: τ 1.1, 16 anchors per side,
-/// 3 iterations, no refinement.
+/// 3 iterations, no refinement. Built from `Default` with the `with_*` methods, so that
+/// a new option does not break callers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct MergeOptions {
     /// KL threshold per iteration: one value per iteration, or a single value used for all.
     pub tau: Vec<f32>,

@@ -13,7 +13,7 @@ use diffseg_cpu::matmul;
 /// Output sample `o` sits at source coordinate `(o + 0.5) * in/out - 0.5`, clamped to `>= 0`
 /// (as PyTorch and TF do), and mixes the two nearest source samples (the upper one clamped
 /// to the last index). Each row sums to 1.
-pub fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
+pub(crate) fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
     let mut matrix = vec![0f32; out_size * in_size];
     let scale = in_size as f64 / out_size as f64;
     for out in 0..out_size {
@@ -29,7 +29,7 @@ pub fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
 
 /// The interpolation matrix of [`interpolation_matrix`] as a `[out_size, in_size]` tensor of
 /// `dtype` (that of the maps it resizes: f32 maps stay f32 on a half-precision backend).
-pub fn interpolation_tensor<B: Backend>(
+pub(crate) fn interpolation_tensor<B: Backend>(
     in_size: usize,
     out_size: usize,
     device: &B::Device,

@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .weights(weights)
         .allow_download(false)
         .build()?;
-    let image = diffseg::open_image(image.as_ref())?;
+    let image = diffseg::open_image(&image)?;
     // One call first, as the Python side does: first-call allocations are not per image.
     segmenter.segment(&image)?;
     let mut seconds = Vec::with_capacity(repeats);

@@ -3,8 +3,7 @@
 //! the model.
 
 use burn::tensor::backend::Backend;
-use diffseg::input::Placement;
-use diffseg::{BackendKind, BackendTask, MergeOptions, SelfAttention, SelfAttentionMap};
+use diffseg::{BackendKind, BackendTask, MergeOptions, Placement, SelfAttention, SelfAttentionMap};
 use numpy::ndarray::{Array1, Array2};
 use numpy::{PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;

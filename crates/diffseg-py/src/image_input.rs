@@ -108,13 +108,13 @@ fn from_array(array: &Bound<'_, PyUntypedArray>) -> PyResult<DynamicImage> {
     let too_large = || {
         value_error(format!(
             "image array of shape {shape:?} is too large (at most {side}×{side} pixels)",
-            side = diffseg::input::MAX_IMAGE_SIDE
+            side = diffseg::MAX_IMAGE_SIDE
         ))
     };
     let side = |length: usize| {
         u32::try_from(length)
             .ok()
-            .filter(|side| *side <= diffseg::input::MAX_IMAGE_SIDE)
+            .filter(|side| *side <= diffseg::MAX_IMAGE_SIDE)
     };
     let (Some(width), Some(height)) = (side(width), side(height)) else {
         return Err(too_large());

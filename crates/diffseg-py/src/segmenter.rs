@@ -87,11 +87,10 @@ impl PySegmenter {
         refine: bool,
         allow_download: bool,
     ) -> PyResult<Self> {
-        let backend: BackendKind = backend
-            .parse()
-            .map_err(|error: diffseg::backend::UnknownBackend| value_error(error.to_string()))?;
-        let precision: Precision = precision.parse().map_err(value_error)?;
-        let fit: Fit = fit.parse().map_err(value_error)?;
+        let name_error = |error: diffseg::Error| value_error(error.to_string());
+        let backend: BackendKind = backend.parse().map_err(name_error)?;
+        let precision: Precision = precision.parse().map_err(name_error)?;
+        let fit: Fit = fit.parse().map_err(name_error)?;
         let mut builder = diffseg::Segmenter::builder()
             .backend(backend)
             .model(model)

@@ -33,6 +33,7 @@ pub type CudaF16 = burn::backend::Cuda<half::f16, i32>;
 
 /// The floating-point type the networks compute in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Precision {
     /// 32-bit floats everywhere (the default, and the only choice on the CPU).
     #[default]
@@ -51,19 +52,24 @@ impl fmt::Display for Precision {
 }
 
 impl FromStr for Precision {
-    type Err = String;
+    type Err = crate::Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" => Ok(Precision::F32),
             "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
-            other => Err(format!("unknown precision `{other}`: expected f32 or f16")),
+            _ => Err(crate::Error::unknown_name(
+                "precision",
+                s,
+                "expected f32 or f16",
+            )),
         }
     }
 }
 
 /// A backend named at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BackendKind {
     /// burn-ndarray on the CPU (Cargo feature `ndarray`, on by default).
     #[default]
@@ -87,6 +93,7 @@ pub trait BackendTask {
 
 /// A backend that this build of the crate does not contain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 #[error("the {kind} backend is not compiled in: rebuild with the Cargo feature `{feature}` (compiled in: {available})")]
 pub struct BackendUnavailable {
     /// The backend asked for.
@@ -205,22 +212,11 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// A backend name that is not `cpu`, `wgpu`, `wgpu:N`, `wgpu:NAME`, `cuda` or
-/// `cuda:N`, or a `wgpu:NAME` that names no adapter here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend `{name}`: {reason}")]
-pub struct UnknownBackend {
-    /// The name given.
-    pub name: String,
-    /// Why it names no backend.
-    pub reason: String,
-}
-
 impl BackendKind {
     /// The first WGPU adapter whose description (as `diffseg info` and
     /// [`wgpu_adapters`](crate::backend) list them, e.g. `llvmpipe (LLVM …)
     /// (Cpu, Vulkan)`) contains `name`, ignoring case.
-    pub fn wgpu_adapter_named(name: &str) -> Result<BackendKind, crate::Error> {
+    pub(crate) fn wgpu_adapter_named(name: &str) -> Result<BackendKind, crate::Error> {
         #[cfg(feature = "wgpu")]
         {
             let adapters = diffseg_device::wgpu_adapters()?;
@@ -262,15 +258,13 @@ impl BackendKind {
 }
 
 impl FromStr for BackendKind {
-    type Err = UnknownBackend;
+    type Err = crate::Error;
 
-    /// Parses a backend name; `wgpu:NAME` looks the adapter up now (see
-    /// [`BackendKind::wgpu_adapter_named`]).
+    /// Parses a backend name: `cpu`, `wgpu`, `wgpu:N`, `wgpu:NAME` (the first
+    /// adapter whose description contains NAME, looked up now), `cuda` or
+    /// `cuda:N`; anything else is [`crate::Error::UnknownName`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let unknown = |reason: String| UnknownBackend {
-            name: s.to_string(),
-            reason,
-        };
+        let unknown = |reason: String| crate::Error::unknown_name("backend", s, reason);
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "ndarray" => Ok(BackendKind::Cpu),
             "wgpu" => Ok(BackendKind::Wgpu),
@@ -301,11 +295,17 @@ mod tests {
 
     #[test]
     fn parses_backend_names() {
-        assert_eq!("cpu".parse(), Ok(BackendKind::Cpu));
-        assert_eq!("WGPU".parse(), Ok(BackendKind::Wgpu));
-        assert_eq!("cuda".parse(), Ok(BackendKind::Cuda(0)));
-        assert_eq!("cuda:3".parse(), Ok(BackendKind::Cuda(3)));
-        assert_eq!("wgpu:1".parse(), Ok(BackendKind::WgpuAdapter(1)));
+        assert_eq!("cpu".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
+        assert_eq!("WGPU".parse::<BackendKind>().unwrap(), BackendKind::Wgpu);
+        assert_eq!("cuda".parse::<BackendKind>().unwrap(), BackendKind::Cuda(0));
+        assert_eq!(
+            "cuda:3".parse::<BackendKind>().unwrap(),
+            BackendKind::Cuda(3)
+        );
+        assert_eq!(
+            "wgpu:1".parse::<BackendKind>().unwrap(),
+            BackendKind::WgpuAdapter(1)
+        );
         assert_eq!(BackendKind::WgpuAdapter(1).to_string(), "wgpu:1");
         assert!("tpu".parse::<BackendKind>().is_err());
         assert!("cuda:x".parse::<BackendKind>().is_err());

@@ -17,6 +17,7 @@ use crate::Error;
 
 /// How a non-square image is fitted to the model's square input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Fit {
     /// Pad to a square (image centred, neutral grey around it), segment, and crop the
     /// result back: every pixel of the image gets a segment. The default.
@@ -28,15 +29,13 @@ pub enum Fit {
 }
 
 impl std::str::FromStr for Fit {
-    type Err = String;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "pad" => Ok(Fit::Pad),
             "center-crop" | "centre-crop" | "crop" => Ok(Fit::CenterCrop),
-            other => Err(format!(
-                "unknown fit `{other}`: expected pad or center-crop"
-            )),
+            _ => Err(Error::unknown_name("fit", s, "expected pad or center-crop")),
         }
     }
 }
@@ -54,7 +53,7 @@ impl std::fmt::Display for Fit {
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// The most memory [`open_image`] lets a decoder allocate (1 GiB): enough for a
 /// 16384×16384 RGB image, and a header that claims more fails before allocating.
-pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+pub(crate) const MAX_DECODE_BYTES: u64 = 1 << 30;
 
 /// Opens and decodes an image file of any format the `image` crate reads here
 /// (PNG, JPEG including CMYK, TIFF, WebP, BMP), with decoding limits so that a
@@ -65,7 +64,8 @@ pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 /// what they cannot read (a truncated JPEG decodes with its missing part grey),
 /// and a segmentation of that would look like a result. To accept such images
 /// with a warning, use [`open_image_allowing_damage`].
-pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
+pub fn open_image(path: impl AsRef<Path>) -> Result<DynamicImage, Error> {
+    let path = path.as_ref();
     match open_image_allowing_damage(path)? {
         (image, None) => Ok(image),
         (_, Some(reason)) => Err(Error::ImageDamaged {
@@ -78,7 +78,10 @@ pub fn open_image(path: &Path) -> Result<DynamicImage, Error> {
 /// Like [`open_image`], but an image that decodes despite damage is returned
 /// with a description of the damage, for the caller to report. Files that do
 /// not decode at all are still errors.
-pub fn open_image_allowing_damage(path: &Path) -> Result<(DynamicImage, Option<String>), Error> {
+pub fn open_image_allowing_damage(
+    path: impl AsRef<Path>,
+) -> Result<(DynamicImage, Option<String>), Error> {
+    let path = path.as_ref();
     let read_error = |source| Error::ImageRead {
         path: path.to_path_buf(),
         error: source,
@@ -210,7 +213,7 @@ impl Placement {
 
 /// An image ready for the VAE: `[3, size, size]` channel-major, values in [-1, 1].
 #[derive(Debug, Clone)]
-pub struct ModelInput {
+pub(crate) struct ModelInput {
     /// Channel-major pixels, `3 * size * size` values in [-1, 1].
     pub pixels: Vec<f32>,
     /// The model's input side in pixels.
@@ -226,7 +229,11 @@ pub struct ModelInput {
 /// Any colour type or bit depth is first converted as `image` converts to RGB8
 /// (16-bit scaled to 8-bit, grey replicated, alpha dropped), which is what the
 /// reference's PIL `convert("RGB")` does.
-pub fn prepare_image(image: &DynamicImage, size: usize, fit: Fit) -> Result<ModelInput, Error> {
+pub(crate) fn prepare_image(
+    image: &DynamicImage,
+    size: usize,
+    fit: Fit,
+) -> Result<ModelInput, Error> {
     let (width, height) = (image.width(), image.height());
     if width == 0 || height == 0 {
         return Err(Error::EmptyImage);
@@ -289,7 +296,7 @@ fn half_pixel_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
 /// with half-pixel centres and no antialiasing: TF2 `tf.image.resize(...,
 /// "bilinear")` and PyTorch `interpolate(mode="bilinear", align_corners=False,
 /// antialias=False)`. Values stay in float.
-pub fn resize_bilinear_half_pixel(
+pub(crate) fn resize_bilinear_half_pixel(
     plane: &[f32],
     in_h: usize,
     in_w: usize,

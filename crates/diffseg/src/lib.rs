@@ -11,7 +11,7 @@
 //! # fn main() -> Result<(), diffseg::Error> {
 //! // Loads SD 1.5 from $DIFFSEG_WEIGHTS or the Hugging Face cache, else downloads it.
 //! let segmenter = Segmenter::new(BackendKind::Cpu)?;
-//! let image = diffseg::open_image("examples/images/astronaut.png".as_ref())?;
+//! let image = diffseg::open_image("examples/images/astronaut.png")?;
 //! let segmentation = segmenter.segment(&image)?;
 //! for segment in segmentation.segments() {
 //!     println!("segment {}: {} pixels, box {:?}", segment.label, segment.area, segment.bbox);
@@ -40,9 +40,9 @@
 //! Programs that use Burn themselves can instead load a [`Pipeline`] on the
 //! backend type and device of their choice.
 //!
-//! Modules: [`input`] (decoding, fitting, docs/method.md §1 resampling), [`weights`]
-//! (finding and downloading weights), [`output`] (JSON with COCO RLE masks,
-//! atomic writes), [`backend`] (run-time backend choice). The algorithm lives in
+//! Modules: [`weights`] (finding and downloading weights), [`backend`] (the
+//! Burn backend types for a [`Pipeline`]), [`eval`] (the paper's evaluation
+//! protocol). Everything else is here at the root. The algorithm lives in
 //! `diffseg-core`, the networks in `diffseg-sd`.
 
 #![warn(missing_docs)]
@@ -51,8 +51,8 @@ mod attention;
 pub mod backend;
 mod error;
 pub mod eval;
-pub mod input;
-pub mod output;
+mod input;
+mod output;
 mod pipeline;
 mod segmentation;
 mod segmenter;
@@ -63,8 +63,9 @@ pub use attention::{SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
-pub use input::{open_image, open_image_allowing_damage, Fit};
-pub use pipeline::{model_input_size, Pipeline, TIMESTEP};
+pub use input::{open_image, open_image_allowing_damage, Fit, Placement, MAX_IMAGE_SIDE};
+pub use output::{write_json_atomically, CocoRle, SegmentRecord, SegmentSettings, SegmentsFile};
+pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};
 pub use timing::StageTimes;

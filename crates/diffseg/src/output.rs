@@ -53,7 +53,7 @@ pub struct CocoRle {
 
 /// Encodes the mask `labels == label` of a row-major `width`×`height` label map
 /// as COCO RLE (column-major runs, zeros first).
-pub fn coco_rle(labels: &[u32], width: u32, height: u32, label: u32) -> CocoRle {
+pub(crate) fn coco_rle(labels: &[u32], width: u32, height: u32, label: u32) -> CocoRle {
     let (w, h) = (width as usize, height as usize);
     let mut counts = Vec::new();
     let mut current = false;
@@ -78,7 +78,7 @@ pub fn coco_rle(labels: &[u32], width: u32, height: u32, label: u32) -> CocoRle 
 
 /// Describes a row-major label map: one record per label `0..count` that has
 /// at least one pixel.
-pub fn describe_labels(
+pub(crate) fn describe_labels(
     labels: &[u32],
     width: u32,
     height: u32,
@@ -180,7 +180,7 @@ impl SegmentSettings {
 /// Writes `path` atomically: `write` fills a temporary file in the same folder
 /// (same extension, so format-by-extension encoders work), which is renamed to
 /// `path` only when `write` succeeded. On failure nothing is left behind.
-pub fn write_atomically<F>(path: &Path, write: F) -> Result<(), Error>
+pub(crate) fn write_atomically<F>(path: &Path, write: F) -> Result<(), Error>
 where
     F: FnOnce(&Path) -> Result<(), Error>,
 {
@@ -221,7 +221,8 @@ where
 }
 
 /// Writes `value` as pretty JSON to `path`, atomically.
-pub fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
+pub fn write_json_atomically<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<(), Error> {
+    let path = path.as_ref();
     write_atomically(path, |temporary| {
         let text = serde_json::to_string_pretty(value).map_err(|error| Error::Write {
             path: path.to_path_buf(),
@@ -235,7 +236,7 @@ pub fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(),
 }
 
 /// Writes `image` as a PNG to `path`, atomically.
-pub fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
+pub(crate) fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
     write_atomically(path, |temporary| {
         image
             .save_with_format(temporary, ImageFormat::Png)
@@ -248,8 +249,13 @@ pub fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
 
 /// Writes a row-major label map as a greyscale PNG, pixel value = label (8-bit
 /// when every label fits a byte, else 16-bit), atomically. The label-PNG
-/// codec's writer; [`read_label_png`] reads it back.
-pub fn write_label_png(path: &Path, labels: &[u32], width: u32, height: u32) -> Result<(), Error> {
+/// codec's writer.
+pub(crate) fn write_label_png(
+    path: &Path,
+    labels: &[u32],
+    width: u32,
+    height: u32,
+) -> Result<(), Error> {
     let image =
         crate::segmentation::label_image(labels, width, height).map_err(|error| Error::Write {
             path: path.to_path_buf(),
@@ -259,8 +265,9 @@ pub fn write_label_png(path: &Path, labels: &[u32], width: u32, height: u32) -> 
 }
 
 /// Reads a label PNG (8- or 16-bit greyscale, pixel value = label) as
-/// row-major labels, width and height.
-pub fn read_label_png(path: &Path) -> Result<(Vec<u32>, u32, u32), Error> {
+/// row-major labels, width and height: the tests' check of [`write_label_png`].
+#[cfg(test)]
+pub(crate) fn read_label_png(path: &Path) -> Result<(Vec<u32>, u32, u32), Error> {
     let decode_error = |reason: String| Error::ImageDecode {
         path: path.to_path_buf(),
         reason,

@@ -34,7 +34,7 @@ pub(crate) const SD1_INPUT_SIZE: usize = 512;
 /// The side of the square image the model takes: the UNet's latent
 /// `sample_size` times the VAE's downscaling factor (2 per VAE block after the
 /// first). SD 1.x: 64 × 8 = 512; the tiny test model: 16 × 8 = 128.
-pub fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
+pub(crate) fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
     let WeightsSource::Diffusers { root, .. } = source else {
         // Single-file checkpoints are SD 1.x (the loader checks the shapes).
         return Ok(SD1_INPUT_SIZE);
@@ -75,7 +75,7 @@ fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let source = WeightsSource::detect("/models/stable-diffusion-v1-5")?;
 /// let pipeline = Pipeline::<NdArray<f32>>::load(&source, NdArrayDevice::Cpu)?;
-/// let image = diffseg::open_image("photo.jpg".as_ref())?;
+/// let image = diffseg::open_image("photo.jpg")?;
 /// let segmentation = pipeline.segment(&image, Fit::Pad, &MergeOptions::default())?;
 /// println!("{} segments", segmentation.segment_count());
 /// # Ok(()) }

@@ -1,6 +1,6 @@
 //! The result of segmenting an image, in the forms a vision pipeline takes it:
 //! the label map as numbers or as an image, a mask per segment, an overlay,
-//! the JSON description; and written to files through [`crate::output`].
+//! the JSON description ([`SegmentsFile`]); and written to files atomically.
 
 use std::path::Path;
 
@@ -75,11 +75,6 @@ impl Segmentation {
     /// Each segment's label, area (pixels) and bounding box, by label.
     pub fn segments(&self) -> &[Segment] {
         self.map.segments()
-    }
-
-    /// The algorithm's own label map (diffseg-core's type).
-    pub fn as_core(&self) -> &diffseg_core::Segmentation {
-        &self.map
     }
 
     /// Row-major mask of segment `index`: `true` inside.

@@ -124,7 +124,7 @@ impl PipelinePool {
 /// ```no_run
 /// # fn main() -> Result<(), diffseg::Error> {
 /// let segmenter = diffseg::Segmenter::new(diffseg::BackendKind::Cpu)?;
-/// let image = diffseg::open_image("photo.jpg".as_ref())?;
+/// let image = diffseg::open_image("photo.jpg")?;
 /// let segmentation = segmenter.segment(&image)?;
 /// println!("{} segments", segmentation.segment_count());
 /// # Ok(()) }

@@ -130,7 +130,7 @@ fn damaged_files_that_decode_are_refused() {
         ("no-end.png", &png[..png.len() - 4], "PNG"),
     ] {
         let path = write(dir, name, bytes);
-        let (image, damage) = diffseg::input::open_image_allowing_damage(&path).unwrap();
+        let (image, damage) = diffseg::open_image_allowing_damage(&path).unwrap();
         assert_eq!((image.width(), image.height()), (64, 48), "{name}");
         let damage = damage.unwrap_or_else(|| panic!("{name}: no damage found"));
         assert!(damage.contains(format), "{name}: {damage}");
@@ -148,7 +148,7 @@ fn damaged_files_that_decode_are_refused() {
     // The whole files are not damaged.
     for (name, bytes) in [("whole.jpg", &jpeg), ("whole.png", &png)] {
         let path = write(dir, name, bytes);
-        let (_, damage) = diffseg::input::open_image_allowing_damage(&path).unwrap();
+        let (_, damage) = diffseg::open_image_allowing_damage(&path).unwrap();
         assert_eq!(damage, None, "{name}");
     }
 }

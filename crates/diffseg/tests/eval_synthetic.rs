@@ -10,10 +10,10 @@ mod eval_support;
 use std::path::Path;
 
 use diffseg::eval::{
-    check_images, check_labels, load_ground_truth, match_segments, max_weight_assignment,
-    nearest_source_index, score_predictions, score_sample, Confusion, Dataset, EvalError,
-    EvalReport, Scores, EVAL_SIDE, NUM_CLASSES,
+    check_images, check_labels, load_ground_truth, match_segments, score_predictions, score_sample,
+    Confusion, Dataset, EvalReport, Scores, EVAL_SIDE, NUM_CLASSES,
 };
+use diffseg::Error;
 use eval_support::{images, load_fixture, numbers, prediction, write_labels, write_predictions};
 use serde_json::Value;
 
@@ -81,45 +81,6 @@ fn assert_scores_match(scores: &Scores, expected: &Value) {
             (None, None) => {}
             _ => panic!("class {class}: IoU {iou:?}, expected {want}"),
         }
-    }
-}
-
-#[test]
-fn nearest_indices_match_pil() {
-    let (inputs, _) = load_fixture();
-    for table in inputs["nearest"].as_array().unwrap() {
-        let source = table["source"].as_u64().unwrap() as usize;
-        let indices: Vec<usize> = numbers(&table["indices"]);
-        let ours: Vec<usize> = (0..EVAL_SIDE)
-            .map(|i| nearest_source_index(i, source, EVAL_SIDE))
-            .collect();
-        assert_eq!(ours, indices, "source side {source}");
-    }
-}
-
-#[test]
-fn assignments_match_scipy_including_its_choice_among_ties() {
-    let (inputs, expected) = load_fixture();
-    let cases = inputs["assignments"].as_array().unwrap();
-    let answers = expected["assignments"].as_array().unwrap();
-    assert_eq!(cases.len(), answers.len());
-    for (index, (case, answer)) in cases.iter().zip(answers).enumerate() {
-        let rows = case["rows"].as_u64().unwrap() as usize;
-        let columns = case["columns"].as_u64().unwrap() as usize;
-        let weights: Vec<u64> = numbers(&case["weights"]);
-        let pairs = max_weight_assignment(rows, columns, &weights);
-        let ours_rows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
-        let ours_columns: Vec<usize> = pairs.iter().map(|p| p.1).collect();
-        assert_eq!(
-            ours_rows,
-            numbers::<usize>(&answer["matched_rows"]),
-            "case {index} ({rows}×{columns}) rows"
-        );
-        assert_eq!(
-            ours_columns,
-            numbers::<usize>(&answer["matched_columns"]),
-            "case {index} ({rows}×{columns}) columns"
-        );
     }
 }
 
@@ -229,7 +190,7 @@ fn missing_files_and_folders_are_named() {
 
     // No dataset folder at all.
     let error = Dataset::Cityscapes.samples(root.path()).unwrap_err();
-    assert!(matches!(error, EvalError::MissingFolder { .. }), "{error}");
+    assert!(matches!(error, Error::MissingFolder { .. }), "{error}");
     assert!(error.to_string().contains("gtFine"), "{error}");
     let error = Dataset::CocoStuff27.samples(root.path()).unwrap_err();
     assert!(
@@ -262,7 +223,7 @@ fn missing_files_and_folders_are_named() {
     assert!(
         matches!(
             error,
-            EvalError::MissingPrediction {
+            Error::MissingPrediction {
                 missing: 1,
                 total: 3,
                 ..
@@ -283,7 +244,7 @@ fn missing_files_and_folders_are_named() {
     assert!(
         matches!(
             error,
-            EvalError::PredictionSize {
+            Error::PredictionSize {
                 width: 511,
                 height: 512,
                 ..
@@ -301,10 +262,7 @@ fn missing_files_and_folders_are_named() {
         |_, _| {},
     )
     .unwrap_err();
-    assert!(
-        matches!(error, EvalError::PredictionFormat { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::PredictionFormat { .. }), "{error}");
 
     let error = score_predictions(
         Dataset::CocoStuff27,
@@ -313,7 +271,7 @@ fn missing_files_and_folders_are_named() {
         |_, _| {},
     )
     .unwrap_err();
-    assert!(matches!(error, EvalError::MissingFolder { .. }), "{error}");
+    assert!(matches!(error, Error::MissingFolder { .. }), "{error}");
 }
 
 /// A prediction at its image's own size (as `diffseg segment` writes them) is cropped
@@ -396,7 +354,7 @@ fn images_must_exist_and_match_their_labels() {
     assert!(
         matches!(
             error,
-            EvalError::SizeMismatch {
+            Error::SizeMismatch {
                 image_width: 19,
                 label_width: 18,
                 ..

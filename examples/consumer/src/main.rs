@@ -40,6 +40,6 @@ fn segment_count(weights: &str, image: &str) -> Result<usize, diffseg::Error> {
         .weights(weights)
         .allow_download(false)
         .build()?;
-    let image = diffseg::open_image(image.as_ref())?;
+    let image = diffseg::open_image(&image)?;
     Ok(segmenter.segment(&image)?.segment_count())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-use super::error::EvalError;
+use crate::Error;
 
 /// The number of ground-truth classes of both benchmarks.
 pub const NUM_CLASSES: usize = 27;
@@ -15,15 +15,16 @@ pub const NUM_CLASSES: usize = 27;
 pub const IGNORED: u8 = u8::MAX;
 
 /// The 2,175 COCO-Stuff val2017 image ids of the paper's curated COCO-Stuff-27 list.
-pub const COCOSTUFF27_VAL_CURATED: &str = include_str!("../../data/cocostuff27_val_curated.txt");
+pub(crate) const COCOSTUFF27_VAL_CURATED: &str =
+    include_str!("../../data/cocostuff27_val_curated.txt");
 
 /// COCO-Stuff's 182 fine classes to the 27 coarse ones (the paper's pickle, as JSON).
-pub const COCOSTUFF27_FINE_TO_COARSE: &str =
+pub(crate) const COCOSTUFF27_FINE_TO_COARSE: &str =
     include_str!("../../data/cocostuff27_fine_to_coarse.json");
 
 /// The 27 COCO-Stuff coarse classes, by coarse index: 12 "things" super-categories,
 /// then 15 "stuff" ones.
-pub const COCOSTUFF27_CLASS_NAMES: [&str; NUM_CLASSES] = [
+pub(crate) const COCOSTUFF27_CLASS_NAMES: [&str; NUM_CLASSES] = [
     "electronic",
     "appliance",
     "food-things",
@@ -54,7 +55,7 @@ pub const COCOSTUFF27_CLASS_NAMES: [&str; NUM_CLASSES] = [
 ];
 
 /// The Cityscapes classes with label ids 7 to 33, in id order (class index = id − 7).
-pub const CITYSCAPES_CLASS_NAMES: [&str; NUM_CLASSES] = [
+pub(crate) const CITYSCAPES_CLASS_NAMES: [&str; NUM_CLASSES] = [
     "road",
     "sidewalk",
     "parking",
@@ -89,16 +90,16 @@ const CITYSCAPES_FIRST_ID: u8 = 7;
 
 /// Maps a raw 8-bit label value to a class index in `0..27` or [`IGNORED`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelMap([u8; 256]);
+pub(crate) struct LabelMap([u8; 256]);
 
 impl LabelMap {
     /// The class of a raw label value: an index in `0..27`, or [`IGNORED`].
-    pub fn class_of(&self, raw: u8) -> u8 {
+    pub(crate) fn class_of(&self, raw: u8) -> u8 {
         self.0[raw as usize]
     }
 
     /// Maps every raw label value to its class.
-    pub fn apply(&self, raw: &[u8]) -> Vec<u8> {
+    pub(crate) fn apply(&self, raw: &[u8]) -> Vec<u8> {
         raw.iter().map(|&value| self.class_of(value)).collect()
     }
 }
@@ -161,7 +162,8 @@ impl Sample {
     /// Where this image's prediction lies in `folder`: `folder/<id>.png`, or else
     /// `folder/<subfolder>/<id>.png` (a folder segmented recursively keeps the
     /// dataset's sub-folders). `None` if neither exists.
-    pub fn find_prediction(&self, folder: &Path) -> Option<PathBuf> {
+    pub fn find_prediction(&self, folder: impl AsRef<Path>) -> Option<PathBuf> {
+        let folder = folder.as_ref();
         let flat = folder.join(self.prediction_file_name());
         if flat.is_file() {
             return Some(flat);
@@ -207,7 +209,7 @@ impl Dataset {
     }
 
     /// How raw label values become class indices.
-    pub fn label_map(&self) -> LabelMap {
+    pub(crate) fn label_map(&self) -> LabelMap {
         match self {
             Dataset::CocoStuff27 => COCOSTUFF27_LABEL_MAP.clone(),
             Dataset::Cityscapes => {
@@ -231,7 +233,8 @@ impl Dataset {
     ///
     /// Only the folders are checked here: [`check_labels`] checks the label files,
     /// images are checked when read.
-    pub fn samples(&self, root: &Path) -> Result<Vec<Sample>, EvalError> {
+    pub fn samples(&self, root: impl AsRef<Path>) -> Result<Vec<Sample>, Error> {
+        let root = root.as_ref();
         match self {
             Dataset::CocoStuff27 => {
                 let ids: Vec<&str> = COCOSTUFF27_VAL_CURATED.lines().map(str::trim).collect();
@@ -244,15 +247,21 @@ impl Dataset {
     /// Like [`Dataset::samples`], restricted to the image ids in the text file
     /// `list` (one id, i.e. image file stem, per line; blank lines skipped), in
     /// the list's order.
-    pub fn samples_from_list(&self, root: &Path, list: &Path) -> Result<Vec<Sample>, EvalError> {
-        let text = std::fs::read_to_string(list).map_err(|source| EvalError::io(list, source))?;
+    pub fn samples_from_list(
+        &self,
+        root: impl AsRef<Path>,
+        list: impl AsRef<Path>,
+    ) -> Result<Vec<Sample>, Error> {
+        let root = root.as_ref();
+        let list = list.as_ref();
+        let text = std::fs::read_to_string(list).map_err(|source| Error::io(list, source))?;
         let ids: Vec<&str> = text
             .lines()
             .map(str::trim)
             .filter(|line| !line.is_empty())
             .collect();
         if ids.is_empty() {
-            return Err(EvalError::ImageList {
+            return Err(Error::ImageList {
                 path: list.to_path_buf(),
                 reason: "it lists no image id".into(),
             });
@@ -266,7 +275,7 @@ impl Dataset {
                         all.iter()
                             .find(|sample| sample.id == *id)
                             .cloned()
-                            .ok_or_else(|| EvalError::ImageList {
+                            .ok_or_else(|| Error::ImageList {
                                 path: list.to_path_buf(),
                                 reason: format!(
                                     "image `{id}` is not in {}",
@@ -286,44 +295,43 @@ impl fmt::Display for Dataset {
     }
 }
 
-/// A dataset name that is neither `cocostuff27` nor `cityscapes`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown dataset `{0}`: expected cocostuff27 or cityscapes")]
-pub struct UnknownDataset(pub String);
-
 impl FromStr for Dataset {
-    type Err = UnknownDataset;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "cocostuff27" | "cocostuff" | "coco" => Ok(Dataset::CocoStuff27),
             "cityscapes" => Ok(Dataset::Cityscapes),
-            _ => Err(UnknownDataset(s.to_string())),
+            _ => Err(Error::unknown_name(
+                "dataset",
+                s,
+                "expected cocostuff27 or cityscapes",
+            )),
         }
     }
 }
 
-/// Fails with [`EvalError::MissingFolder`] unless `path` is a folder.
-fn require_folder(path: PathBuf, hint: &str) -> Result<PathBuf, EvalError> {
+/// Fails with [`Error::MissingFolder`] unless `path` is a folder.
+fn require_folder(path: PathBuf, hint: &str) -> Result<PathBuf, Error> {
     if path.is_dir() {
         Ok(path)
     } else {
-        Err(EvalError::MissingFolder {
+        Err(Error::MissingFolder {
             path,
             hint: hint.to_string(),
         })
     }
 }
 
-/// Fails with [`EvalError::MissingLabel`], naming the first missing label file and
+/// Fails with [`Error::MissingLabel`], naming the first missing label file and
 /// counting them, unless every sample's label file exists.
-pub fn check_labels(samples: &[Sample]) -> Result<(), EvalError> {
+pub fn check_labels(samples: &[Sample]) -> Result<(), Error> {
     let missing: Vec<&Sample> = samples
         .iter()
         .filter(|sample| !sample.label.is_file())
         .collect();
     match missing.first() {
-        Some(first) => Err(EvalError::MissingLabel {
+        Some(first) => Err(Error::MissingLabel {
             path: first.label.clone(),
             id: first.id.clone(),
             missing: missing.len(),
@@ -335,16 +343,15 @@ pub fn check_labels(samples: &[Sample]) -> Result<(), EvalError> {
 
 /// Fails unless every sample's image file exists and has its label map's size
 /// (reading only the files' headers): a mismatched pair would be cropped
-/// differently. [`EvalError::SizeMismatch`] names both files.
-pub fn check_images(samples: &[Sample]) -> Result<(), EvalError> {
+/// differently. [`Error::SizeMismatch`] names both files.
+pub fn check_images(samples: &[Sample]) -> Result<(), Error> {
     for sample in samples {
-        let size_of = |path: &Path| {
-            image::image_dimensions(path).map_err(|source| EvalError::image(path, source))
-        };
+        let size_of =
+            |path: &Path| image::image_dimensions(path).map_err(|source| Error::png(path, source));
         let (image_width, image_height) = size_of(&sample.image)?;
         let (label_width, label_height) = size_of(&sample.label)?;
         if (image_width, image_height) != (label_width, label_height) {
-            return Err(EvalError::SizeMismatch {
+            return Err(Error::SizeMismatch {
                 image: sample.image.clone(),
                 image_width,
                 image_height,
@@ -358,7 +365,7 @@ pub fn check_images(samples: &[Sample]) -> Result<(), EvalError> {
 }
 
 /// COCO-Stuff samples for `ids`, labels in the official or the authors' layout.
-fn coco_samples(root: &Path, ids: &[&str]) -> Result<Vec<Sample>, EvalError> {
+fn coco_samples(root: &Path, ids: &[&str]) -> Result<Vec<Sample>, Error> {
     require_folder(root.to_path_buf(), "the COCO-Stuff root folder")?;
     let official = root.join("stuffthingmaps_trainval2017").join("val2017");
     let authors = root.join("annotation_val2017");
@@ -367,7 +374,7 @@ fn coco_samples(root: &Path, ids: &[&str]) -> Result<Vec<Sample>, EvalError> {
     } else if authors.is_dir() {
         authors
     } else {
-        return Err(EvalError::MissingFolder {
+        return Err(Error::MissingFolder {
             path: official,
             hint: "unzip stuffthingmaps_trainval2017.zip (COCO-Stuff label maps) into the root \
                    (the paper's renamed `annotation_val2017` folder is accepted too)"
@@ -390,7 +397,7 @@ fn coco_samples(root: &Path, ids: &[&str]) -> Result<Vec<Sample>, EvalError> {
 const CITYSCAPES_LABEL_SUFFIX: &str = "_gtFine_labelIds.png";
 
 /// Every Cityscapes val image that has a `gtFine_labelIds` file, sorted.
-fn cityscapes_samples(root: &Path) -> Result<Vec<Sample>, EvalError> {
+fn cityscapes_samples(root: &Path) -> Result<Vec<Sample>, Error> {
     let label_root = require_folder(
         root.join("gtFine").join("val"),
         "unzip gtFine_trainvaltest.zip (Cityscapes fine annotations) into the root",
@@ -420,7 +427,7 @@ fn cityscapes_samples(root: &Path) -> Result<Vec<Sample>, EvalError> {
         }
     }
     if samples.is_empty() {
-        return Err(EvalError::EmptyDataset {
+        return Err(Error::EmptyDataset {
             path: label_root,
             what: format!("<city>/*{CITYSCAPES_LABEL_SUFFIX} label file"),
         });
@@ -429,12 +436,12 @@ fn cityscapes_samples(root: &Path) -> Result<Vec<Sample>, EvalError> {
 }
 
 /// The entries of a folder, sorted by path.
-fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>, EvalError> {
+fn sorted_entries(folder: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut entries = std::fs::read_dir(folder)
-        .map_err(|source| EvalError::io(folder, source))?
+        .map_err(|source| Error::io(folder, source))?
         .map(|entry| entry.map(|entry| entry.path()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| EvalError::io(folder, source))?;
+        .map_err(|source| Error::io(folder, source))?;
     entries.sort();
     Ok(entries)
 }
@@ -480,9 +487,18 @@ mod tests {
 
     #[test]
     fn parses_dataset_names() {
-        assert_eq!("cocostuff27".parse(), Ok(Dataset::CocoStuff27));
-        assert_eq!("COCO-Stuff-27".parse(), Ok(Dataset::CocoStuff27));
-        assert_eq!("cityscapes".parse(), Ok(Dataset::Cityscapes));
+        assert_eq!(
+            "cocostuff27".parse::<Dataset>().unwrap(),
+            Dataset::CocoStuff27
+        );
+        assert_eq!(
+            "COCO-Stuff-27".parse::<Dataset>().unwrap(),
+            Dataset::CocoStuff27
+        );
+        assert_eq!(
+            "cityscapes".parse::<Dataset>().unwrap(),
+            Dataset::Cityscapes
+        );
         assert!("ade20k".parse::<Dataset>().is_err());
     }
 }

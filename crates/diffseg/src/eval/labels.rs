@@ -5,14 +5,14 @@ use std::path::Path;
 
 use image::DynamicImage;
 
-use super::error::EvalError;
+use crate::Error;
 
 /// The side of the square that images, labels and predictions are compared at.
 pub const EVAL_SIDE: usize = 512;
 
 /// A single-channel 8-bit label map, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelImage {
+pub(crate) struct LabelImage {
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -24,8 +24,8 @@ pub struct LabelImage {
 /// Reads a ground-truth label PNG as the paper's code does: 8-bit values, and
 /// channel 0 of a file with several channels (a palette PNG is expanded to RGB
 /// first). 16-bit files keep their high byte, as an 8-bit decoder does.
-pub fn read_label_png(path: &Path) -> Result<LabelImage, EvalError> {
-    let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
+pub(crate) fn read_label_png(path: &Path) -> Result<LabelImage, Error> {
+    let decoded = image::open(path).map_err(|source| Error::png(path, source))?;
     let (width, height) = (decoded.width(), decoded.height());
     let values = match &decoded {
         DynamicImage::ImageLuma8(buffer) => buffer.as_raw().clone(),
@@ -66,14 +66,14 @@ fn high_bytes(interleaved: &[u16], channels: usize) -> Vec<u8> {
 /// which is exact (TF's float32 product never crosses an integer differently here,
 /// since the fractional part of `(2i + 1) · source / (2 · target)` is either 0 or at
 /// least 1 / (2 · target)).
-pub fn nearest_source_index(i: usize, source: usize, target: usize) -> usize {
+pub(crate) fn nearest_source_index(i: usize, source: usize, target: usize) -> usize {
     ((2 * i + 1) * source / (2 * target)).min(source - 1)
 }
 
 /// The protocol's label pre-processing (docs/method.md §7): the centre square of side
 /// `c = min(H, W)` starting at row `(H − c) / 2` and column `(W − c) / 2`, resized to
 /// `side`×`side` by nearest neighbour ([`nearest_source_index`]). Row-major.
-pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
+pub(crate) fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
     crop_resize_nearest(
         &labels.values,
         labels.width as usize,
@@ -87,7 +87,7 @@ pub fn center_crop_resize_nearest(labels: &LabelImage, side: usize) -> Vec<u8> {
 /// # Panics
 ///
 /// If `values` does not hold `width * height` values.
-pub fn crop_resize_nearest<T: Copy>(
+pub(crate) fn crop_resize_nearest<T: Copy>(
     values: &[T],
     width: usize,
     height: usize,
@@ -121,11 +121,12 @@ pub struct PredictionImage {
 
 /// Decodes a predicted label map of any size: a greyscale 8- or 16-bit PNG whose
 /// pixel values are segment indices.
-pub fn decode_prediction_png(path: &Path) -> Result<PredictionImage, EvalError> {
-    let decoded = image::open(path).map_err(|source| EvalError::image(path, source))?;
+pub fn decode_prediction_png(path: impl AsRef<Path>) -> Result<PredictionImage, Error> {
+    let path = path.as_ref();
+    let decoded = image::open(path).map_err(|source| Error::png(path, source))?;
     let (width, height) = (decoded.width(), decoded.height());
     let segments = crate::output::label_values(decoded)
-        .map_err(|colour| EvalError::PredictionFormat {
+        .map_err(|colour| Error::PredictionFormat {
             path: path.to_path_buf(),
             found: format!("{colour:?}"),
         })?
@@ -138,20 +139,6 @@ pub fn decode_prediction_png(path: &Path) -> Result<PredictionImage, EvalError> 
         height,
         segments,
     })
-}
-
-/// Reads a predicted label map of exactly `side`×`side` (see [`decode_prediction_png`]).
-pub fn read_prediction_png(path: &Path, side: usize) -> Result<Vec<u16>, EvalError> {
-    let prediction = decode_prediction_png(path)?;
-    if prediction.width as usize != side || prediction.height as usize != side {
-        return Err(EvalError::PredictionSize {
-            path: path.to_path_buf(),
-            width: prediction.width,
-            height: prediction.height,
-            expected: format!("{side}×{side} (the protocol's centre crop resized to {side})"),
-        });
-    }
-    Ok(prediction.segments)
 }
 
 #[cfg(test)]
@@ -193,10 +180,10 @@ mod tests {
             let labels: Vec<u16> = (0..16).map(|i| i * max / 15).collect();
             let wide: Vec<u32> = labels.iter().map(|&label| label as u32).collect();
             crate::output::write_label_png(&path, &wide, 4, 4).unwrap();
-            assert_eq!(read_prediction_png(&path, 4).unwrap(), labels);
-            let error = read_prediction_png(&path, 8).unwrap_err();
+            assert_eq!(decode_prediction_png(&path).unwrap().segments, labels);
+            let error = super::super::load_prediction(&path, 8, 8, 8).unwrap_err();
             assert!(
-                matches!(error, EvalError::PredictionSize { width: 4, .. }),
+                matches!(error, Error::PredictionSize { width: 4, .. }),
                 "{error}"
             );
         }

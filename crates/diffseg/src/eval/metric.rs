@@ -77,7 +77,11 @@ impl Confusion {
 /// # Panics
 ///
 /// If `weights` does not hold `rows * columns` values.
-pub fn max_weight_assignment(rows: usize, columns: usize, weights: &[u64]) -> Vec<(usize, usize)> {
+pub(crate) fn max_weight_assignment(
+    rows: usize,
+    columns: usize,
+    weights: &[u64],
+) -> Vec<(usize, usize)> {
     assert_eq!(weights.len(), rows * columns, "a rows × columns matrix");
     // Pixel counts are far below 2^53, so the f64 costs and the solver's dual
     // arithmetic on them are exact, as in scipy (which converts to float64 too).

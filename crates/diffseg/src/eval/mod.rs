@@ -14,37 +14,25 @@
 //!   protocol's 512×512 grid or at their image's own size ([`load_prediction`]).
 
 mod dataset;
-mod error;
 mod labels;
 mod metric;
 mod report;
 
 use std::path::{Path, PathBuf};
 
-pub use dataset::{
-    check_images, check_labels, Dataset, LabelMap, Sample, UnknownDataset, CITYSCAPES_CLASS_NAMES,
-    COCOSTUFF27_CLASS_NAMES, COCOSTUFF27_FINE_TO_COARSE, COCOSTUFF27_VAL_CURATED, IGNORED,
-    NUM_CLASSES,
-};
-pub use error::EvalError;
-pub use labels::{
-    center_crop_resize_nearest, crop_resize_nearest, decode_prediction_png, nearest_source_index,
-    read_label_png, read_prediction_png, LabelImage, PredictionImage, EVAL_SIDE,
-};
-pub use metric::{
-    match_segments, max_weight_assignment, score_image, ClassCounts, Confusion, Scores,
-};
+pub use dataset::{check_images, check_labels, Dataset, Sample, IGNORED, NUM_CLASSES};
+pub use labels::{decode_prediction_png, PredictionImage, EVAL_SIDE};
+pub use metric::{match_segments, score_image, ClassCounts, Confusion, Scores};
 pub use report::{ClassReport, EvalReport};
+
+use crate::Error;
+use labels::{center_crop_resize_nearest, crop_resize_nearest, read_label_png, LabelImage};
 
 /// The ground truth of `sample` as the protocol compares it: `side`×`side` class
 /// indices in `0..27`, or [`IGNORED`], row-major. The protocol's side is
 /// [`EVAL_SIDE`] (512, SD 1.x's input); a model with another input size is scored
 /// at its own.
-pub fn load_ground_truth(
-    dataset: Dataset,
-    sample: &Sample,
-    side: usize,
-) -> Result<Vec<u8>, EvalError> {
+pub fn load_ground_truth(dataset: Dataset, sample: &Sample, side: usize) -> Result<Vec<u8>, Error> {
     Ok(ground_truth_from(
         dataset,
         &read_label_png(&sample.label)?,
@@ -69,11 +57,12 @@ fn ground_truth_from(dataset: Dataset, labels: &LabelImage, side: usize) -> Vec<
 /// close to the protocol's but not exact (the segments were labelled at the image's
 /// scale, not at `side`). Any other size is an error.
 pub fn load_prediction(
-    path: &Path,
+    path: impl AsRef<Path>,
     side: usize,
     image_width: u32,
     image_height: u32,
-) -> Result<(Vec<u16>, bool), EvalError> {
+) -> Result<(Vec<u16>, bool), Error> {
+    let path = path.as_ref();
     let prediction = decode_prediction_png(path)?;
     let (width, height) = (prediction.width, prediction.height);
     if width as usize == side && height as usize == side {
@@ -83,7 +72,7 @@ pub fn load_prediction(
             crop_resize_nearest(&prediction.segments, width as usize, height as usize, side);
         Ok((resized, true))
     } else {
-        Err(EvalError::PredictionSize {
+        Err(Error::PredictionSize {
             path: path.to_path_buf(),
             width,
             height,
@@ -97,9 +86,9 @@ pub fn load_prediction(
 
 /// The prediction file of every sample in `folder` ([`Sample::find_prediction`]), or
 /// an error naming the first one missing and how many are.
-pub fn locate_predictions(samples: &[Sample], folder: &Path) -> Result<Vec<PathBuf>, EvalError> {
+fn locate_predictions(samples: &[Sample], folder: &Path) -> Result<Vec<PathBuf>, Error> {
     if !folder.is_dir() {
-        return Err(EvalError::MissingFolder {
+        return Err(Error::MissingFolder {
             path: folder.to_path_buf(),
             hint: "the predictions folder (label PNGs named <image stem>.png)".into(),
         });
@@ -110,7 +99,7 @@ pub fn locate_predictions(samples: &[Sample], folder: &Path) -> Result<Vec<PathB
         .collect();
     let missing = found.iter().filter(|path| path.is_none()).count();
     match found.iter().position(Option::is_none) {
-        Some(first) => Err(EvalError::MissingPrediction {
+        Some(first) => Err(Error::MissingPrediction {
             path: folder.join(samples[first].prediction_file_name()),
             id: samples[first].id.clone(),
             missing,
@@ -131,7 +120,7 @@ pub fn score_sample(
     sample: &Sample,
     prediction: &[u16],
     side: usize,
-) -> Result<ClassCounts, EvalError> {
+) -> Result<ClassCounts, Error> {
     let classes = load_ground_truth(dataset, sample, side)?;
     Ok(score_image(&classes, prediction))
 }
@@ -153,9 +142,10 @@ pub struct FolderScores {
 pub fn score_predictions(
     dataset: Dataset,
     samples: &[Sample],
-    folder: &Path,
+    folder: impl AsRef<Path>,
     mut progress: impl FnMut(&Sample, &Scores),
-) -> Result<FolderScores, EvalError> {
+) -> Result<FolderScores, Error> {
+    let folder = folder.as_ref();
     check_labels(samples)?;
     let predictions = locate_predictions(samples, folder)?;
     let mut result = FolderScores::default();
@@ -168,4 +158,59 @@ pub fn score_predictions(
         progress(sample, &result.scores);
     }
     Ok(result)
+}
+
+// The integration tests' fixture reader; they use all of it, the tests here only part.
+#[cfg(test)]
+#[path = "../../tests/eval_support/mod.rs"]
+#[allow(dead_code)]
+mod eval_support;
+
+/// The crate-private helpers against values computed independently by
+/// `tools/reference/eval_reference.py` (the fixture of tests/eval_synthetic.rs).
+#[cfg(test)]
+mod reference_tests {
+    use super::eval_support::{load_fixture, numbers};
+    use super::labels::nearest_source_index;
+    use super::metric::max_weight_assignment;
+    use super::EVAL_SIDE;
+
+    #[test]
+    fn nearest_indices_match_pil() {
+        let (inputs, _) = load_fixture();
+        for table in inputs["nearest"].as_array().unwrap() {
+            let source = table["source"].as_u64().unwrap() as usize;
+            let indices: Vec<usize> = numbers(&table["indices"]);
+            let ours: Vec<usize> = (0..EVAL_SIDE)
+                .map(|i| nearest_source_index(i, source, EVAL_SIDE))
+                .collect();
+            assert_eq!(ours, indices, "source side {source}");
+        }
+    }
+
+    #[test]
+    fn assignments_match_scipy_including_its_choice_among_ties() {
+        let (inputs, expected) = load_fixture();
+        let cases = inputs["assignments"].as_array().unwrap();
+        let answers = expected["assignments"].as_array().unwrap();
+        assert_eq!(cases.len(), answers.len());
+        for (index, (case, answer)) in cases.iter().zip(answers).enumerate() {
+            let rows = case["rows"].as_u64().unwrap() as usize;
+            let columns = case["columns"].as_u64().unwrap() as usize;
+            let weights: Vec<u64> = numbers(&case["weights"]);
+            let pairs = max_weight_assignment(rows, columns, &weights);
+            let ours_rows: Vec<usize> = pairs.iter().map(|p| p.0).collect();
+            let ours_columns: Vec<usize> = pairs.iter().map(|p| p.1).collect();
+            assert_eq!(
+                ours_rows,
+                numbers::<usize>(&answer["matched_rows"]),
+                "case {index} ({rows}×{columns}) rows"
+            );
+            assert_eq!(
+                ours_columns,
+                numbers::<usize>(&answer["matched_columns"]),
+                "case {index} ({rows}×{columns}) columns"
+            );
+        }
+    }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{Dataset, NUM_CLASSES};
-use super::error::EvalError;
 use super::metric::Scores;
+use crate::Error;
 
 /// One class's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,12 +137,14 @@ impl EvalReport {
     }
 
     /// Writes the JSON report to `path` (whole or not at all).
-    pub fn write_json(&self, path: &Path) -> Result<(), EvalError> {
+    pub fn write_json(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
         write_atomically(path, &self.to_json())
     }
 
     /// Writes the Markdown report to `path` (whole or not at all).
-    pub fn write_markdown(&self, path: &Path) -> Result<(), EvalError> {
+    pub fn write_markdown(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
         write_atomically(path, &self.to_markdown())
     }
 }
@@ -156,14 +158,14 @@ fn percent(value: Option<f64>) -> String {
 }
 
 /// Writes `text` to `path` through the one atomic writer.
-fn write_atomically(path: &Path, text: &str) -> Result<(), EvalError> {
+fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
     crate::output::write_atomically(path, |temporary| {
         std::fs::write(temporary, text).map_err(|error| crate::Error::Write {
             path: path.to_path_buf(),
             reason: error.to_string(),
         })
     })
-    .map_err(EvalError::from)
+    .map_err(Error::from)
 }
 
 #[cfg(test)]
