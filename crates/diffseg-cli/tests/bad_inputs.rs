@@ -1,24 +1,14 @@
 //! The CLI on bad inputs: one clear error line, a non-zero exit, no output
 //! files, never a panic.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn tiny_weights() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../diffseg-sd/tests/fixtures/tiny"
-    ))
-}
+use common::{command, tiny_weights};
+use std::path::Path;
+use std::process::Output;
 
 fn diffseg(args: &[&str], hf_home: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .args(args)
-        .env("HF_HOME", hf_home)
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("DIFFSEG_WEIGHTS")
-        .output()
-        .unwrap()
+    command(args).env("HF_HOME", hf_home).output().unwrap()
 }
 
 fn assert_clean_failure(output: &Output, expected: &[&str]) {
@@ -41,7 +31,7 @@ fn bad_inputs_fail_cleanly() {
     let corrupt = dir.join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xFF\xD8\xFF\xE0 not really a jpeg").unwrap();
     let out = dir.join("out");
-    let weights = tiny_weights().to_string_lossy().into_owned();
+    let weights = tiny_weights();
     let (good, corrupt, out_arg) = (
         good.to_str().unwrap(),
         corrupt.to_str().unwrap(),

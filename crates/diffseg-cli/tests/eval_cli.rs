@@ -2,11 +2,13 @@
 //! `tools/reference/eval_reference.py`: the JSON report against the reference's
 //! values, the Markdown report, and the error messages.
 
+mod common;
+
 #[path = "../../diffseg/tests/eval_support/mod.rs"]
 mod eval_support;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use common::{diffseg_subcommand, path_str, stderr_of, stdout_of};
+use std::process::Output;
 
 use eval_support::{images, load_fixture, write_labels, write_predictions};
 use serde_json::Value;
@@ -15,19 +17,7 @@ use serde_json::Value;
 const RATIO_TOLERANCE: f64 = 1e-12;
 
 fn diffseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .arg("eval")
-        .args(args)
-        .output()
-        .expect("diffseg runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path(path: &Path) -> &str {
-    path.to_str().unwrap()
+    diffseg_subcommand("eval", args)
 }
 
 #[test]
@@ -46,17 +36,17 @@ fn scores_prediction_folders_like_the_reference() {
             "--dataset",
             name,
             "--root",
-            path(root.path()),
+            path_str(root.path()),
             "--predictions",
-            path(predictions.path()),
+            path_str(predictions.path()),
             "--limit",
             &count,
             "--out",
-            path(&json),
+            path_str(&json),
             "--markdown",
-            path(&markdown),
+            path_str(&markdown),
         ]);
-        assert!(output.status.success(), "{name}: {}", text(&output.stderr));
+        assert!(output.status.success(), "{name}: {}", stderr_of(&output));
 
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let want = &expected[name];
@@ -100,11 +90,11 @@ fn scores_prediction_folders_like_the_reference() {
             "{table}"
         );
         assert_eq!(
-            text(&output.stdout),
+            stdout_of(&output),
             table,
             "the Markdown report is printed too"
         );
-        assert!(text(&output.stderr).contains(&format!("scored {count} of {count} images")));
+        assert!(stderr_of(&output).contains(&format!("scored {count} of {count} images")));
     }
 }
 
@@ -119,12 +109,12 @@ fn names_the_missing_or_wrong_file() {
         "--dataset",
         "cityscapes",
         "--root",
-        path(root.path()),
+        path_str(root.path()),
         "--predictions",
-        path(predictions.path()),
+        path_str(predictions.path()),
     ]);
     assert!(!output.status.success());
-    let stderr = text(&output.stderr);
+    let stderr = stderr_of(&output);
     assert!(
         stderr.contains("gtFine") && stderr.contains("does not exist"),
         "{stderr}"
@@ -136,9 +126,9 @@ fn names_the_missing_or_wrong_file() {
         "--dataset",
         "cityscapes",
         "--root",
-        path(root.path()),
+        path_str(root.path()),
         "--predictions",
-        path(predictions.path()),
+        path_str(predictions.path()),
     ];
 
     // A prediction missing.
@@ -148,7 +138,7 @@ fn names_the_missing_or_wrong_file() {
     std::fs::rename(&missing, predictions.path().join("elsewhere.png")).unwrap();
     let output = diffseg(&args);
     assert!(!output.status.success());
-    let stderr = text(&output.stderr);
+    let stderr = stderr_of(&output);
     assert!(
         stderr.contains("lindau_000001_000019_leftImg8bit.png") && stderr.contains("1 of 3"),
         "{stderr}"
@@ -158,7 +148,7 @@ fn names_the_missing_or_wrong_file() {
     image::GrayImage::new(256, 256).save(&missing).unwrap();
     let output = diffseg(&args);
     assert!(!output.status.success());
-    let stderr = text(&output.stderr);
+    let stderr = stderr_of(&output);
     assert!(
         stderr.contains("lindau_000001_000019_leftImg8bit.png") && stderr.contains("256×256"),
         "{stderr}"
@@ -171,19 +161,19 @@ fn names_the_missing_or_wrong_file() {
         "--dataset",
         "cocostuff27",
         "--root",
-        path(coco.path()),
+        path_str(coco.path()),
         "--predictions",
-        path(predictions.path()),
+        path_str(predictions.path()),
     ]);
     assert!(!output.status.success());
-    let stderr = text(&output.stderr);
+    let stderr = stderr_of(&output);
     assert!(
         stderr.contains("000000000872.png") && stderr.contains("2172 of 2175"),
         "{stderr}"
     );
 
     // An unknown dataset name.
-    let output = diffseg(&["--dataset", "ade20k", "--root", path(coco.path())]);
+    let output = diffseg(&["--dataset", "ade20k", "--root", path_str(coco.path())]);
     assert!(!output.status.success());
-    assert!(text(&output.stderr).contains("cocostuff27 or cityscapes"));
+    assert!(stderr_of(&output).contains("cocostuff27 or cityscapes"));
 }

@@ -2,36 +2,23 @@
 //! SD fixtures of diffseg-sd: predictions land in the cache folder, a second run
 //! reuses them, a run with other settings refuses the cache.
 
+mod common;
+
 // Shared with the prediction-folder tests; this one writes no predictions.
 #[allow(dead_code)]
 #[path = "../../diffseg/tests/eval_support/mod.rs"]
 mod eval_support;
 
+use common::{diffseg_subcommand, path_str, stderr_of, tiny_weights};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::SystemTime;
 
 use eval_support::{images, label_path, load_fixture};
 use serde_json::Value;
 
-fn tiny_weights() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny")
-}
-
 fn diffseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .arg("eval")
-        .args(args)
-        .output()
-        .expect("diffseg runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path(path: &Path) -> &str {
-    path.to_str().unwrap()
+    diffseg_subcommand("eval", args)
 }
 
 /// Writes an RGB image for every Cityscapes label of the fixture, at the label's
@@ -90,23 +77,23 @@ fn runs_the_model_caches_its_predictions_and_resumes() {
         "--dataset",
         "cityscapes",
         "--root",
-        path(root.path()),
+        path_str(root.path()),
         "--cache",
-        path(&cache),
+        path_str(&cache),
         "--weights",
-        path(&weights),
+        &weights,
         "--backend",
         "cpu",
         "--out",
-        path(&json),
+        path_str(&json),
     ];
 
     let first = diffseg(&args);
-    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(first.status.success(), "{}", stderr_of(&first));
     assert!(
-        text(&first.stderr).contains("segmenting 3 of 3 images"),
+        stderr_of(&first).contains("segmenting 3 of 3 images"),
         "{}",
-        text(&first.stderr)
+        stderr_of(&first)
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["images_scored"], 3);
@@ -126,11 +113,11 @@ fn runs_the_model_caches_its_predictions_and_resumes() {
     // Everything cached: nothing is segmented or rewritten, the report is the same.
     let before = modified_times(&cache);
     let second = diffseg(&args);
-    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert!(second.status.success(), "{}", stderr_of(&second));
     assert!(
-        !text(&second.stderr).contains("segmenting"),
+        !stderr_of(&second).contains("segmenting"),
         "{}",
-        text(&second.stderr)
+        stderr_of(&second)
     );
     assert_eq!(modified_times(&cache), before);
     let again: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -139,11 +126,11 @@ fn runs_the_model_caches_its_predictions_and_resumes() {
     // An interrupted run: only the missing prediction is made, and it is the same.
     std::fs::remove_file(cache.join("lindau_000001_000019_leftImg8bit.png")).unwrap();
     let third = diffseg(&args);
-    assert!(third.status.success(), "{}", text(&third.stderr));
+    assert!(third.status.success(), "{}", stderr_of(&third));
     assert!(
-        text(&third.stderr).contains("segmenting 1 of 3 images"),
+        stderr_of(&third).contains("segmenting 1 of 3 images"),
         "{}",
-        text(&third.stderr)
+        stderr_of(&third)
     );
     let resumed: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(resumed, report);
@@ -154,9 +141,9 @@ fn runs_the_model_caches_its_predictions_and_resumes() {
     let refused = diffseg(&other);
     assert!(!refused.status.success());
     assert!(
-        text(&refused.stderr).contains("other settings"),
+        stderr_of(&refused).contains("other settings"),
         "{}",
-        text(&refused.stderr)
+        stderr_of(&refused)
     );
 }
 
@@ -176,14 +163,14 @@ fn an_image_and_its_labels_of_different_sizes_are_refused() {
         "--dataset",
         "cityscapes",
         "--root",
-        path(root.path()),
+        path_str(root.path()),
         "--cache",
-        path(&work.path().join("cache")),
+        path_str(&work.path().join("cache")),
         "--weights",
-        path(&weights),
+        &weights,
     ]);
     assert!(!output.status.success());
-    let stderr = text(&output.stderr);
+    let stderr = stderr_of(&output);
     assert!(
         stderr.contains("frankfurt_000001_000538_leftImg8bit.png is 41×20")
             && stderr.contains("frankfurt_000001_000538_gtFine_labelIds.png are 40×20"),

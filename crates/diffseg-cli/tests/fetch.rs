@@ -3,13 +3,16 @@
 //! `diffseg/tests/support/hub_server.rs`), with `HF_HOME` in a temporary
 //! folder: the environment variables as the Python hub client reads them.
 
+mod common;
+
 #[path = "../../diffseg/tests/support/hub_server.rs"]
 mod hub_server;
 
+use common::text;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hub_server::{fixture_files, Access, HubServer, ServedRepo};
+use hub_server::{assert_holds, Access, HubServer, ServedRepo};
 
 const MODEL: &str = "tiny/sd";
 
@@ -37,26 +40,6 @@ fn diffseg(args: &[&str], vars: &[(&str, &str)]) -> Output {
         command.env_remove(name);
     }
     command.envs(vars.iter().copied()).output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_holds(snapshot: &Path, files: &[&str]) {
-    let served = fixture_files();
-    for file in files {
-        let bytes = std::fs::read(snapshot.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(
-            bytes == served[*file],
-            "{file} differs from the served file"
-        );
-    }
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! redoes results of other settings; the output folder inside the input;
 //! symbolic link loops; damaged images refused.
 
+mod common;
+
+use common::{command, stderr_of, text, tiny_weights};
 use std::collections::BTreeSet;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -10,20 +13,9 @@ use std::process::{Command, Output, Stdio};
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
 
-fn tiny_weights() -> String {
-    concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../diffseg-sd/tests/fixtures/tiny"
-    )
-    .to_string()
-}
-
 /// Runs `diffseg` with stderr captured (so not a terminal, as in a batch log).
 fn diffseg_with_input(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("DIFFSEG_WEIGHTS")
+    let mut child = command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -35,19 +27,6 @@ fn diffseg_with_input(args: &[&str], stdin: &[u8]) -> Output {
 
 fn diffseg(args: &[&str]) -> Output {
     diffseg_with_input(args, b"")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn encoded(seed: u32, format: ImageFormat) -> Vec<u8> {
@@ -245,7 +224,7 @@ fn resume_redoes_results_of_other_settings_and_logs_progress() {
 
     let first = run(&[]);
     assert!(first.status.success(), "{}", text(&first));
-    let log = stderr(&first);
+    let log = stderr_of(&first);
     // stderr is a pipe here: one progress line per image, with rate and ETA.
     for done in 1..=3 {
         assert!(
@@ -277,12 +256,12 @@ fn resume_redoes_results_of_other_settings_and_logs_progress() {
     let again = run(&[]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        stderr(&again).contains("0 segmented, 3 skipped"),
+        stderr_of(&again).contains("0 segmented, 3 skipped"),
         "{}",
         text(&again)
     );
     assert!(
-        stderr(&again).contains("not read as input"),
+        stderr_of(&again).contains("not read as input"),
         "{}",
         text(&again)
     );
@@ -292,7 +271,7 @@ fn resume_redoes_results_of_other_settings_and_logs_progress() {
     let kept = run(&["--tau", "0.9", "--keep-outdated"]);
     assert!(kept.status.success(), "{}", text(&kept));
     assert!(
-        stderr(&kept).contains("3 kept with other settings"),
+        stderr_of(&kept).contains("3 kept with other settings"),
         "{}",
         text(&kept)
     );
@@ -300,7 +279,7 @@ fn resume_redoes_results_of_other_settings_and_logs_progress() {
     // ... and redone by default.
     let redo = run(&["--tau", "0.9", "--quiet"]);
     assert!(redo.status.success(), "{}", text(&redo));
-    assert_eq!(stderr(&redo), "", "--quiet prints nothing on success");
+    assert_eq!(stderr_of(&redo), "", "--quiet prints nothing on success");
     assert_eq!(
         json(&out.join("0.json"))["settings"]["merge"]["tau"],
         serde_json::json!([0.9])
@@ -348,7 +327,7 @@ fn a_symlink_loop_ends() {
         text(&listing)
     );
     assert!(
-        stderr(&listing).contains("symbolic link"),
+        stderr_of(&listing).contains("symbolic link"),
         "{}",
         text(&listing)
     );
@@ -376,7 +355,7 @@ fn truncated_images_are_refused_and_named() {
     ];
     let refused = diffseg(&args);
     assert!(!refused.status.success(), "{}", text(&refused));
-    let log = stderr(&refused);
+    let log = stderr_of(&refused);
     for name in ["cut.jpg", "cut.png"] {
         assert!(
             log.lines()
@@ -394,7 +373,7 @@ fn truncated_images_are_refused_and_named() {
     accepting.push("--allow-truncated");
     let accepted = diffseg(&accepting);
     assert!(accepted.status.success(), "{}", text(&accepted));
-    let log = stderr(&accepted);
+    let log = stderr_of(&accepted);
     assert!(
         log.contains("warning") && log.contains("cut.jpg") && log.contains("2 segmented"),
         "{log}"

@@ -1,7 +1,9 @@
 //! `diffseg merge` end to end: the built binary on attention files written here.
 
+mod common;
+
+use common::{diffseg_subcommand, path_str};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
 
@@ -67,15 +69,7 @@ fn all_sides(f16: bool, folder: &Path) -> PathBuf {
 }
 
 fn diffseg(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .arg("merge")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
+    diffseg_subcommand("merge", args)
 }
 
 #[test]

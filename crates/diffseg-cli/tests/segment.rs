@@ -1,17 +1,12 @@
 //! `diffseg segment` end to end on the tiny random-weight SD fixture: a folder
 //! with good and bad images in, results out, a resumed run skipping done work.
 
+mod common;
+
+use common::{diffseg, text, tiny_weights};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use image::{DynamicImage, GenericImageView, ImageFormat};
-
-fn tiny_weights() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../diffseg-sd/tests/fixtures/tiny"
-    ))
-}
 
 fn example_image(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -19,24 +14,6 @@ fn example_image(name: &str) -> PathBuf {
         "/../../examples/images"
     ))
     .join(name)
-}
-
-fn diffseg(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffseg"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("DIFFSEG_WEIGHTS")
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Every file under `folder`, relative, sorted.
@@ -145,7 +122,7 @@ fn segments_a_folder_and_resumes(backend: &str) {
     let (images_arg, out_arg, weights) = (
         images.to_str().unwrap(),
         out.to_str().unwrap(),
-        tiny_weights().to_string_lossy().into_owned(),
+        tiny_weights(),
     );
 
     let first = diffseg(&[
@@ -278,7 +255,7 @@ fn attention_then_merge_equals_segment() {
     let (width, height) = image::image_dimensions(&image_path).unwrap();
     assert_ne!(width, height, "the check needs a non-square image");
     let image_path = image_path.to_str().unwrap();
-    let weights = tiny_weights().to_string_lossy().into_owned();
+    let weights = tiny_weights();
     let attention = folder.path().join("chelsea.safetensors");
     let merged = folder.path().join("merged.png");
     let out = folder.path().join("out");

@@ -10,14 +10,14 @@
 mod hub_server;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use diffseg::weights::{
     DownloadProgress, FileVariant, HubMissing, HubModel, HubSettings, WeightsOrigin, WEIGHTS_ENV,
 };
 use diffseg::Error;
-use hub_server::{fixture_files, sha256, Access, HubServer, ServedRepo};
+use hub_server::{assert_holds, fixture_files, sha256, Access, HubServer, ServedRepo};
 use tempfile::TempDir;
 
 const MODEL: &str = "tiny/sd";
@@ -78,18 +78,6 @@ const FULL_FILES: [&str; 6] = [
     "text_encoder/config.json",
     "text_encoder/model.safetensors",
 ];
-
-/// Checks that `snapshot` holds exactly the served bytes of `files`.
-fn assert_holds(snapshot: &Path, files: &[&str]) {
-    let served = fixture_files();
-    for file in files {
-        let bytes = std::fs::read(snapshot.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(
-            bytes == served[*file],
-            "{file} differs from the served file"
-        );
-    }
-}
 
 fn partial_files(cache: &TempDir) -> Vec<PathBuf> {
     let blobs = cache.path().join("models--tiny--sd/blobs");

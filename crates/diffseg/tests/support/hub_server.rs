@@ -50,6 +50,18 @@ pub fn fixture_files() -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// Checks that `snapshot` holds exactly the served bytes of `files`.
+pub fn assert_holds(snapshot: &Path, files: &[&str]) {
+    let served = fixture_files();
+    for file in files {
+        let bytes = std::fs::read(snapshot.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            bytes == served[*file],
+            "{file} differs from the served file"
+        );
+    }
+}
+
 /// Who may read a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
