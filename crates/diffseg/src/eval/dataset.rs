@@ -130,6 +130,7 @@ static COCOSTUFF27_LABEL_MAP: LazyLock<LabelMap> = LazyLock::new(|| {
 
 /// A benchmark of the paper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dataset {
     /// COCO-Stuff-27: the 2,175 curated val2017 images, 27 coarse classes.
     CocoStuff27,
