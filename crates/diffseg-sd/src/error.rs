@@ -1,20 +1,22 @@
-//! The one error type of weight loading.
+//! The crate's one error type.
 //!
-//! Every variant names the file (or folder) it is about, so a user with a
+//! Every variant about a file names the file (or folder), so a user with a
 //! dozen checkpoints on disk can tell which one is wrong and what to do.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use super::Component;
+use crate::weights::Component;
 
 /// How many entries of each list a [`MismatchReport`] prints before
 /// summarising the rest as a count.
 const SHOWN_PER_LIST: usize = 5;
 
-/// Why weights could not be loaded.
+/// Why weights or a config could not be loaded, or why a computation's
+/// result was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+#[non_exhaustive]
+pub enum Error {
     /// The file or folder could not be opened or read.
     #[error("{}: {error}", path.display())]
     Io {
@@ -71,7 +73,7 @@ pub enum LoadError {
         path: PathBuf,
     },
 
-    /// A `config.json` is not valid JSON or lacks a field the network needs.
+    /// A config file is not valid JSON or lacks a field the network needs.
     #[error("{}: invalid config: {error}", path.display())]
     BadConfig {
         /// The `config.json` file.
@@ -80,12 +82,12 @@ pub enum LoadError {
         error: serde_json::Error,
     },
 
-    /// A `config.json` asks for an architecture the networks do not implement.
+    /// A config file asks for an architecture the networks do not implement.
     #[error("{}: unsupported model config: {reason}", path.display())]
     UnsupportedConfig {
         /// The `config.json` file.
         path: PathBuf,
-        /// The option that was refused and its value.
+        /// The option that was refused and its value, e.g. `hidden_act = gelu_new`.
         reason: String,
     },
 
@@ -141,7 +143,7 @@ pub enum LoadError {
         path: PathBuf,
         /// The network being loaded.
         component: Component,
-        /// Boxed: it is large and `LoadError` travels in every `Result`.
+        /// Boxed: it is large and `Error` travels in every `Result`.
         report: Box<MismatchReport>,
     },
 
@@ -189,6 +191,22 @@ pub enum LoadError {
         /// The probed tensor that is absent or whose shape differs from SD 1.x's.
         reason: String,
     },
+    /// A tensor that should be finite holds NaN or infinite values
+    /// ([`crate::ensure_finite`]).
+    #[error(
+        "{what} holds {nan} NaN and {infinite} infinite values out of {total}; \
+         the computation overflowed (reduced-precision compute?) or the weights are corrupt"
+    )]
+    NonFiniteValues {
+        /// What was checked, e.g. `"UNet noise prediction"`.
+        what: String,
+        /// How many elements are NaN.
+        nan: usize,
+        /// How many elements are +∞ or −∞.
+        infinite: usize,
+        /// Number of elements in the tensor.
+        total: usize,
+    },
 }
 
 /// What went wrong when a file's tensors were applied to a network.
@@ -197,6 +215,7 @@ pub enum LoadError {
 /// provide; unexpected keys are the file's own key names that the network has
 /// no place for; shape mismatches name both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MismatchReport {
     /// Network parameters (Burn module paths) the file does not provide.
     pub missing: Vec<String>,
@@ -212,6 +231,7 @@ pub struct MismatchReport {
 
 /// One tensor whose stored shape differs from the network's parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShapeMismatch {
     /// Key in the file.
     pub key: String,
