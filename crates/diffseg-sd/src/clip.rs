@@ -21,11 +21,11 @@ use crate::precision::{softmax_in_f32, StableNorm};
 use crate::Error;
 
 /// CLIP's start-of-text token.
-pub const BOS_TOKEN_ID: i64 = 49406;
+pub(crate) const BOS_TOKEN_ID: i64 = 49406;
 /// CLIP's end-of-text token, which SD 1.x's tokenizer also pads with.
-pub const EOS_TOKEN_ID: i64 = 49407;
+pub(crate) const EOS_TOKEN_ID: i64 = 49407;
 /// Context length of SD's text encoder.
-pub const MAX_TOKENS: usize = 77;
+pub(crate) const MAX_TOKENS: usize = 77;
 
 /// Token ids of the empty prompt as SD 1.x's tokenizer produces them:
 /// BOS, then EOS repeated as padding to 77 tokens (method section 2).

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use burn::tensor::DType;
+
 use crate::weights::Component;
 
 /// How many entries of each list a [`MismatchReport`] prints before
@@ -161,35 +163,41 @@ pub enum Error {
     /// Weights hold NaN or infinite values after conversion to the compute
     /// type (corrupt file, or f32 weights too large for f16).
     #[error(
-        "{}: {component} weights hold NaN or infinite values after conversion to {dtype}: {}",
+        "{}: {component} weights hold NaN or infinite values after conversion to {dtype:?}: {}",
         path.display(),
-        shorten(tensors, SHOWN_PER_LIST)
+        shorten(&counted(tensors), SHOWN_PER_LIST)
     )]
     NonFinite {
         /// The weights file.
         path: PathBuf,
         /// The network being loaded.
         component: Component,
-        /// The compute type the weights were converted to, e.g. `F16`.
-        dtype: String,
-        /// `key (n non-finite values)` per offending tensor.
-        tensors: Vec<String>,
+        /// The compute type the weights were converted to.
+        dtype: DType,
+        /// Each offending tensor's key in the file and its count of
+        /// non-finite values.
+        tensors: Vec<(String, usize)>,
     },
 
     /// A single-file checkpoint carries no config and its shapes match no
     /// preset: the caller has to pass the configuration.
     #[error(
-        "{}: {component} shapes match no known Stable Diffusion preset ({reason}); \
+        "{}: {component} shapes match no known Stable Diffusion preset (`{key}` is {}, SD 1.x has {expected:?}); \
          pass the configuration explicitly",
-        path.display()
+        path.display(),
+        found.as_ref().map_or("absent".to_string(), |shape| format!("{shape:?}"))
     )]
     UnknownArchitecture {
         /// The single-file checkpoint.
         path: PathBuf,
         /// The network whose shapes were checked.
         component: Component,
-        /// The probed tensor that is absent or whose shape differs from SD 1.x's.
-        reason: String,
+        /// The probed tensor's key.
+        key: String,
+        /// Its shape in SD 1.x.
+        expected: Vec<usize>,
+        /// Its shape in the file; `None` when the file lacks it.
+        found: Option<Vec<usize>>,
     },
     /// A tensor that should be finite holds NaN or infinite values
     /// ([`crate::ensure_finite`]).
@@ -295,6 +303,14 @@ impl fmt::Display for MismatchReport {
         }
         Ok(())
     }
+}
+
+/// `key (n values)` per tensor.
+fn counted(tensors: &[(String, usize)]) -> Vec<String> {
+    tensors
+        .iter()
+        .map(|(key, count)| format!("{key} ({count} values)"))
+        .collect()
 }
 
 /// `a, b, c and 12 more`.

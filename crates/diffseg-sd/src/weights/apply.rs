@@ -100,10 +100,10 @@ pub(super) fn load<B: Backend, N: Network<B>>(
         return Err(Error::NonFinite {
             path: file.path().to_path_buf(),
             component,
-            dtype: format!("{:?}", adapter.target()),
+            dtype: adapter.target(),
             tensors: non_finite
-                .iter()
-                .map(|(path, count)| format!("{} ({count} values)", file_key(path)))
+                .into_iter()
+                .map(|(path, count)| (file_key(&path), count))
                 .collect(),
         });
     }

@@ -438,10 +438,9 @@ fn sd_v1_preset_for(file: &SafetensorsFile) -> Result<StableDiffusionConfig, Err
             return Err(Error::UnknownArchitecture {
                 path: file.path().to_path_buf(),
                 component,
-                reason: match found {
-                    Some(shape) => format!("`{key}` is {shape:?}, SD 1.x has {expected:?}"),
-                    None => format!("no `{key}`"),
-                },
+                key: key.to_string(),
+                expected,
+                found: found.map(<[usize]>::to_vec),
             });
         }
     }
