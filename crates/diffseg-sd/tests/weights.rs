@@ -414,11 +414,11 @@ fn unet_folder(edit: impl FnOnce(&mut Vec<Stored>)) -> (tempfile::TempDir, PathB
 }
 
 fn load_unet_from(root: &Path) -> Result<UNet2DConditionModel<NdArray>, Error> {
-    (&WeightsSource::Diffusers {
+    let source = WeightsSource::Diffusers {
         root: root.to_path_buf(),
         variant: Variant::F32,
-    })
-        .load::<NdArray, UNet2DConditionModel<NdArray>>(None, &Default::default())
+    };
+    source.load(None, &Default::default())
 }
 
 #[track_caller]
