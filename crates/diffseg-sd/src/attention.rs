@@ -23,7 +23,7 @@ const MAX_SCORE_BYTES: usize = 64 << 20;
 
 /// Configuration of one diffusers `Attention` module.
 #[derive(Config, Debug)]
-pub struct AttentionConfig {
+pub(crate) struct AttentionConfig {
     /// Channels of the queries (and of the output).
     pub query_dim: usize,
     /// Channels of the keys/values source; `None` for self-attention.
@@ -42,7 +42,7 @@ pub struct AttentionConfig {
 
 impl AttentionConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         let inner = self.heads * self.dim_head;
         let context_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
         let projection = |d_in: usize| {

@@ -42,8 +42,8 @@ pub enum HeadReduction {
 /// (softmax output). Queries are the `height × width` latent positions in
 /// row-major order; keys are the same positions for self-attention and the
 /// text tokens for cross-attention. The probabilities are f32 whatever the
-/// compute precision: with an f16 model the softmax runs in f32 (see
-/// [`crate::precision`]) and its output is handed out before any rounding.
+/// compute precision: with an f16 model the softmax runs in f32 and its
+/// output is handed out before any rounding.
 pub trait AttentionSink<B: Backend> {
     /// A self-attention (`attn1`) map.
     fn self_attention(&mut self, layer: &AttentionLayer, head: Option<usize>, probs: Tensor<B, 3>);

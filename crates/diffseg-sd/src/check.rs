@@ -3,28 +3,14 @@
 
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
-/// A tensor that should be finite holds NaN or infinite values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{what} holds {nan} NaN and {infinite} infinite values out of {total}; \
-     the computation overflowed (reduced-precision compute?) or the weights are corrupt"
-)]
-pub struct NonFiniteError {
-    /// What was checked, e.g. `"UNet noise prediction"`.
-    pub what: String,
-    /// How many elements are NaN.
-    pub nan: usize,
-    /// How many elements are +∞ or −∞.
-    pub infinite: usize,
-    /// Number of elements in the tensor.
-    pub total: usize,
-}
+use crate::Error;
 
-/// Returns an error naming `what` if `tensor` holds any NaN or ±Inf.
+/// Returns [`Error::NonFiniteValues`] naming `what` if `tensor` holds any
+/// NaN or ±Inf.
 pub fn ensure_finite<B: Backend, const D: usize>(
     tensor: &Tensor<B, D>,
     what: &str,
-) -> Result<(), NonFiniteError> {
+) -> Result<(), Error> {
     let count = |mask: Tensor<B, D, burn::tensor::Bool>| -> usize {
         mask.int().sum().into_scalar().elem::<i64>() as usize
     };
@@ -33,7 +19,7 @@ pub fn ensure_finite<B: Backend, const D: usize>(
     if nan == 0 && infinite == 0 {
         Ok(())
     } else {
-        Err(NonFiniteError {
+        Err(Error::NonFiniteValues {
             what: what.to_string(),
             nan,
             infinite,

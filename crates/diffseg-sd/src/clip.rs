@@ -15,16 +15,17 @@ use burn::{
 };
 use serde::Deserialize;
 
-use crate::config::{read_json, ConfigError};
+use crate::config::read_json;
 use crate::cpu;
 use crate::precision::{softmax_in_f32, StableNorm};
+use crate::Error;
 
 /// CLIP's start-of-text token.
-pub const BOS_TOKEN_ID: i64 = 49406;
+pub(crate) const BOS_TOKEN_ID: i64 = 49406;
 /// CLIP's end-of-text token, which SD 1.x's tokenizer also pads with.
-pub const EOS_TOKEN_ID: i64 = 49407;
+pub(crate) const EOS_TOKEN_ID: i64 = 49407;
 /// Context length of SD's text encoder.
-pub const MAX_TOKENS: usize = 77;
+pub(crate) const MAX_TOKENS: usize = 77;
 
 /// Token ids of the empty prompt as SD 1.x's tokenizer produces them:
 /// BOS, then EOS repeated as padding to 77 tokens (method section 2).
@@ -102,14 +103,14 @@ impl ClipTextConfig {
     }
 
     /// Reads a transformers `CLIPTextConfig` JSON file (unknown fields are ignored).
-    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let raw: TransformersClipTextConfig = read_json(path)?;
         let hidden_act = match raw.hidden_act.as_str() {
             "quick_gelu" => ClipActivation::QuickGelu,
             "gelu" => ClipActivation::Gelu,
             other => {
-                return Err(ConfigError::Unsupported {
+                return Err(Error::UnsupportedConfig {
                     path: path.to_path_buf(),
                     reason: format!("hidden_act = {other}"),
                 })

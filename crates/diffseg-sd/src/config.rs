@@ -1,47 +1,29 @@
-//! Reading the `config.json` files that ship with each diffusers/transformers model.
+//! Reading the `config.json` files that ship with each diffusers/transformers
+//! model: the one place config JSON is parsed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize};
 
-/// A model configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read model config {path}: {error}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The underlying I/O error.
-        error: std::io::Error,
-    },
-    /// The file is not valid JSON or lacks a required field.
-    #[error("invalid model config {path}: {error}")]
-    Parse {
-        /// The config file.
-        path: PathBuf,
-        /// The JSON error, with line and column.
-        error: serde_json::Error,
-    },
-    /// The config asks for an architecture this port does not implement.
-    #[error("unsupported model config {path}: {reason}")]
-    Unsupported {
-        /// The config file.
-        path: PathBuf,
-        /// The option that was refused and its value, e.g. `hidden_act = gelu_new`.
-        reason: String,
-    },
-}
+use crate::Error;
 
 /// Reads and deserialises a JSON config file; unknown fields are ignored.
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        error: source,
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingConfig {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                error,
+            }
+        }
     })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+    serde_json::from_str(&text).map_err(|error| Error::BadConfig {
         path: path.to_path_buf(),
-        error: source,
+        error,
     })
 }
 

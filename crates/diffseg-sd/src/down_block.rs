@@ -12,7 +12,7 @@ use crate::{
 
 /// Settings of the spatial transformers in a cross-attention block.
 #[derive(Config, Debug)]
-pub struct CrossAttentionSettings {
+pub(crate) struct CrossAttentionSettings {
     /// Heads of every attention in the block; each head gets `channels / num_attention_heads`
     /// channels (8 for SD 1.x).
     pub num_attention_heads: usize,
@@ -44,7 +44,7 @@ impl CrossAttentionSettings {
 
 /// Configuration of [`DownBlock2D`].
 #[derive(Config, Debug)]
-pub struct DownBlock2DConfig {
+pub(crate) struct DownBlock2DConfig {
     /// Channels entering the block (the previous block's output, or `conv_in`'s).
     pub in_channels: usize,
     /// Channels of every resnet's output (this block's `block_out_channels` entry).
@@ -70,7 +70,7 @@ pub struct DownBlock2DConfig {
 
 impl DownBlock2DConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> DownBlock2D<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> DownBlock2D<B> {
         let resnets = (0..self.num_layers)
             .map(|i| {
                 let in_channels = if i == 0 {

@@ -20,7 +20,7 @@ use burn::{
 ///
 /// # Shapes
 /// - output: `[timesteps.len(), channels]`
-pub fn timestep_embedding<B: Backend>(
+pub(crate) fn timestep_embedding<B: Backend>(
     timesteps: &[f32],
     channels: usize,
     flip_sin_to_cos: bool,
@@ -52,7 +52,7 @@ pub fn timestep_embedding<B: Backend>(
 
 /// Configuration of [`TimestepEmbedding`].
 #[derive(Config, Debug)]
-pub struct TimestepEmbeddingConfig {
+pub(crate) struct TimestepEmbeddingConfig {
     /// Width of the sinusoidal features (`block_out_channels[0]`).
     pub in_channels: usize,
     /// Width of the embedding (`4 · block_out_channels[0]` for SD).
@@ -61,7 +61,7 @@ pub struct TimestepEmbeddingConfig {
 
 impl TimestepEmbeddingConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> TimestepEmbedding<B> {
         TimestepEmbedding {
             linear_1: crate::torch_linear(self.in_channels, self.time_embed_dim).init(device),
             linear_2: crate::torch_linear(self.time_embed_dim, self.time_embed_dim).init(device),

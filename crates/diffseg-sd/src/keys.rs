@@ -33,7 +33,7 @@
 /// `(regex, replacement)` pairs turning diffusers/transformers keys into this
 /// crate's field paths, for burn-store's `KeyRemapper::from_patterns`.
 /// Applied to every key of the UNet, VAE and text-encoder files.
-pub const DIFFUSERS_KEY_REMAP: &[(&str, &str)] = &[
+pub(crate) const DIFFUSERS_KEY_REMAP: &[(&str, &str)] = &[
     (r"\.to_out\.0\.", ".to_out."),
     (r"\.ff\.net\.0\.proj\.", ".ff.geglu.proj."),
     (r"\.ff\.net\.2\.", ".ff.proj_out."),

@@ -2,30 +2,36 @@
 //! encoder, CLIP text encoder, UNet) with their attention maps exposed through
 //! [`capture::AttentionSink`].
 //!
-//! Module field names mirror diffusers/transformers keys so that weights load
-//! by path; the few exceptions are listed in [`keys`].
+//! Weights load from a diffusers folder or a single-file LDM checkpoint
+//! ([`WeightsSource`]): one network with [`WeightsSource::load`], all three
+//! with [`StableDiffusion::load`]. Module field names mirror
+//! diffusers/transformers keys so that weights load by path; the few
+//! exceptions are listed in the crate's remap table (`keys.rs`). Every
+//! failure is an [`Error`].
 
 #![warn(missing_docs)]
 
-pub mod attention;
-pub mod capture;
-pub mod check;
-pub mod clip;
-pub mod config;
-pub mod down_block;
-pub mod embeddings;
-pub mod keys;
-pub mod mid_block;
-pub mod precision;
-pub mod resnet;
-pub mod sampling;
-pub mod transformer;
-pub mod unet;
-pub mod up_block;
-pub mod vae;
-pub mod weights;
+mod attention;
+mod capture;
+mod check;
+mod clip;
+mod config;
+mod down_block;
+mod embeddings;
+mod error;
+mod keys;
+mod mid_block;
+mod precision;
+mod resnet;
+mod sampling;
+mod transformer;
+mod unet;
+mod up_block;
+mod vae;
+mod weights;
 
-use std::path::Path;
+#[cfg(test)]
+mod burn_ops_tests;
 
 /// The CPU kernels the networks run on burn-ndarray (see [`diffseg_cpu`]).
 pub use diffseg_cpu as cpu;
@@ -34,11 +40,13 @@ use burn::nn::{LinearConfig, LinearLayout};
 use burn::tensor::backend::Backend;
 
 pub use capture::{AttentionLayer, AttentionSink, HeadReduction};
-pub use check::{ensure_finite, NonFiniteError};
-pub use clip::{empty_prompt_ids, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
-pub use config::ConfigError;
-pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig};
+pub use check::ensure_finite;
+pub use clip::{empty_prompt_ids, ClipActivation, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
+pub use error::{Error, MismatchReport, ShapeMismatch};
+pub use precision::StableNorm;
+pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig};
+pub use weights::{Component, Network, NetworkConfig, Variant, WeightsSource};
 
 /// A Linear layer that stores its weight as PyTorch does, `[out, in]`, so
 /// that loading maps the file's bytes without a transposed copy (the layer
@@ -68,15 +76,11 @@ impl StableDiffusionConfig {
         }
     }
 
-    /// Reads `vae/config.json`, `text_encoder/config.json` and
-    /// `unet/config.json` of a diffusers pipeline folder.
-    pub fn from_diffusers_dir(dir: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        let dir = dir.as_ref();
-        Ok(Self {
-            vae: AutoencoderKLConfig::from_json_file(dir.join("vae/config.json"))?,
-            text_encoder: ClipTextConfig::from_json_file(dir.join("text_encoder/config.json"))?,
-            unet: UNet2DConditionModelConfig::from_json_file(dir.join("unet/config.json"))?,
-        })
+    /// The side of the square image the model was trained on: the UNet's
+    /// latent `sample_size` times the VAE's downscaling factor (2 per VAE
+    /// block after the first). SD 1.x: 64 × 8 = 512.
+    pub fn input_size(&self) -> usize {
+        self.unet.sample_size << self.vae.block_out_channels.len().saturating_sub(1)
     }
 
     /// Builds the three networks with random weights.

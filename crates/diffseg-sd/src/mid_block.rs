@@ -11,7 +11,7 @@ use crate::{
 
 /// Configuration of [`UNetMidBlock2DCrossAttn`].
 #[derive(Config, Debug)]
-pub struct UNetMidBlock2DCrossAttnConfig {
+pub(crate) struct UNetMidBlock2DCrossAttnConfig {
     /// Channels in and out (the last `block_out_channels` entry; 1280 for SD 1.x).
     pub channels: usize,
     /// Width of the time embedding fed to each resnet.
@@ -34,7 +34,7 @@ pub struct UNetMidBlock2DCrossAttnConfig {
 
 impl UNetMidBlock2DCrossAttnConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> UNetMidBlock2DCrossAttn<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> UNetMidBlock2DCrossAttn<B> {
         let resnet = ResnetBlock2DConfig::new(self.channels, self.channels)
             .with_temb_channels(Some(self.temb_channels))
             .with_groups(self.groups)

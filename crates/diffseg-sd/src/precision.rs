@@ -49,7 +49,7 @@ impl<B: Backend> StableNorm<B> for GroupNorm<B> {
 
 /// `silu(norm.forward_stable(input))`, the pre-activation of every resnet
 /// convolution; one pass over memory on the CPU.
-pub fn group_norm_silu<B: Backend, const D: usize>(
+pub(crate) fn group_norm_silu<B: Backend, const D: usize>(
     norm: &GroupNorm<B>,
     input: Tensor<B, D>,
 ) -> Tensor<B, D> {
@@ -141,7 +141,7 @@ impl<B: Backend> ModuleMapper<B> for CastFloatParams {
 /// The probabilities stay in f32 (the caller casts them back for the product
 /// with the values): they are what attention capture hands out, and DiffSeg's
 /// KL divergences need more than f16's 11 bits for rows of 4096 keys.
-pub fn softmax_in_f32<B: Backend, const D: usize>(
+pub(crate) fn softmax_in_f32<B: Backend, const D: usize>(
     scores: Tensor<B, D>,
     dim: usize,
 ) -> Tensor<B, D> {

@@ -15,7 +15,7 @@ use crate::{cpu, precision::group_norm_silu};
 
 /// Configuration of [`ResnetBlock2D`].
 #[derive(Config, Debug)]
-pub struct ResnetBlock2DConfig {
+pub(crate) struct ResnetBlock2DConfig {
     /// Channels of the input.
     pub in_channels: usize,
     /// Channels of the output; a 1×1 `conv_shortcut` is added when they differ from `in_channels`.
@@ -35,7 +35,7 @@ pub struct ResnetBlock2DConfig {
 
 impl ResnetBlock2DConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ResnetBlock2D<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> ResnetBlock2D<B> {
         let norm = |channels| {
             GroupNormConfig::new(self.groups, channels)
                 .with_epsilon(self.eps)

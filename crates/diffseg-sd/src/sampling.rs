@@ -19,7 +19,7 @@ use burn::{
 
 /// Configuration of [`Downsample2D`].
 #[derive(Config, Debug)]
-pub struct Downsample2DConfig {
+pub(crate) struct Downsample2DConfig {
     /// Channels in and out.
     pub channels: usize,
     /// Symmetric convolution padding: 1 in the UNet (`downsample_padding`),
@@ -30,7 +30,7 @@ pub struct Downsample2DConfig {
 
 impl Downsample2DConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Downsample2D<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> Downsample2D<B> {
         Downsample2D {
             conv: Conv2dConfig::new([self.channels, self.channels], [3, 3])
                 .with_stride([2, 2])
@@ -68,14 +68,14 @@ impl<B: Backend> Downsample2D<B> {
 
 /// Configuration of [`Upsample2D`].
 #[derive(Config, Debug)]
-pub struct Upsample2DConfig {
+pub(crate) struct Upsample2DConfig {
     /// Channels in and out.
     pub channels: usize,
 }
 
 impl Upsample2DConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Upsample2D<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> Upsample2D<B> {
         Upsample2D {
             conv: Conv2dConfig::new([self.channels, self.channels], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1))

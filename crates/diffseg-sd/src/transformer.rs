@@ -20,7 +20,7 @@ use crate::{
 
 /// Configuration of [`Transformer2DModel`].
 #[derive(Config, Debug)]
-pub struct Transformer2DModelConfig {
+pub(crate) struct Transformer2DModelConfig {
     /// Channels in and out (the block's channel count).
     pub in_channels: usize,
     /// Heads of each attention layer.
@@ -42,7 +42,7 @@ pub struct Transformer2DModelConfig {
 
 impl Transformer2DModelConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Transformer2DModel<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> Transformer2DModel<B> {
         let inner = self.num_attention_heads * self.attention_head_dim;
         let projection = |c_in, c_out| {
             if self.use_linear_projection {
@@ -164,7 +164,7 @@ impl<B: Backend> Transformer2DModel<B> {
 
 /// Configuration of [`BasicTransformerBlock`].
 #[derive(Config, Debug)]
-pub struct BasicTransformerBlockConfig {
+pub(crate) struct BasicTransformerBlockConfig {
     /// Token width (the spatial transformer's inner width).
     pub dim: usize,
     /// Heads of both attentions.
@@ -180,7 +180,7 @@ pub struct BasicTransformerBlockConfig {
 
 impl BasicTransformerBlockConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> BasicTransformerBlock<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> BasicTransformerBlock<B> {
         let norm = || {
             LayerNormConfig::new(self.dim)
                 .with_epsilon(self.norm_eps)
@@ -280,7 +280,7 @@ fn request<'r, 'a, B: Backend>(
 
 /// Configuration of [`FeedForward`].
 #[derive(Config, Debug)]
-pub struct FeedForwardConfig {
+pub(crate) struct FeedForwardConfig {
     /// Token width in and out.
     pub dim: usize,
     /// Hidden width is `mult · dim`.
@@ -290,7 +290,7 @@ pub struct FeedForwardConfig {
 
 impl FeedForwardConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
         let hidden = self.mult * self.dim;
         FeedForward {
             geglu: Geglu {

@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{AttentionSink, Recorder},
-    config::{read_json, ConfigError, OneOrPerBlock},
+    config::{read_json, OneOrPerBlock},
     cpu,
     down_block::{CrossAttentionSettings, DownBlock2D, DownBlock2DConfig},
     embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig},
     mid_block::{UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig},
     precision::group_norm_silu,
     up_block::{UpBlock2D, UpBlock2DConfig},
+    Error,
 };
 
 /// Whether a down or up block carries spatial transformers.
@@ -70,8 +71,8 @@ pub struct UNet2DConditionModelConfig {
     /// SD).
     #[config(default = true)]
     pub flip_sin_to_cos: bool,
-    /// Shift in the denominator of the timestep frequencies (`freq_shift`; 0 for SD); see
-    /// [`crate::embeddings::timestep_embedding`].
+    /// Shift in the denominator of the timestep frequencies (`freq_shift`; 0 for SD), as in diffusers'
+    /// `get_timestep_embedding`.
     #[config(default = 0.0)]
     pub freq_shift: f64,
     /// Padding of the down blocks' stride-2 convolutions (`downsample_padding`; 1).
@@ -88,6 +89,11 @@ pub struct UNet2DConditionModelConfig {
     /// false for SD).
     #[config(default = false)]
     pub center_input_sample: bool,
+    /// Side of the square latent the model was trained on (`sample_size`; 64
+    /// for SD 1.x, i.e. 512-pixel images). Not a shape constraint: any
+    /// latent size runs.
+    #[config(default = 64)]
+    pub sample_size: usize,
 }
 
 /// The subset of diffusers' `UNet2DConditionModel` config this port reads;
@@ -95,6 +101,9 @@ pub struct UNet2DConditionModelConfig {
 /// that they can be rejected instead of silently ignored.
 #[derive(Deserialize)]
 struct DiffusersUNetConfig {
+    /// A side, or `[height, width]` in some non-SD configs.
+    #[serde(default)]
+    sample_size: Option<OneOrPerBlock>,
     #[serde(default = "default_latent_channels")]
     in_channels: usize,
     #[serde(default = "default_latent_channels")]
@@ -203,10 +212,10 @@ impl UNet2DConditionModelConfig {
     /// diffusers quirk: SD 1.x/2.x configs name the number of heads
     /// `attention_head_dim`; the heads are `num_attention_heads` when set,
     /// otherwise `attention_head_dim` (as diffusers itself does).
-    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let raw: DiffusersUNetConfig = read_json(path)?;
-        let unsupported = |reason: String| ConfigError::Unsupported {
+        let unsupported = |reason: String| Error::UnsupportedConfig {
             path: path.to_path_buf(),
             reason,
         };
@@ -325,7 +334,12 @@ impl UNet2DConditionModelConfig {
         .with_downsample_padding(raw.downsample_padding)
         .with_mid_block_scale_factor(raw.mid_block_scale_factor)
         .with_use_linear_projection(raw.use_linear_projection)
-        .with_center_input_sample(raw.center_input_sample))
+        .with_center_input_sample(raw.center_input_sample)
+        .with_sample_size(match raw.sample_size {
+            Some(OneOrPerBlock::One(side)) => side,
+            Some(OneOrPerBlock::PerBlock(sides)) => sides.first().copied().unwrap_or(64),
+            None => 64,
+        }))
     }
 
     /// Number of transformer blocks, i.e. of self-attention layers a capture

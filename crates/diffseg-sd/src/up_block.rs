@@ -13,7 +13,7 @@ use crate::{
 
 /// Configuration of [`UpBlock2D`], with diffusers' channel bookkeeping.
 #[derive(Config, Debug)]
-pub struct UpBlock2DConfig {
+pub(crate) struct UpBlock2DConfig {
     /// Channels of the skip connection consumed by the block's last resnet
     /// (diffusers `in_channels`).
     pub in_channels: usize,
@@ -39,7 +39,7 @@ pub struct UpBlock2DConfig {
 
 impl UpBlock2DConfig {
     /// Builds the module with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> UpBlock2D<B> {
+    pub(crate) fn init<B: Backend>(&self, device: &B::Device) -> UpBlock2D<B> {
         let resnets = (0..self.num_layers)
             .map(|i| {
                 let skip_channels = if i + 1 == self.num_layers {

@@ -16,11 +16,12 @@ use serde::Deserialize;
 
 use crate::{
     attention::{Attention, AttentionConfig},
-    config::{read_json, ConfigError},
+    config::read_json,
     cpu,
     precision::group_norm_silu,
     resnet::{ResnetBlock2D, ResnetBlock2DConfig},
     sampling::{Downsample2D, Downsample2DConfig},
+    Error,
 };
 
 /// The VAE's normalisation epsilon, fixed by diffusers' `Encoder`.
@@ -108,10 +109,10 @@ impl AutoencoderKLConfig {
     }
 
     /// Reads a diffusers `vae/config.json` (unknown fields are ignored).
-    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let raw: DiffusersVaeConfig = read_json(path)?;
-        let unsupported = |reason: String| ConfigError::Unsupported {
+        let unsupported = |reason: String| Error::UnsupportedConfig {
             path: path.to_path_buf(),
             reason,
         };

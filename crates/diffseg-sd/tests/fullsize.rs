@@ -22,9 +22,10 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
-use diffseg_sd::precision::StableNorm;
-use diffseg_sd::weights::WeightsSource;
-use diffseg_sd::{AttentionLayer, AttentionSink, HeadReduction, StableDiffusion, EMPTY_PROMPT_IDS};
+use diffseg_sd::{
+    AttentionLayer, AttentionSink, AutoencoderKL, HeadReduction, StableDiffusion, StableNorm,
+    WeightsSource, EMPTY_PROMPT_IDS,
+};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -271,7 +272,8 @@ fn sd15_random_weights_match_diffusers() {
     let reference = Reference::open(&dir);
     let source = WeightsSource::detect(&dir).expect("diffusers folder");
     let started = std::time::Instant::now();
-    let sd = StableDiffusion::<B>::load(&source, &device).expect("load the full-size weights");
+    let sd =
+        StableDiffusion::<B>::load(&source, None, &device).expect("load the full-size weights");
     println!("loaded in {:.1} s", started.elapsed().as_secs_f32());
     let mut stats = BTreeMap::new();
 
@@ -383,11 +385,11 @@ fn sd15_ldm_single_file_matches_diffusers_folder() {
     let device = Default::default();
     let reference = Reference::open(&dir);
     let from_folder =
-        StableDiffusion::<B>::load(&WeightsSource::detect(&dir).expect("folder"), &device)
+        StableDiffusion::<B>::load(&WeightsSource::detect(&dir).expect("folder"), None, &device)
             .expect("folder");
     let source = WeightsSource::detect(&ldm_path).expect("LDM single file");
     assert!(matches!(source, WeightsSource::SingleFile(_)));
-    let from_file = StableDiffusion::<B>::load(&source, &device).expect("load the LDM file");
+    let from_file = StableDiffusion::<B>::load(&source, None, &device).expect("load the LDM file");
     let mut stats = BTreeMap::new();
 
     let ids = Tensor::<B, 2, Int>::from_data(
@@ -466,11 +468,10 @@ fn vae_stages_match_diffusers_f64() {
             .collect();
         (values, shape)
     };
-    let vae = diffseg_sd::weights::load_vae_encoder::<B>(
-        &WeightsSource::detect(&dir).expect("diffusers folder"),
-        &device,
-    )
-    .expect("load the VAE");
+    let vae = WeightsSource::detect(&dir)
+        .expect("diffusers folder")
+        .load::<B, AutoencoderKL<B>>(None, &device)
+        .expect("load the VAE");
     let encoder = &vae.encoder;
     let mut run: Vec<(String, Stage<'_>)> =
         vec![("conv_in".into(), Box::new(|x| encoder.conv_in.forward(x)))];

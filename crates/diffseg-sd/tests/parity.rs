@@ -6,63 +6,19 @@
 mod common;
 
 use burn::tensor::{backend::Backend, Tensor};
-use burn_store::{KeyRemapper, ModuleSnapshot, SafetensorsStore};
 use diffseg_sd::{
-    keys::DIFFUSERS_KEY_REMAP, weights::CastingAdapter, AttentionLayer, AttentionSink,
-    AutoencoderKLConfig, ClipTextConfig, HeadReduction, UNet2DConditionModelConfig,
+    AttentionLayer, AttentionSink, AutoencoderKL, ClipTextModel, HeadReduction, Network,
+    UNet2DConditionModel, WeightsSource,
 };
 
 use common::*;
 
-/// Loads an f32 diffusers-layout safetensors file into `module` the way the
-/// crate's remap table says, and checks that every parameter was found.
-fn load<B: Backend, M: ModuleSnapshot<B>>(module: &mut M, file: &str) {
-    let remapper =
-        KeyRemapper::from_patterns(DIFFUSERS_KEY_REMAP.to_vec()).expect("valid remap patterns");
-    let mut store = SafetensorsStore::from_file(fixtures().join(file))
-        .with_from_adapter(CastingAdapter::for_backend::<B>())
-        .remap(remapper)
-        .skip_enum_variants(true);
-    let result = module
-        .load_from(&mut store)
-        .unwrap_or_else(|e| panic!("load {file}: {e}"));
-    assert!(
-        result.missing.is_empty(),
-        "{file}: missing {:?}",
-        result.missing
-    );
-    assert!(
-        result.errors.is_empty(),
-        "{file}: errors {:?}",
-        result.errors
-    );
-    // Unused keys may only be the parts that are deliberately not ported.
-    // burn-store 0.20.1 lists norm `weight`/`bias` as unused even when the
-    // adapter applied them as `gamma`/`beta`, so those count as used when
-    // their Burn name was applied.
-    let applied_as_norm = |key: &str| {
-        let burn_name = key
-            .strip_suffix(".weight")
-            .map(|p| format!("{p}.gamma"))
-            .or_else(|| key.strip_suffix(".bias").map(|p| format!("{p}.beta")));
-        burn_name.is_some_and(|name| result.applied.contains(&name))
-    };
-    let unexpected: Vec<_> = result
-        .unused
-        .iter()
-        .filter(|k| {
-            !(k.starts_with("decoder.")
-                || k.starts_with("post_quant_conv.")
-                || k.ends_with("position_ids"))
-        })
-        .filter(|k| !applied_as_norm(k))
-        .collect();
-    assert!(unexpected.is_empty(), "{file}: unused keys {unexpected:?}");
-}
-
-fn unet_config() -> UNet2DConditionModelConfig {
-    UNet2DConditionModelConfig::from_json_file(fixtures().join("unet/config.json"))
-        .expect("unet config")
+/// Loads network `N` from the fixtures' f32 files with the crate's loader,
+/// which fails on any missing, unexpected or misshapen tensor.
+fn load<B: Backend, N: Network<B>>(device: &B::Device) -> N {
+    WeightsSource::detect(fixtures())
+        .and_then(|source| source.load(None, device))
+        .unwrap_or_else(|error| panic!("load the fixtures: {error}"))
 }
 
 /// Every map it receives, keyed by layer index, kind and head.
@@ -125,10 +81,7 @@ const LAYER_BLOCKS: [&str; 16] = [
 fn vae_moments_and_latent<B: Backend>() {
     let device = B::Device::default();
     let reference = Reference::open();
-    let mut vae = AutoencoderKLConfig::from_json_file(fixtures().join("vae/config.json"))
-        .expect("vae config")
-        .init::<B>(&device);
-    load(&mut vae, "vae/diffusion_pytorch_model.safetensors");
+    let vae: AutoencoderKL<B> = load(&device);
     let image = reference.f32::<B, 4>("image", &device);
     assert_close(
         "vae moments",
@@ -157,10 +110,7 @@ fn vae_moments_and_latent<B: Backend>() {
 fn clip_text_embedding<B: Backend>() {
     let device = B::Device::default();
     let reference = Reference::open();
-    let mut clip = ClipTextConfig::from_json_file(fixtures().join("text_encoder/config.json"))
-        .expect("text encoder config")
-        .init::<B>(&device);
-    load(&mut clip, "text_encoder/model.safetensors");
+    let clip: ClipTextModel<B> = load(&device);
     let ids = reference.i64::<B, 2>("input_ids", &device);
     // The fixture's ids are the empty prompt, which the crate provides as a constant.
     // (wgpu stores Int tensors as i32, so compare after converting.)
@@ -178,10 +128,8 @@ fn clip_text_embedding<B: Backend>() {
     );
 }
 
-fn loaded_unet<B: Backend>(device: &B::Device) -> diffseg_sd::UNet2DConditionModel<B> {
-    let mut unet = unet_config().init::<B>(device);
-    load(&mut unet, "unet/diffusion_pytorch_model.safetensors");
-    unet
+fn loaded_unet<B: Backend>(device: &B::Device) -> UNet2DConditionModel<B> {
+    load(device)
 }
 
 fn unet_noise_prediction<B: Backend>() {
@@ -295,12 +243,12 @@ fn unet_attention_maps_batch_2<B: Backend>() {
     assert_eq!(compared, 11 * 2, "batch-2 maps compared");
 }
 
-/// The crate's own loader (`weights`) on the diffusers folder must give the
-/// same networks as the test loader above: the three outputs within the same bounds.
+/// The three networks loaded together ([`StableDiffusion::load`]) must give
+/// the same outputs as each loaded alone above, within the same bounds.
 fn crate_loader_reproduces_reference<B: Backend>() {
     let device = B::Device::default();
-    let source = diffseg_sd::weights::WeightsSource::detect(fixtures()).expect("detect fixtures");
-    let sd = diffseg_sd::StableDiffusion::<B>::load(&source, &device).expect("load fixtures");
+    let source = WeightsSource::detect(fixtures()).expect("detect fixtures");
+    let sd = diffseg_sd::StableDiffusion::<B>::load(&source, None, &device).expect("load fixtures");
     assert_reproduces_reference_outputs("loader", &sd, &device);
 }
 
@@ -369,7 +317,7 @@ parity_tests!(wgpu, burn::backend::Wgpu);
 
 /// Half precision: the crate's loader reads the fp16 weight files, convolutions and matrix
 /// products run in f16, normalisation statistics and softmax in f32
-/// (`diffseg_sd::precision`), and attention probabilities are handed out in f32.
+/// (`src/precision.rs`), and attention probabilities are handed out in f32.
 ///
 /// Runs in real f16 arithmetic on the CPU through Burn's Candle backend, everywhere; the WGPU and
 /// CUDA runs need a GPU (Burn's WGSL kernels do not compile f16 on Mesa lavapipe: wgpu exposes no
@@ -386,8 +334,7 @@ parity_tests!(wgpu, burn::backend::Wgpu);
 mod half_precision {
     use super::*;
     use burn::tensor::DType;
-    use diffseg_sd::weights::{Variant, WeightsSource};
-    use diffseg_sd::StableDiffusion;
+    use diffseg_sd::{StableDiffusion, Variant};
 
     /// Max |fp16 - fp32 reference| of diffusers 0.42.1 / transformers 5.24 / torch 2.15 in fp16
     /// on the CPU, printed by `tools/reference/half_precision_gap.py`.
@@ -429,7 +376,7 @@ mod half_precision {
         let source = WeightsSource::detect(fixtures())
             .expect("detect fixtures")
             .with_variant(Variant::F16);
-        let sd = StableDiffusion::<B>::load(&source, &device).expect("load the fp16 files");
+        let sd = StableDiffusion::<B>::load(&source, None, &device).expect("load the fp16 files");
 
         let image = reference.f32::<B, 4>("image", &device);
         let moments = sd.vae.moments(image);

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use diffseg_sd::{
-    ensure_finite, AttentionLayer, AttentionSink, ConfigError, StableDiffusionConfig,
-    UNet2DConditionModelConfig,
+    ensure_finite, AttentionLayer, AttentionSink, Error, StableDiffusionConfig,
+    UNet2DConditionModelConfig, WeightsSource,
 };
 
 type B = burn::backend::NdArray<f32>;
@@ -14,9 +14,16 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")
 }
 
+/// The fixtures' three `config.json` files.
+fn tiny_config() -> StableDiffusionConfig {
+    WeightsSource::detect(fixtures())
+        .and_then(|source| source.config())
+        .expect("tiny configs")
+}
+
 #[test]
 fn tiny_configs_read_with_the_head_count_quirk() {
-    let config = StableDiffusionConfig::from_diffusers_dir(fixtures()).expect("tiny configs");
+    let config = tiny_config();
     // `attention_head_dim: 2` with `num_attention_heads: null` means 2 heads.
     assert_eq!(config.unet.num_attention_heads, vec![2; 4]);
     assert_eq!(config.unet.block_out_channels, vec![8, 16, 16, 16]);
@@ -45,7 +52,7 @@ fn unported_unet_options_are_rejected_with_the_file_name() {
     let path = dir.path().join("config.json");
     std::fs::write(&path, json.to_string()).unwrap();
     match UNet2DConditionModelConfig::from_json_file(&path) {
-        Err(ConfigError::Unsupported { path: p, reason }) => {
+        Err(Error::UnsupportedConfig { path: p, reason }) => {
             assert_eq!(p, path);
             assert!(reason.contains("class_embed_type"), "{reason}");
         }
@@ -53,7 +60,7 @@ fn unported_unet_options_are_rejected_with_the_file_name() {
     }
     assert!(matches!(
         UNet2DConditionModelConfig::from_json_file(dir.path().join("missing.json")),
-        Err(ConfigError::Read { .. })
+        Err(Error::MissingConfig { .. })
     ));
 }
 
@@ -78,7 +85,7 @@ impl AttentionSink<B> for GeometrySink {
 #[test]
 fn odd_latent_sides_use_explicit_upsample_sizes() {
     let device = Default::default();
-    let config = StableDiffusionConfig::from_diffusers_dir(fixtures()).unwrap();
+    let config = tiny_config();
     let unet = config.unet.init::<B>(&device);
     // 20 → 10 → 5 → 3 on the way down; the upsamplers must go 3 → 5, not 6.
     let latent =
@@ -102,7 +109,7 @@ fn odd_latent_sides_use_explicit_upsample_sizes() {
 #[test]
 fn encoder_and_text_shapes() {
     let device = Default::default();
-    let config = StableDiffusionConfig::from_diffusers_dir(fixtures()).unwrap();
+    let config = tiny_config();
     let sd = config.init::<B>(&device);
     let image = Tensor::<B, 4>::zeros([2, 3, 64, 48], &device);
     assert_eq!(sd.vae.moments(image.clone()).dims(), [2, 8, 8, 6]);
@@ -123,6 +130,15 @@ fn non_finite_values_are_reported_not_passed_on() {
         &device,
     );
     let err = ensure_finite(&broken, "UNet noise prediction").unwrap_err();
-    assert_eq!((err.nan, err.infinite, err.total), (1, 2, 4));
+    let Error::NonFiniteValues {
+        nan,
+        infinite,
+        total,
+        ..
+    } = err
+    else {
+        panic!("expected NonFiniteValues, got {err}");
+    };
+    assert_eq!((nan, infinite, total), (1, 2, 4));
     assert!(err.to_string().contains("UNet noise prediction"));
 }

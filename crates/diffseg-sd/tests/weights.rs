@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{backend::Backend, DType};
 use burn_store::ModuleSnapshot;
-use diffseg_sd::weights::{
-    load_text_encoder, load_unet, load_unet_with_config, load_vae_encoder, required_files,
-    Component, LoadError, Variant, WeightsSource,
+use diffseg_sd::{
+    AutoencoderKL, ClipTextModel, Component, Error, StableDiffusion, StableDiffusionConfig,
+    UNet2DConditionModel, UNet2DConditionModelConfig, Variant, WeightsSource,
 };
-use diffseg_sd::{StableDiffusion, StableDiffusionConfig, UNet2DConditionModelConfig};
 use half::{bf16, f16};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
@@ -31,7 +30,7 @@ fn diffusers(variant: Variant) -> WeightsSource {
 }
 
 fn tiny_config() -> StableDiffusionConfig {
-    StableDiffusionConfig::from_diffusers_dir(fixtures()).expect("tiny configs")
+    diffusers(Variant::F32).config().expect("tiny configs")
 }
 
 /// Every parameter of `module` by field path, as f32 values, after checking
@@ -115,9 +114,21 @@ fn file_tensor(file: &Path, key: &str) -> (Vec<usize>, Vec<f32>) {
 fn diffusers_f32_parameters_are_the_file_tensors<B: Backend>() {
     let device = B::Device::default();
     let source = diffusers(Variant::F32);
-    let unet = parameters(&load_unet::<B>(&source, &device).expect("load unet"));
-    let vae = parameters(&load_vae_encoder::<B>(&source, &device).expect("load vae"));
-    let clip = parameters(&load_text_encoder::<B>(&source, &device).expect("load text encoder"));
+    let unet = parameters(
+        &source
+            .load::<B, UNet2DConditionModel<B>>(None, &device)
+            .expect("load unet"),
+    );
+    let vae = parameters(
+        &source
+            .load::<B, AutoencoderKL<B>>(None, &device)
+            .expect("load vae"),
+    );
+    let clip = parameters(
+        &source
+            .load::<B, ClipTextModel<B>>(None, &device)
+            .expect("load text encoder"),
+    );
     let unet_file = fixtures().join("unet/diffusion_pytorch_model.safetensors");
     let vae_file = fixtures().join("vae/diffusion_pytorch_model.safetensors");
     let clip_file = fixtures().join("text_encoder/model.safetensors");
@@ -182,15 +193,15 @@ fn diffusers_f32_parameters_are_the_file_tensors<B: Backend>() {
 fn reduced_precision_files_load_as_rounded_f32<B: Backend>() {
     let device = B::Device::default();
     let reference = all_parameters(
-        &StableDiffusion::<B>::load(&diffusers(Variant::F32), &device).expect("f32"),
+        &StableDiffusion::<B>::load(&diffusers(Variant::F32), None, &device).expect("f32"),
     );
     let fp16 = all_parameters(
-        &StableDiffusion::<B>::load(&diffusers(Variant::F16), &device).expect("fp16"),
+        &StableDiffusion::<B>::load(&diffusers(Variant::F16), None, &device).expect("fp16"),
     );
     assert_rounded_equal("fp16 variant", &fp16, &reference, through_f16);
 
     let bf16 = all_parameters(
-        &StableDiffusion::<B>::load(&diffusers(Variant::BF16), &device).expect("bf16"),
+        &StableDiffusion::<B>::load(&diffusers(Variant::BF16), None, &device).expect("bf16"),
     );
     let (bf16_vae, others): (BTreeMap<_, _>, BTreeMap<_, _>) =
         bf16.into_iter().partition(|(k, _)| k.starts_with("vae/"));
@@ -208,24 +219,26 @@ fn ldm_single_file_gives_the_diffusers_parameters<B: Backend>() {
     let device = B::Device::default();
     let config = tiny_config();
     let reference = all_parameters(
-        &StableDiffusion::<B>::load_with_config(&diffusers(Variant::F32), &config, &device)
+        &StableDiffusion::<B>::load(&diffusers(Variant::F32), Some(&config), &device)
             .expect("diffusers"),
     );
     let single = WeightsSource::detect(fixtures().join("tiny-ldm.safetensors")).expect("detect");
     assert!(matches!(single, WeightsSource::SingleFile(_)));
     let ldm = all_parameters(
-        &StableDiffusion::<B>::load_with_config(&single, &config, &device).expect("ldm f32"),
+        &StableDiffusion::<B>::load(&single, Some(&config), &device).expect("ldm f32"),
     );
     assert_rounded_equal("LDM f32", &ldm, &reference, exact);
 
     let single = WeightsSource::SingleFile(fixtures().join("tiny-ldm.fp16.safetensors"));
     let ldm = all_parameters(
-        &StableDiffusion::<B>::load_with_config(&single, &config, &device).expect("ldm fp16"),
+        &StableDiffusion::<B>::load(&single, Some(&config), &device).expect("ldm fp16"),
     );
     assert_rounded_equal("LDM fp16", &ldm, &reference, through_f16);
 
     // The per-network entry points agree with the bundle.
-    let unet = load_unet_with_config::<B>(&single, &config.unet, &device).expect("ldm unet");
+    let unet = single
+        .load::<B, UNet2DConditionModel<B>>(Some(&config.unet), &device)
+        .expect("ldm unet");
     assert_eq!(
         parameters(&unet).len(),
         ldm.keys().filter(|k| k.starts_with("unet/")).count()
@@ -237,7 +250,7 @@ fn ldm_single_file_gives_the_diffusers_parameters<B: Backend>() {
 fn ldm_single_file_networks_match_the_reference_outputs<B: Backend>() {
     let device = B::Device::default();
     let single = WeightsSource::SingleFile(fixtures().join("tiny-ldm.safetensors"));
-    let sd = StableDiffusion::<B>::load_with_config(&single, &tiny_config(), &device).expect("ldm");
+    let sd = StableDiffusion::<B>::load(&single, Some(&tiny_config()), &device).expect("ldm");
     assert_reproduces_reference_outputs("ldm single file", &sd, &device);
 }
 
@@ -299,29 +312,26 @@ fn detect_tells_folders_single_files_and_pickles_apart() {
     let ckpt = dir.path().join("v1-5-pruned.ckpt");
     std::fs::write(&ckpt, b"PK\x03\x04 not really a zip").unwrap();
     let error = WeightsSource::detect(&ckpt).unwrap_err();
-    assert!(
-        matches!(error, LoadError::PickleNotSupported { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::PickleNotSupported { .. }), "{error}");
     assert!(
         error.to_string().contains("v1-5-pruned.ckpt") && error.to_string().contains("safetensors")
     );
 
     let error = WeightsSource::detect(dir.path()).unwrap_err();
-    assert!(
-        matches!(error, LoadError::UnrecognisedSource { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::UnrecognisedSource { .. }), "{error}");
     let error = WeightsSource::detect(dir.path().join("absent.safetensors")).unwrap_err();
-    assert!(matches!(error, LoadError::Io { .. }), "{error}");
+    assert!(matches!(error, Error::Io { .. }), "{error}");
     assert!(error.to_string().contains("absent.safetensors"));
 }
 
 #[test]
-fn required_files_exist_in_the_fixture_folder() {
-    for variant in [Variant::F32, Variant::F16] {
-        for file in required_files(variant) {
-            assert!(fixtures().join(file).is_file(), "{file} ({variant:?})");
+fn the_named_files_exist_in_the_fixture_folder() {
+    for component in Component::ALL {
+        let config = component.config_file();
+        assert!(fixtures().join(&config).is_file(), "{config}");
+        for variant in [Variant::F32, Variant::F16] {
+            let weights = component.weights_file(variant);
+            assert!(fixtures().join(&weights).is_file(), "{weights}");
         }
     }
 }
@@ -329,11 +339,11 @@ fn required_files_exist_in_the_fixture_folder() {
 #[test]
 fn single_file_without_config_must_have_sd_v1_shapes() {
     let single = WeightsSource::SingleFile(fixtures().join("tiny-ldm.safetensors"));
-    let error = StableDiffusion::<NdArray>::load(&single, &Default::default()).unwrap_err();
+    let error = StableDiffusion::<NdArray>::load(&single, None, &Default::default()).unwrap_err();
     assert!(
         matches!(
             error,
-            LoadError::UnknownArchitecture {
+            Error::UnknownArchitecture {
                 component: Component::Unet,
                 ..
             }
@@ -403,18 +413,16 @@ fn unet_folder(edit: impl FnOnce(&mut Vec<Stored>)) -> (tempfile::TempDir, PathB
     (dir, weights)
 }
 
-fn load_unet_from(root: &Path) -> Result<diffseg_sd::UNet2DConditionModel<NdArray>, LoadError> {
-    load_unet::<NdArray>(
-        &WeightsSource::Diffusers {
-            root: root.to_path_buf(),
-            variant: Variant::F32,
-        },
-        &Default::default(),
-    )
+fn load_unet_from(root: &Path) -> Result<UNet2DConditionModel<NdArray>, Error> {
+    let source = WeightsSource::Diffusers {
+        root: root.to_path_buf(),
+        variant: Variant::F32,
+    };
+    source.load(None, &Default::default())
 }
 
 #[track_caller]
-fn assert_names(error: &LoadError, file: &Path, words: &[&str]) {
+fn assert_names(error: &Error, file: &Path, words: &[&str]) {
     let message = error.to_string();
     assert!(
         message.contains(&file.display().to_string()),
@@ -441,26 +449,20 @@ fn truncated_file_is_corrupt() {
         .unwrap();
     file.set_len(length - 1000).unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(
-        matches!(error, LoadError::CorruptSafetensors { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::CorruptSafetensors { .. }), "{error}");
     assert_names(&error, &weights, &["truncated"]);
 
     // Garbage that is not safetensors at all.
     std::fs::write(&weights, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(
-        matches!(error, LoadError::CorruptSafetensors { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::CorruptSafetensors { .. }), "{error}");
 }
 
 #[test]
 fn missing_key_is_listed() {
     let (dir, weights) = unet_folder(|tensors| tensors.retain(|t| t.name != "conv_in.bias"));
     let error = load_unet_from(dir.path()).unwrap_err();
-    let LoadError::Mismatch {
+    let Error::Mismatch {
         ref report,
         component,
         ..
@@ -487,7 +489,7 @@ fn wrong_shape_is_listed_in_the_file_layout() {
         linear.data.extend(vec![0u8; row]);
     });
     let error = load_unet_from(dir.path()).unwrap_err();
-    let LoadError::Mismatch { ref report, .. } = error else {
+    let Error::Mismatch { ref report, .. } = error else {
         panic!("expected a mismatch, got {error}");
     };
     assert_eq!(report.shape_mismatches.len(), 1);
@@ -519,7 +521,7 @@ fn unexpected_key_is_listed() {
         })
     });
     let error = load_unet_from(dir.path()).unwrap_err();
-    let LoadError::Mismatch { ref report, .. } = error else {
+    let Error::Mismatch { ref report, .. } = error else {
         panic!("expected a mismatch, got {error}");
     };
     assert_eq!(
@@ -544,7 +546,7 @@ fn non_finite_weight_is_refused() {
         bias.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
     });
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(matches!(error, LoadError::NonFinite { .. }), "{error}");
+    assert!(matches!(error, Error::NonFinite { .. }), "{error}");
     assert_names(&error, &weights, &["NaN", "conv_out.bias (1 values)"]);
 }
 
@@ -558,10 +560,7 @@ fn integer_weight_is_refused() {
         bias.dtype = Dtype::I32;
     });
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(
-        matches!(error, LoadError::UnsupportedDtype { .. }),
-        "{error}"
-    );
+    assert!(matches!(error, Error::UnsupportedDtype { .. }), "{error}");
     assert_names(&error, &weights, &["conv_out.bias", "I32"]);
 }
 
@@ -572,7 +571,7 @@ fn ldm_file_given_as_diffusers_is_recognised() {
     std::fs::copy(fixtures().join("tiny-ldm.safetensors"), &weights).unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
     assert!(
-        matches!(error, LoadError::SingleFileGivenAsDiffusers { .. }),
+        matches!(error, Error::SingleFileGivenAsDiffusers { .. }),
         "{error}"
     );
     assert_names(
@@ -585,7 +584,7 @@ fn ldm_file_given_as_diffusers_is_recognised() {
     let ldm = fixtures().join("tiny-ldm.safetensors");
     let error = load_unet_from(&ldm).unwrap_err();
     assert!(
-        matches!(error, LoadError::SingleFileGivenAsDiffusers { .. }),
+        matches!(error, Error::SingleFileGivenAsDiffusers { .. }),
         "{error}"
     );
     assert_names(&error, &ldm, &["single-file LDM checkpoint"]);
@@ -596,7 +595,7 @@ fn diffusers_file_given_as_single_file_is_recognised() {
     let unet_file = fixtures().join("unet/diffusion_pytorch_model.safetensors");
     let error = WeightsSource::detect(&unet_file).unwrap_err();
     assert!(
-        matches!(error, LoadError::DiffusersGivenAsSingleFile { .. }),
+        matches!(error, Error::DiffusersGivenAsSingleFile { .. }),
         "{error}"
     );
     assert_names(
@@ -605,14 +604,17 @@ fn diffusers_file_given_as_single_file_is_recognised() {
         &["diffusers UNet keys", "WeightsSource::Diffusers"],
     );
 
-    let error = load_unet_with_config::<NdArray>(
-        &WeightsSource::SingleFile(unet_file.clone()),
-        &UNet2DConditionModelConfig::from_json_file(fixtures().join("unet/config.json")).unwrap(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let error = WeightsSource::SingleFile(unet_file.clone())
+        .load::<NdArray, UNet2DConditionModel<NdArray>>(
+            Some(
+                &UNet2DConditionModelConfig::from_json_file(fixtures().join("unet/config.json"))
+                    .unwrap(),
+            ),
+            &Default::default(),
+        )
+        .unwrap_err();
     assert!(
-        matches!(error, LoadError::DiffusersGivenAsSingleFile { .. }),
+        matches!(error, Error::DiffusersGivenAsSingleFile { .. }),
         "{error}"
     );
     assert_names(
@@ -623,11 +625,12 @@ fn diffusers_file_given_as_single_file_is_recognised() {
 
     let error = StableDiffusion::<NdArray>::load(
         &WeightsSource::SingleFile(fixtures()),
+        None,
         &Default::default(),
     )
     .unwrap_err();
     assert!(
-        matches!(error, LoadError::DiffusersGivenAsSingleFile { .. }),
+        matches!(error, Error::DiffusersGivenAsSingleFile { .. }),
         "{error}"
     );
     assert_names(&error, &fixtures(), &["a folder"]);
@@ -639,7 +642,7 @@ fn missing_config_is_named() {
     let config = dir.path().join("unet/config.json");
     std::fs::remove_file(&config).unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(matches!(error, LoadError::MissingConfig { .. }), "{error}");
+    assert!(matches!(error, Error::MissingConfig { .. }), "{error}");
     assert_names(&error, &config, &["missing"]);
 }
 
@@ -649,7 +652,7 @@ fn bad_json_config_is_named() {
     let config = dir.path().join("unet/config.json");
     std::fs::write(&config, b"{\"block_out_channels\": [8, 16,").unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(matches!(error, LoadError::BadConfig { .. }), "{error}");
+    assert!(matches!(error, Error::BadConfig { .. }), "{error}");
     assert_names(&error, &config, &["invalid config"]);
 }
 
@@ -658,7 +661,7 @@ fn missing_weights_file_lists_the_names_tried() {
     let (dir, weights) = unet_folder(|_| {});
     std::fs::remove_file(&weights).unwrap();
     let error = load_unet_from(dir.path()).unwrap_err();
-    assert!(matches!(error, LoadError::MissingWeights { .. }), "{error}");
+    assert!(matches!(error, Error::MissingWeights { .. }), "{error}");
     assert_names(
         &error,
         &dir.path().join("unet"),
@@ -684,13 +687,13 @@ fn unknown_key_in_an_ldm_file_is_reported_by_its_ldm_name() {
         data: vec![0; 8],
     });
     write_all(&file, &tensors);
-    let error = load_unet_with_config::<NdArray>(
-        &WeightsSource::SingleFile(file.clone()),
-        &tiny_config().unet,
-        &Default::default(),
-    )
-    .unwrap_err();
-    let LoadError::Mismatch { ref report, .. } = error else {
+    let error = WeightsSource::SingleFile(file.clone())
+        .load::<NdArray, UNet2DConditionModel<NdArray>>(
+            Some(&tiny_config().unet),
+            &Default::default(),
+        )
+        .unwrap_err();
+    let Error::Mismatch { ref report, .. } = error else {
         panic!("expected a mismatch, got {error}");
     };
     assert_eq!(
@@ -707,16 +710,16 @@ fn an_ldm_file_missing_a_network_says_nothing_matched() {
     let mut tensors = read_all(&fixtures().join("tiny-ldm.safetensors"));
     tensors.retain(|t| !t.name.starts_with("first_stage_model."));
     write_all(&file, &tensors);
-    let error = StableDiffusion::<NdArray>::load_with_config(
+    let error = StableDiffusion::<NdArray>::load(
         &WeightsSource::SingleFile(file.clone()),
-        &tiny_config(),
+        Some(&tiny_config()),
         &Default::default(),
     )
     .unwrap_err();
     assert!(
         matches!(
             error,
-            LoadError::Mismatch {
+            Error::Mismatch {
                 component: Component::Vae,
                 ..
             }
@@ -737,11 +740,13 @@ fn a_text_encoder_saved_by_transformers_5_loads() {
         root: fixtures().with_file_name("tiny-transformers5"),
         variant: Variant::F32,
     };
-    let loaded = load_text_encoder::<NdArray>(&transformers5, &device);
+    let loaded = transformers5.load::<NdArray, ClipTextModel<NdArray>>(None, &device);
     let loaded = match loaded {
         Ok(model) => model,
         Err(error) => panic!("{error}"),
     };
-    let original = load_text_encoder::<NdArray>(&diffusers(Variant::F32), &device).unwrap();
+    let original = diffusers(Variant::F32)
+        .load::<NdArray, ClipTextModel<NdArray>>(None, &device)
+        .unwrap();
     assert_eq!(parameters(&loaded), parameters(&original));
 }

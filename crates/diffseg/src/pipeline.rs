@@ -8,8 +8,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
     label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Proposals,
 };
-use diffseg_sd::weights::WeightsSource;
-use diffseg_sd::{empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion};
+use diffseg_sd::{
+    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion, WeightsSource,
+};
 
 use image::DynamicImage;
 
@@ -35,22 +36,10 @@ pub(crate) const SD1_INPUT_SIZE: usize = 512;
 /// `sample_size` times the VAE's downscaling factor (2 per VAE block after the
 /// first). SD 1.x: 64 × 8 = 512; the tiny test model: 16 × 8 = 128.
 pub(crate) fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
-    let WeightsSource::Diffusers { root, .. } = source else {
-        // Single-file checkpoints are SD 1.x (the loader checks the shapes).
-        return Ok(SD1_INPUT_SIZE);
-    };
-    let read = |file: &str| -> Result<serde_json::Value, Error> {
-        let path = root.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|error| load_error(&path, error))?;
-        serde_json::from_str(&text).map_err(|error| load_error(&path, error))
-    };
-    let latent = read("unet/config.json")?["sample_size"]
-        .as_u64()
-        .unwrap_or(64) as usize;
-    let vae_blocks = read("vae/config.json")?["block_out_channels"]
-        .as_array()
-        .map_or(4, Vec::len);
-    Ok(latent << vae_blocks.saturating_sub(1))
+    let config = source
+        .config()
+        .map_err(|error| load_error(source.path(), error))?;
+    Ok(config.input_size())
 }
 
 fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -104,10 +93,13 @@ impl<B: Backend> std::fmt::Debug for Pipeline<B> {
 impl<B: Backend> Pipeline<B> {
     /// Loads the three networks from `source` onto `device`.
     pub fn load(source: &WeightsSource, device: B::Device) -> Result<Self, Error> {
-        let input_size = model_input_size(source)?;
+        let config = source
+            .config()
+            .map_err(|error| load_error(source.path(), error))?;
+        let input_size = config.input_size();
         let mut times = StageTimes::default();
         let model = timed::<B, _>(&device, &mut times.load, || {
-            StableDiffusion::<B>::load(source, &device)
+            StableDiffusion::<B>::load(source, Some(&config), &device)
         })
         .map_err(|error| load_error(source.path(), error))?;
         let empty_prompt = timed::<B, _>(&device, &mut times.text_encoder, || {
@@ -464,7 +456,7 @@ mod tests {
     /// fp16 gap, 5e-3); averaging layers does not add error.
     #[cfg(feature = "ndarray")]
     fn f16_networks_follow_the_f32_pipeline<Half: Backend>() {
-        use diffseg_sd::weights::Variant;
+        use diffseg_sd::Variant;
 
         let tiny = concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
 use diffseg_core::MergeOptions;
-use diffseg_sd::weights::{Variant, WeightsSource};
+use diffseg_sd::{Variant, WeightsSource};
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;

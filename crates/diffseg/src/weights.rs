@@ -31,7 +31,9 @@ use crate::{Error, Precision};
 
 /// What [`crate::Pipeline::load`] reads: a diffusers folder or a single-file
 /// checkpoint, with the file variant (f32, fp16, bf16) to prefer.
-pub use diffseg_sd::weights::{Variant, WeightsSource};
+pub use diffseg_sd::{Variant, WeightsSource};
+
+use diffseg_sd::Component;
 
 /// The default model: Stable Diffusion 1.5.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -107,54 +109,17 @@ impl FromStr for FileVariant {
     }
 }
 
-/// One network's files in the diffusers folder layout.
-struct Component {
-    folder: &'static str,
-    weights_stem: &'static str,
-}
-
-/// The three networks segmentation needs (the VAE decoder is never used, but
-/// the diffusers VAE file holds both halves).
-const COMPONENTS: [Component; 3] = [
-    Component {
-        folder: "unet",
-        weights_stem: "diffusion_pytorch_model",
-    },
-    Component {
-        folder: "vae",
-        weights_stem: "diffusion_pytorch_model",
-    },
-    Component {
-        folder: "text_encoder",
-        weights_stem: "model",
-    },
-];
-
-impl Component {
-    fn config(&self) -> String {
-        format!("{}/config.json", self.folder)
-    }
-
-    fn weights(&self, variant: FileVariant) -> String {
-        let infix = match variant {
-            FileVariant::Fp16 => ".fp16",
-            FileVariant::Full => "",
-        };
-        format!("{}/{}{infix}.safetensors", self.folder, self.weights_stem)
-    }
-}
-
 /// The files a diffusers folder needs, as one line per file for messages.
 pub fn needed_files() -> Vec<String> {
-    COMPONENTS
+    Component::ALL
         .iter()
         .flat_map(|component| {
             [
-                component.config(),
+                component.config_file(),
                 format!(
                     "{} (or {})",
-                    component.weights(FileVariant::Full),
-                    component.weights(FileVariant::Fp16)
+                    component.weights_file(FileVariant::Full.into()),
+                    component.weights_file(FileVariant::Fp16.into())
                 ),
             ]
         })
@@ -312,11 +277,13 @@ impl HubModel {
     /// The snapshot if it holds every needed file with weights of one of `variants`.
     fn cached_with(&self, variants: &[FileVariant]) -> Option<PathBuf> {
         let snapshot = self.snapshot()?;
-        let complete = COMPONENTS.iter().all(|component| {
-            snapshot.join(component.config()).is_file()
-                && variants
-                    .iter()
-                    .any(|&variant| snapshot.join(component.weights(variant)).is_file())
+        let complete = Component::ALL.iter().all(|component| {
+            snapshot.join(component.config_file()).is_file()
+                && variants.iter().any(|&variant| {
+                    snapshot
+                        .join(component.weights_file(variant.into()))
+                        .is_file()
+                })
         });
         complete.then_some(snapshot)
     }
@@ -346,8 +313,8 @@ impl HubModel {
         // earlier download, the first pass leaves some files in the old
         // snapshot, and a second fetches them into the new one.
         for _pass in 0..2 {
-            for component in &COMPONENTS {
-                self.download(&repo, &component.config(), progress)?;
+            for component in Component::ALL {
+                self.download(&repo, &component.config_file(), progress)?;
                 self.download_weights(&repo, component, progress)?;
             }
             if let Some(snapshot) = self.cached() {
@@ -368,16 +335,16 @@ impl HubModel {
     fn download_weights(
         &self,
         repo: &ApiRepo,
-        component: &Component,
+        component: Component,
         progress: &mut dyn DownloadProgress,
     ) -> Result<PathBuf, Error> {
-        let preferred = component.weights(self.variant);
+        let preferred = component.weights_file(self.variant.into());
         match self.download(repo, &preferred, progress) {
             Err(Error::HubNotFound {
                 missing: HubMissing::File,
                 ..
             }) => {
-                let fallback = component.weights(self.variant.other());
+                let fallback = component.weights_file(self.variant.other().into());
                 self.download(repo, &fallback, progress)
                     .map_err(|error| match error {
                         Error::HubNotFound {

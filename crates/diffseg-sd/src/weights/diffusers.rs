@@ -1,10 +1,11 @@
-//! The diffusers folder layout: which files a pipeline folder holds, which
-//! precision variant to read, and what each key of a component file means.
+//! The diffusers folder layout, the one place that names its folders and
+//! files: which files a pipeline folder holds, which precision variant to
+//! read, and what each key of a component file means.
 
 use std::path::{Path, PathBuf};
 
-use super::{Component, KeyRole, LoadError};
-use crate::config::ConfigError;
+use super::{Component, KeyRole};
+use crate::Error;
 
 /// Which stored precision to prefer when a diffusers folder offers several
 /// (`diffusion_pytorch_model.safetensors`, `….fp16.safetensors`,
@@ -13,6 +14,7 @@ use crate::config::ConfigError;
 /// Whatever is read, tensors are converted to the backend's float type on
 /// load; the variant only trades download size against storage rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Variant {
     /// Full-precision files (`*.safetensors`).
     #[default]
@@ -45,8 +47,11 @@ impl Variant {
 }
 
 impl Component {
+    /// The three networks, in the order they are downloaded and loaded.
+    pub const ALL: [Component; 3] = [Component::Unet, Component::Vae, Component::TextEncoder];
+
     /// Sub-folder of a diffusers pipeline folder.
-    pub fn folder(self) -> &'static str {
+    fn folder(self) -> &'static str {
         match self {
             Component::Unet => "unet",
             Component::Vae => "vae",
@@ -70,48 +75,29 @@ impl Component {
             Component::TextEncoder => "pytorch_model.bin",
         }
     }
-}
 
-/// The files (relative to the pipeline folder, `/`-separated) that loading a
-/// diffusers Stable Diffusion folder needs with `variant`: each component's
-/// `config.json` and weights, plus `model_index.json`.
-///
-/// Use it to download only these files from a Hugging Face repository, or to
-/// tell users what to put where. Loading falls back to another variant when
-/// the preferred one is absent, but this list names the preferred one.
-pub fn required_files(variant: Variant) -> Vec<&'static str> {
-    let weights: [&'static str; 3] = match variant {
-        Variant::F32 => [
-            "unet/diffusion_pytorch_model.safetensors",
-            "vae/diffusion_pytorch_model.safetensors",
-            "text_encoder/model.safetensors",
-        ],
-        Variant::F16 => [
-            "unet/diffusion_pytorch_model.fp16.safetensors",
-            "vae/diffusion_pytorch_model.fp16.safetensors",
-            "text_encoder/model.fp16.safetensors",
-        ],
-        Variant::BF16 => [
-            "unet/diffusion_pytorch_model.bf16.safetensors",
-            "vae/diffusion_pytorch_model.bf16.safetensors",
-            "text_encoder/model.bf16.safetensors",
-        ],
-    };
-    vec![
-        "model_index.json",
-        "unet/config.json",
-        weights[0],
-        "vae/config.json",
-        weights[1],
-        "text_encoder/config.json",
-        weights[2],
-    ]
+    /// Its config file in a diffusers pipeline folder, `/`-separated
+    /// (`unet/config.json`): what to download from a Hugging Face repository.
+    pub fn config_file(self) -> String {
+        format!("{}/config.json", self.folder())
+    }
+
+    /// Its weights file in `variant` in a diffusers pipeline folder,
+    /// `/`-separated (`unet/diffusion_pytorch_model.fp16.safetensors`).
+    /// Loading falls back to another variant when this one is absent.
+    pub fn weights_file(self, variant: Variant) -> String {
+        format!("{}/{}", self.folder(), self.weights_file_name(variant))
+    }
+
+    fn weights_file_name(self, variant: Variant) -> String {
+        format!("{}{}.safetensors", self.weights_stem(), variant.infix())
+    }
 }
 
 /// Whether `folder` looks like a diffusers pipeline folder.
 pub(super) fn is_pipeline_folder(folder: &Path) -> bool {
     folder.join("model_index.json").is_file()
-        || [Component::Unet, Component::Vae, Component::TextEncoder]
+        || Component::ALL
             .iter()
             .any(|c| folder.join(c.folder()).is_dir())
 }
@@ -127,27 +113,21 @@ pub(super) fn weights_path(
     root: &Path,
     component: Component,
     variant: Variant,
-) -> Result<PathBuf, LoadError> {
+) -> Result<PathBuf, Error> {
     let folder = root.join(component.folder());
     let candidates: Vec<PathBuf> = variant
         .preference()
         .iter()
-        .map(|v| {
-            folder.join(format!(
-                "{}{}.safetensors",
-                component.weights_stem(),
-                v.infix()
-            ))
-        })
+        .map(|&v| folder.join(component.weights_file_name(v)))
         .collect();
     if let Some(found) = candidates.iter().find(|path| path.is_file()) {
         return Ok(found.clone());
     }
     let pickle = folder.join(component.pickle_name());
     if pickle.is_file() {
-        return Err(LoadError::PickleNotSupported { path: pickle });
+        return Err(Error::PickleNotSupported { path: pickle });
     }
-    Err(LoadError::MissingWeights {
+    Err(Error::MissingWeights {
         folder,
         component,
         tried: candidates
@@ -166,7 +146,7 @@ pub(super) fn weights_path(
 /// converted files keep them as 1×1 convolutions. (Legacy names such as
 /// `proj_attn` are renamed later, with every other field-path exception, by
 /// [`crate::keys::DIFFUSERS_KEY_REMAP`].)
-pub fn diffusers_key_role(component: Component, key: &str) -> KeyRole {
+pub(super) fn key_role(component: Component, key: &str) -> KeyRole {
     if component == Component::TextEncoder {
         return text_encoder_key_role(key);
     }
@@ -219,47 +199,25 @@ pub(super) fn guess_component<'a>(mut keys: impl Iterator<Item = &'a str>) -> Op
     })
 }
 
-impl From<ConfigError> for LoadError {
-    fn from(error: ConfigError) -> Self {
-        match error {
-            ConfigError::Read {
-                path,
-                error: source,
-            } if source.kind() == std::io::ErrorKind::NotFound => LoadError::MissingConfig { path },
-            ConfigError::Read {
-                path,
-                error: source,
-            } => LoadError::Io {
-                path,
-                error: source,
-            },
-            ConfigError::Parse {
-                path,
-                error: source,
-            } => LoadError::BadConfig {
-                path,
-                error: source,
-            },
-            ConfigError::Unsupported { path, reason } => {
-                LoadError::UnsupportedConfig { path, reason }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn required_files_name_each_component_in_the_variant() {
-        let files = required_files(Variant::F16);
-        assert_eq!(files.len(), 7);
-        assert!(files.contains(&"unet/diffusion_pytorch_model.fp16.safetensors"));
-        assert!(files.contains(&"vae/diffusion_pytorch_model.fp16.safetensors"));
-        assert!(files.contains(&"text_encoder/model.fp16.safetensors"));
-        assert!(files.contains(&"text_encoder/config.json"));
-        assert!(required_files(Variant::F32).contains(&"unet/diffusion_pytorch_model.safetensors"));
+    fn file_names_follow_the_component_and_the_variant() {
+        assert_eq!(Component::Unet.config_file(), "unet/config.json");
+        assert_eq!(
+            Component::Unet.weights_file(Variant::F16),
+            "unet/diffusion_pytorch_model.fp16.safetensors"
+        );
+        assert_eq!(
+            Component::Vae.weights_file(Variant::BF16),
+            "vae/diffusion_pytorch_model.bf16.safetensors"
+        );
+        assert_eq!(
+            Component::TextEncoder.weights_file(Variant::F32),
+            "text_encoder/model.safetensors"
+        );
     }
 
     #[test]
@@ -268,7 +226,7 @@ mod tests {
         let unet = root.path().join("unet");
         std::fs::create_dir(&unet).unwrap();
         let missing = weights_path(root.path(), Component::Unet, Variant::F16).unwrap_err();
-        assert!(matches!(missing, LoadError::MissingWeights { ref tried, .. } if tried.len() == 3));
+        assert!(matches!(missing, Error::MissingWeights { ref tried, .. } if tried.len() == 3));
         std::fs::write(unet.join("diffusion_pytorch_model.bf16.safetensors"), b"").unwrap();
         let found = weights_path(root.path(), Component::Unet, Variant::F16).unwrap();
         assert!(found.ends_with("diffusion_pytorch_model.bf16.safetensors"));
@@ -287,22 +245,22 @@ mod tests {
         std::fs::create_dir(&folder).unwrap();
         std::fs::write(folder.join("pytorch_model.bin"), b"").unwrap();
         let error = weights_path(root.path(), Component::TextEncoder, Variant::F32).unwrap_err();
-        assert!(matches!(error, LoadError::PickleNotSupported { .. }));
+        assert!(matches!(error, Error::PickleNotSupported { .. }));
         assert!(error.to_string().contains("pytorch_model.bin"));
     }
 
     #[test]
     fn vae_decoder_is_not_needed_and_mid_attention_may_be_convolutions() {
         assert_eq!(
-            diffusers_key_role(Component::Vae, "decoder.conv_in.weight"),
+            key_role(Component::Vae, "decoder.conv_in.weight"),
             KeyRole::NotNeeded
         );
         assert_eq!(
-            diffusers_key_role(Component::Vae, "post_quant_conv.bias"),
+            key_role(Component::Vae, "post_quant_conv.bias"),
             KeyRole::NotNeeded
         );
         assert_eq!(
-            diffusers_key_role(
+            key_role(
                 Component::Vae,
                 "encoder.mid_block.attentions.0.proj_attn.weight"
             ),
@@ -312,7 +270,7 @@ mod tests {
             }
         );
         assert_eq!(
-            diffusers_key_role(
+            key_role(
                 Component::Vae,
                 "encoder.mid_block.attentions.0.group_norm.weight"
             ),
@@ -322,14 +280,14 @@ mod tests {
             }
         );
         assert_eq!(
-            diffusers_key_role(Component::Unet, "mid_block.attentions.0.proj_in.weight"),
+            key_role(Component::Unet, "mid_block.attentions.0.proj_in.weight"),
             KeyRole::Load {
                 key: "mid_block.attentions.0.proj_in.weight".into(),
                 conv_to_linear: false
             }
         );
         assert_eq!(
-            diffusers_key_role(Component::TextEncoder, "text_model.embeddings.position_ids"),
+            key_role(Component::TextEncoder, "text_model.embeddings.position_ids"),
             KeyRole::NotNeeded
         );
     }

@@ -21,14 +21,14 @@ use rayon::prelude::*;
 /// NaN and ±∞ are counted after conversion, so f32 weights too large for an
 /// f16 network are caught as well as corrupt files.
 #[derive(Debug, Clone)]
-pub struct CastingAdapter {
+pub(crate) struct CastingAdapter {
     target: DType,
     non_finite: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
 impl CastingAdapter {
     /// Converts to `target` (`DType::F32`, `DType::F16`, ...).
-    pub fn new(target: DType) -> Self {
+    pub(crate) fn new(target: DType) -> Self {
         Self {
             target,
             non_finite: Arc::default(),
@@ -36,18 +36,18 @@ impl CastingAdapter {
     }
 
     /// Converts to the float element type of backend `B`.
-    pub fn for_backend<B: Backend>() -> Self {
+    pub(crate) fn for_backend<B: Backend>() -> Self {
         Self::new(<B::FloatElem as Element>::dtype())
     }
 
     /// The dtype every float tensor is converted to.
-    pub fn target(&self) -> DType {
+    pub(crate) fn target(&self) -> DType {
         self.target
     }
 
     /// Module paths of the tensors loaded so far that held NaN or ±∞ after
     /// conversion, with how many such values each had.
-    pub fn non_finite(&self) -> Vec<(String, usize)> {
+    pub(crate) fn non_finite(&self) -> Vec<(String, usize)> {
         self.non_finite
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

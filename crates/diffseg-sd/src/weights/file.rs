@@ -19,7 +19,7 @@ use burn_store::{TensorSnapshot, TensorSnapshotError};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use super::LoadError;
+use crate::Error;
 
 /// Length of the little-endian header-size prefix of a safetensors file.
 const HEADER_SIZE_PREFIX: usize = 8;
@@ -55,15 +55,15 @@ impl std::fmt::Debug for SafetensorsFile {
 impl SafetensorsFile {
     /// Maps `path` and validates its header against the file length, so a
     /// truncated download fails here rather than halfway through loading.
-    pub(crate) fn open(path: &Path) -> Result<Self, LoadError> {
-        let io_error = |source| LoadError::Io {
+    pub(crate) fn open(path: &Path) -> Result<Self, Error> {
+        let io_error = |source| Error::Io {
             path: path.to_path_buf(),
             error: source,
         };
         let file = File::open(path).map_err(io_error)?;
         let length = file.metadata().map_err(io_error)?.len();
         if length < HEADER_SIZE_PREFIX as u64 {
-            return Err(LoadError::CorruptSafetensors {
+            return Err(Error::CorruptSafetensors {
                 path: path.to_path_buf(),
                 reason: format!("only {length} bytes long"),
             });
@@ -73,7 +73,7 @@ impl SafetensorsFile {
         // file while the networks are being loaded.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_error)?;
         let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| LoadError::CorruptSafetensors {
+            SafeTensors::read_metadata(&mmap).map_err(|e| Error::CorruptSafetensors {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -124,12 +124,12 @@ impl SafetensorsFile {
         key: &str,
         module_path: &str,
         squeeze_to_matrix: bool,
-    ) -> Result<TensorSnapshot, LoadError> {
+    ) -> Result<TensorSnapshot, Error> {
         let entry = self
             .tensors
             .get(key)
             .expect("snapshot() is only called with keys listed by keys()");
-        let dtype = float_dtype(entry.dtype).ok_or_else(|| LoadError::UnsupportedDtype {
+        let dtype = float_dtype(entry.dtype).ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.clone(),
             key: key.to_string(),
             dtype: format!("{:?}", entry.dtype),

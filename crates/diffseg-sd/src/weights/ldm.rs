@@ -28,21 +28,21 @@
 //!
 //! L is the UNet's `layers_per_block` (2 in SD 1.x).
 
-use super::diffusers::text_encoder_key_role;
-use super::{Component, KeyRole};
+use super::diffusers;
+use super::KeyRole;
 
 /// Prefix of the UNet's keys in an LDM checkpoint.
-pub const LDM_UNET_PREFIX: &str = "model.diffusion_model.";
+pub(super) const LDM_UNET_PREFIX: &str = "model.diffusion_model.";
 /// Prefix of the VAE's keys in an LDM checkpoint.
-pub const LDM_VAE_PREFIX: &str = "first_stage_model.";
+pub(super) const LDM_VAE_PREFIX: &str = "first_stage_model.";
 /// Prefix of the CLIP text encoder's keys in an SD 1.x LDM checkpoint.
-pub const LDM_TEXT_ENCODER_PREFIX: &str = "cond_stage_model.transformer.";
+pub(super) const LDM_TEXT_ENCODER_PREFIX: &str = "cond_stage_model.transformer.";
 /// Prefix of everything conditioning-related (SD 2.x OpenCLIP lives under
 /// `cond_stage_model.model.`).
 const LDM_COND_STAGE_PREFIX: &str = "cond_stage_model.";
 
 /// The prefix that marks a key as belonging to an LDM checkpoint, if any.
-pub fn ldm_prefix_of(key: &str) -> Option<&'static str> {
+pub(super) fn ldm_prefix_of(key: &str) -> Option<&'static str> {
     [
         LDM_UNET_PREFIX,
         LDM_VAE_PREFIX,
@@ -53,28 +53,33 @@ pub fn ldm_prefix_of(key: &str) -> Option<&'static str> {
     .find(|prefix| key.starts_with(prefix))
 }
 
-/// What LDM checkpoint key `key` means for `component`.
-///
-/// `unet_layers_per_block` is only used for UNet keys. Keys of the other
-/// networks, of the VAE decoder, of EMA weights and of the scheduler buffers
+/// What LDM checkpoint key `key` means for the UNet, whose down blocks hold
+/// `layers_per_block` ResNets (the LDM block numbering depends on it). Keys
+/// of the other networks, of EMA weights and of the scheduler buffers
 /// (`betas`, `alphas_cumprod`, ...) are [`KeyRole::NotNeeded`].
-pub fn ldm_key_role(component: Component, key: &str, unet_layers_per_block: usize) -> KeyRole {
-    match component {
-        Component::Unet => match key.strip_prefix(LDM_UNET_PREFIX) {
-            Some(rest) => to_role(unet_key(rest, unet_layers_per_block), false),
-            None => KeyRole::NotNeeded,
-        },
-        Component::Vae => match key.strip_prefix(LDM_VAE_PREFIX) {
-            Some(rest) => vae_role(rest),
-            None => KeyRole::NotNeeded,
-        },
-        Component::TextEncoder => match key.strip_prefix(LDM_TEXT_ENCODER_PREFIX) {
-            Some(rest) => text_encoder_key_role(rest),
-            // `cond_stage_model.model.*` is SD 2.x OpenCLIP, which this
-            // text encoder is not: report it rather than load nothing silently.
-            None if key.starts_with(LDM_COND_STAGE_PREFIX) => KeyRole::Unexpected,
-            None => KeyRole::NotNeeded,
-        },
+pub(super) fn unet_key_role(key: &str, layers_per_block: usize) -> KeyRole {
+    match key.strip_prefix(LDM_UNET_PREFIX) {
+        Some(rest) => to_role(unet_key(rest, layers_per_block), false),
+        None => KeyRole::NotNeeded,
+    }
+}
+
+/// What LDM checkpoint key `key` means for the VAE encoder.
+pub(super) fn vae_key_role(key: &str) -> KeyRole {
+    match key.strip_prefix(LDM_VAE_PREFIX) {
+        Some(rest) => vae_role(rest),
+        None => KeyRole::NotNeeded,
+    }
+}
+
+/// What LDM checkpoint key `key` means for the CLIP text encoder.
+pub(super) fn text_encoder_key_role(key: &str) -> KeyRole {
+    match key.strip_prefix(LDM_TEXT_ENCODER_PREFIX) {
+        Some(rest) => diffusers::text_encoder_key_role(rest),
+        // `cond_stage_model.model.*` is SD 2.x OpenCLIP, which this
+        // text encoder is not: report it rather than load nothing silently.
+        None if key.starts_with(LDM_COND_STAGE_PREFIX) => KeyRole::Unexpected,
+        None => KeyRole::NotNeeded,
     }
 }
 
@@ -234,7 +239,7 @@ mod tests {
     use super::*;
 
     fn unet(key: &str) -> Option<String> {
-        match ldm_key_role(Component::Unet, &format!("{LDM_UNET_PREFIX}{key}"), 2) {
+        match unet_key_role(&format!("{LDM_UNET_PREFIX}{key}"), 2) {
             KeyRole::Load { key, .. } => Some(key),
             _ => None,
         }
@@ -334,7 +339,7 @@ mod tests {
     fn layers_per_block_sets_the_block_arithmetic() {
         // One layer per block: input block 1 = block 0's resnet, 2 = its
         // downsampler, 3 = block 1's resnet, 4 = its downsampler.
-        let role = |key: &str| ldm_key_role(Component::Unet, &format!("{LDM_UNET_PREFIX}{key}"), 1);
+        let role = |key: &str| unet_key_role(&format!("{LDM_UNET_PREFIX}{key}"), 1);
         let load = |key: &str| KeyRole::Load {
             key: key.into(),
             conv_to_linear: false,
@@ -361,11 +366,7 @@ mod tests {
             "model.diffusion_model.label_emb.0.0.weight",
             "model.diffusion_model.input_blocks.x.0.op.weight",
         ] {
-            assert_eq!(
-                ldm_key_role(Component::Unet, key, 2),
-                KeyRole::Unexpected,
-                "{key}"
-            );
+            assert_eq!(unet_key_role(key, 2), KeyRole::Unexpected, "{key}");
         }
         for key in [
             "betas",
@@ -375,17 +376,13 @@ mod tests {
             "first_stage_model.encoder.conv_in.weight",
             "cond_stage_model.transformer.text_model.final_layer_norm.weight",
         ] {
-            assert_eq!(
-                ldm_key_role(Component::Unet, key, 2),
-                KeyRole::NotNeeded,
-                "{key}"
-            );
+            assert_eq!(unet_key_role(key, 2), KeyRole::NotNeeded, "{key}");
         }
     }
 
     #[test]
     fn vae_encoder_keys_map_and_decoder_keys_are_not_needed() {
-        let load = |ldm: &str| ldm_key_role(Component::Vae, &format!("{LDM_VAE_PREFIX}{ldm}"), 2);
+        let load = |ldm: &str| vae_key_role(&format!("{LDM_VAE_PREFIX}{ldm}"));
         let cases = [
             ("encoder.conv_in.weight", "encoder.conv_in.weight", false),
             (
@@ -467,7 +464,7 @@ mod tests {
 
     #[test]
     fn clip_keys_lose_the_ldm_prefix() {
-        let role = |key: &str| ldm_key_role(Component::TextEncoder, key, 2);
+        let role = |key: &str| text_encoder_key_role(key);
         assert_eq!(
             role("cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"),
             KeyRole::Load {

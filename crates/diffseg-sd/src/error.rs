@@ -1,20 +1,24 @@
-//! The one error type of weight loading.
+//! The crate's one error type.
 //!
-//! Every variant names the file (or folder) it is about, so a user with a
+//! Every variant about a file names the file (or folder), so a user with a
 //! dozen checkpoints on disk can tell which one is wrong and what to do.
 
 use std::fmt;
 use std::path::PathBuf;
 
-use super::Component;
+use burn::tensor::DType;
+
+use crate::weights::Component;
 
 /// How many entries of each list a [`MismatchReport`] prints before
 /// summarising the rest as a count.
 const SHOWN_PER_LIST: usize = 5;
 
-/// Why weights could not be loaded.
+/// Why weights or a config could not be loaded, or why a computation's
+/// result was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+#[non_exhaustive]
+pub enum Error {
     /// The file or folder could not be opened or read.
     #[error("{}: {error}", path.display())]
     Io {
@@ -71,7 +75,7 @@ pub enum LoadError {
         path: PathBuf,
     },
 
-    /// A `config.json` is not valid JSON or lacks a field the network needs.
+    /// A config file is not valid JSON or lacks a field the network needs.
     #[error("{}: invalid config: {error}", path.display())]
     BadConfig {
         /// The `config.json` file.
@@ -80,12 +84,12 @@ pub enum LoadError {
         error: serde_json::Error,
     },
 
-    /// A `config.json` asks for an architecture the networks do not implement.
+    /// A config file asks for an architecture the networks do not implement.
     #[error("{}: unsupported model config: {reason}", path.display())]
     UnsupportedConfig {
         /// The `config.json` file.
         path: PathBuf,
-        /// The option that was refused and its value.
+        /// The option that was refused and its value, e.g. `hidden_act = gelu_new`.
         reason: String,
     },
 
@@ -141,7 +145,7 @@ pub enum LoadError {
         path: PathBuf,
         /// The network being loaded.
         component: Component,
-        /// Boxed: it is large and `LoadError` travels in every `Result`.
+        /// Boxed: it is large and `Error` travels in every `Result`.
         report: Box<MismatchReport>,
     },
 
@@ -159,35 +163,57 @@ pub enum LoadError {
     /// Weights hold NaN or infinite values after conversion to the compute
     /// type (corrupt file, or f32 weights too large for f16).
     #[error(
-        "{}: {component} weights hold NaN or infinite values after conversion to {dtype}: {}",
+        "{}: {component} weights hold NaN or infinite values after conversion to {dtype:?}: {}",
         path.display(),
-        shorten(tensors, SHOWN_PER_LIST)
+        shorten(&counted(tensors), SHOWN_PER_LIST)
     )]
     NonFinite {
         /// The weights file.
         path: PathBuf,
         /// The network being loaded.
         component: Component,
-        /// The compute type the weights were converted to, e.g. `F16`.
-        dtype: String,
-        /// `key (n non-finite values)` per offending tensor.
-        tensors: Vec<String>,
+        /// The compute type the weights were converted to.
+        dtype: DType,
+        /// Each offending tensor's key in the file and its count of
+        /// non-finite values.
+        tensors: Vec<(String, usize)>,
     },
 
     /// A single-file checkpoint carries no config and its shapes match no
     /// preset: the caller has to pass the configuration.
     #[error(
-        "{}: {component} shapes match no known Stable Diffusion preset ({reason}); \
+        "{}: {component} shapes match no known Stable Diffusion preset (`{key}` is {}, SD 1.x has {expected:?}); \
          pass the configuration explicitly",
-        path.display()
+        path.display(),
+        found.as_ref().map_or("absent".to_string(), |shape| format!("{shape:?}"))
     )]
     UnknownArchitecture {
         /// The single-file checkpoint.
         path: PathBuf,
         /// The network whose shapes were checked.
         component: Component,
-        /// The probed tensor that is absent or whose shape differs from SD 1.x's.
-        reason: String,
+        /// The probed tensor's key.
+        key: String,
+        /// Its shape in SD 1.x.
+        expected: Vec<usize>,
+        /// Its shape in the file; `None` when the file lacks it.
+        found: Option<Vec<usize>>,
+    },
+    /// A tensor that should be finite holds NaN or infinite values
+    /// ([`crate::ensure_finite`]).
+    #[error(
+        "{what} holds {nan} NaN and {infinite} infinite values out of {total}; \
+         the computation overflowed (reduced-precision compute?) or the weights are corrupt"
+    )]
+    NonFiniteValues {
+        /// What was checked, e.g. `"UNet noise prediction"`.
+        what: String,
+        /// How many elements are NaN.
+        nan: usize,
+        /// How many elements are +∞ or −∞.
+        infinite: usize,
+        /// Number of elements in the tensor.
+        total: usize,
     },
 }
 
@@ -197,6 +223,7 @@ pub enum LoadError {
 /// provide; unexpected keys are the file's own key names that the network has
 /// no place for; shape mismatches name both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MismatchReport {
     /// Network parameters (Burn module paths) the file does not provide.
     pub missing: Vec<String>,
@@ -212,6 +239,7 @@ pub struct MismatchReport {
 
 /// One tensor whose stored shape differs from the network's parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShapeMismatch {
     /// Key in the file.
     pub key: String,
@@ -275,6 +303,14 @@ impl fmt::Display for MismatchReport {
         }
         Ok(())
     }
+}
+
+/// `key (n values)` per tensor.
+fn counted(tensors: &[(String, usize)]) -> Vec<String> {
+    tensors
+        .iter()
+        .map(|(key, count)| format!("{key} ({count} values)"))
+        .collect()
 }
 
 /// `a, b, c and 12 more`.

@@ -1,9 +1,10 @@
-//! Burn operations whose exact semantics the port relies on, checked against
+//! Unit tests: Burn operations whose exact semantics the port relies on, checked against
 //! values printed by PyTorch 2.x (`torch.nn.GroupNorm`, `F.interpolate`
 //! nearest, `F.gelu`). Tolerance 1e-5: single f32 ops on O(1) values.
 // The expected values are pasted with the digits PyTorch printed.
 #![allow(clippy::excessive_precision)]
 
+use crate::{embeddings::timestep_embedding, sampling::Downsample2DConfig};
 use burn::{
     module::Param,
     nn::GroupNormConfig,
@@ -15,7 +16,6 @@ use burn::{
         ElementConversion, Tensor, TensorData,
     },
 };
-use diffseg_sd::{embeddings::timestep_embedding, sampling::Downsample2DConfig};
 
 fn assert_values<B: Backend, const D: usize>(
     what: &str,
@@ -203,7 +203,7 @@ fn timestep_embedding_matches_diffusers<B: Backend>() {
 // 0.7071 is an arbitrary frequency, not 1/√2.
 #[allow(clippy::approx_constant)]
 fn group_norm_is_accurate_over_a_million_values<B: Backend>() {
-    use diffseg_sd::precision::StableNorm;
+    use crate::precision::StableNorm;
     let device = B::Device::default();
     let (channels, side) = (4, 512);
     // Activation-like values: mean 0.1, std ≈ 0.3, no repeating pattern.
