@@ -188,7 +188,7 @@ pub enum Error {
     /// or dataset given as text).
     #[error("unknown {what} `{name}`: {reason}")]
     UnknownName {
-        /// What kind of choice (`backend`, `precision`, `fit`, `dataset`).
+        /// What kind of choice (`backend`, `precision`, `fit`, `dataset`, `file variant`).
         what: &'static str,
         /// The name given.
         name: String,

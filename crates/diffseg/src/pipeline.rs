@@ -32,16 +32,6 @@ pub(crate) const ROW_SUM_TOLERANCE: f32 = 1e-2;
 /// The side of SD 1.x's square input in pixels.
 pub(crate) const SD1_INPUT_SIZE: usize = 512;
 
-/// The side of the square image the model takes: the UNet's latent
-/// `sample_size` times the VAE's downscaling factor (2 per VAE block after the
-/// first). SD 1.x: 64 × 8 = 512; the tiny test model: 16 × 8 = 128.
-pub(crate) fn model_input_size(source: &WeightsSource) -> Result<usize, Error> {
-    let config = source
-        .config()
-        .map_err(|error| load_error(source.path(), error))?;
-    Ok(config.input_size())
-}
-
 fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Load {
         path: path.to_path_buf(),

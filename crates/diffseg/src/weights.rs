@@ -48,6 +48,7 @@ pub const DEFAULT_REVISION: &str = "main";
 
 /// Which weight files to download where a repository has both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FileVariant {
     /// Half-precision files (`*.fp16.safetensors`): half the download.
     Fp16,
@@ -92,19 +93,18 @@ impl fmt::Display for FileVariant {
     }
 }
 
-/// A file variant name that is not `fp16` or `full`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown file variant `{0}`: expected fp16 or full")]
-pub struct UnknownVariant(pub String);
-
 impl FromStr for FileVariant {
-    type Err = UnknownVariant;
+    type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "fp16" => Ok(FileVariant::Fp16),
             "full" => Ok(FileVariant::Full),
-            _ => Err(UnknownVariant(s.to_string())),
+            _ => Err(Error::unknown_name(
+                "file variant",
+                s,
+                "expected fp16 or full",
+            )),
         }
     }
 }
@@ -514,6 +514,7 @@ enum Failure {
 
 /// What the Hub said does not exist (HTTP 404).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HubMissing {
     /// No repository of this id (or a private one, without the token).
     Repository,
@@ -653,6 +654,7 @@ impl hf_hub::api::Progress for Reporter<'_> {
 
 /// How the weights were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WeightsOrigin {
     /// Given explicitly (builder or `--weights`).
     Explicit,
@@ -836,9 +838,13 @@ mod tests {
 
     #[test]
     fn variants_parse_and_follow_the_precision() {
-        assert_eq!("fp16".parse(), Ok(FileVariant::Fp16));
-        assert_eq!("FULL".parse(), Ok(FileVariant::Full));
-        assert!("bf16".parse::<FileVariant>().is_err());
+        assert_eq!("fp16".parse::<FileVariant>().unwrap(), FileVariant::Fp16);
+        assert_eq!("FULL".parse::<FileVariant>().unwrap(), FileVariant::Full);
+        let unknown = "bf16".parse::<FileVariant>().unwrap_err();
+        assert!(
+            matches!(&unknown, Error::UnknownName { what: "file variant", name, .. } if name == "bf16"),
+            "{unknown:?}"
+        );
         assert_eq!(
             FileVariant::for_precision(Precision::F32),
             FileVariant::Full
