@@ -123,9 +123,11 @@ fn causes_are_printed_once() {
     let dir = folder.path();
     let image = dir.join("good.png");
     image::RgbImage::new(8, 8).save(&image).unwrap();
-    // A weights folder with a text encoder and no UNet config.
+    // A weights folder whose config files cannot be read: each is a folder.
     let weights = dir.join("weights");
-    std::fs::create_dir_all(weights.join("text_encoder")).unwrap();
+    for component in ["unet", "vae", "text_encoder"] {
+        std::fs::create_dir_all(weights.join(component).join("config.json")).unwrap();
+    }
     std::fs::write(weights.join("model_index.json"), "{}").unwrap();
     let output = diffseg(
         &[
@@ -140,6 +142,6 @@ fn causes_are_printed_once() {
     );
     assert_clean_failure(&output, &["config.json"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let cause = "No such file or directory";
+    let cause = "Is a directory";
     assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
 }
