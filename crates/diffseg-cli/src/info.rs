@@ -32,21 +32,15 @@ impl BackendTask for Probe {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("diffseg {}", env!("CARGO_PKG_VERSION"));
     println!("backends compiled in:");
-    // A missing driver panics deep inside the backend: keep its message off the
-    // screen while probing and report the backend as unusable instead.
-    let default_hook = std::panic::take_hook();
-    if !args.no_probe {
-        std::panic::set_hook(Box::new(|_| {}));
-    }
     for kind in BackendKind::compiled_in() {
         if args.no_probe {
             println!("  {kind}");
             continue;
         }
-        match std::panic::catch_unwind(|| kind.run(Probe)) {
-            Ok(Ok(device)) => println!("  {kind}: {device}"),
-            Ok(Err(error)) => println!("  {kind}: {error}"),
-            Err(_) => println!("  {kind}: no usable device (driver missing or failed to start)"),
+        // The backends probe their driver and device first: a missing one is an error here.
+        match kind.run(Probe) {
+            Ok(device) => println!("  {kind}: {device}"),
+            Err(error) => println!("  {kind}: {error}"),
         }
         #[cfg(feature = "wgpu")]
         if kind == BackendKind::Wgpu {
@@ -58,8 +52,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("    wgpu:{index}: {adapter}");
             }
         }
+        #[cfg(feature = "cuda")]
+        if kind == BackendKind::Cuda(0) {
+            for (index, name) in diffseg::backend::cuda_devices()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                println!("    cuda:{index}: {name}");
+            }
+        }
     }
-    std::panic::set_hook(default_hook);
     println!("weights:");
     match std::env::var_os(WEIGHTS_ENV) {
         Some(value) => println!("  {WEIGHTS_ENV} = {}", value.to_string_lossy()),

@@ -3,7 +3,8 @@
 //! Burn starts a device on first use, and a missing driver then panics deep
 //! inside it (or, with some Vulkan loaders, crashes the process). These probes
 //! ask first, so that a program gets a typed error naming what is missing and
-//! a test suite can say that its GPU tests did not run.
+//! a test suite can say that its GPU tests did not run. With the `wgpu`
+//! feature they list the WGPU adapters; with `cuda`, the CUDA GPUs.
 
 #![warn(missing_docs)]
 
@@ -97,6 +98,87 @@ pub fn wgpu_device(index: usize) -> Result<burn::backend::wgpu::WgpuDevice, NoDe
             ),
         }),
     }
+}
+
+/// The CUDA driver library cudarc loads, as the error names it.
+#[cfg(feature = "cuda")]
+const CUDA_DRIVER_LIBRARY: &str = if cfg!(windows) {
+    "nvcuda.dll"
+} else {
+    "libcuda.so.1"
+};
+
+/// The CUDA GPUs Burn could run on, by name, in the order `cuda:N` numbers
+/// them; an error naming what is missing when the CUDA driver, a device, or
+/// NVRTC (with which Burn compiles its CUDA kernels) is not there.
+///
+/// Only the driver API is called, through the library loaded at run time, so
+/// a machine without the NVIDIA driver gets the error instead of the panic
+/// Burn's CUDA runtime raises.
+#[cfg(feature = "cuda")]
+pub fn cuda_devices() -> Result<Vec<String>, NoDevice> {
+    use cudarc::driver::result;
+    let missing = |reason: String| NoDevice {
+        backend: "cuda",
+        reason,
+    };
+    // SAFETY: loading the driver library runs its initialisers, as Burn's own
+    // first CUDA call would; the handle is dropped again at once.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(missing(format!(
+            "no CUDA driver ({CUDA_DRIVER_LIBRARY} not found: install the NVIDIA driver, \
+             or add its folder to LD_LIBRARY_PATH)"
+        )));
+    }
+    // cuInit fails with CUDA_ERROR_NO_DEVICE where the driver sees no GPU.
+    let count = result::init()
+        .and_then(|()| result::device::get_count())
+        .map_err(|error| missing(format!("the CUDA driver found no usable GPU ({error})")))?;
+    let devices = (0..count)
+        .map(|ordinal| {
+            result::device::get(ordinal)
+                .and_then(result::device::get_name)
+                .map_err(|error| missing(format!("CUDA device {ordinal} did not answer ({error})")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if devices.is_empty() {
+        return Err(missing("the CUDA driver found no GPU".to_string()));
+    }
+    // SAFETY: as for the driver library above.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(missing(
+            "NVRTC (libnvrtc.so), with which Burn compiles its CUDA kernels, not found: \
+             install the CUDA toolkit's runtime compiler, or add its folder to LD_LIBRARY_PATH"
+                .to_string(),
+        ));
+    }
+    Ok(devices)
+}
+
+/// Burn's device for GPU `index` of [`cuda_devices`], or an error naming
+/// what is missing (the driver, or that device).
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> Result<burn::backend::cuda::CudaDevice, NoDevice> {
+    let devices = cuda_devices()?;
+    if index >= devices.len() {
+        return Err(NoDevice {
+            backend: "cuda",
+            reason: format!(
+                "cuda:{index} requested, {} found ({})",
+                match devices.len() {
+                    1 => "1 device".to_string(),
+                    count => format!("{count} devices"),
+                },
+                devices
+                    .iter()
+                    .enumerate()
+                    .map(|(index, name)| format!("cuda:{index}: {name}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        });
+    }
+    Ok(burn::backend::cuda::CudaDevice::new(index))
 }
 
 /// Whether a test on backend `B` should run: always on backends that need no

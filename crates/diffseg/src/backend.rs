@@ -24,6 +24,10 @@ pub type Cuda = burn::backend::Cuda<f32, i32>;
 #[cfg(feature = "wgpu")]
 pub use diffseg_device::wgpu_adapters;
 
+/// The CUDA GPUs Burn can run on, numbered as [`BackendKind::Cuda`] takes them.
+#[cfg(feature = "cuda")]
+pub use diffseg_device::cuda_devices;
+
 /// The WGPU backend computing in half precision.
 #[cfg(feature = "wgpu")]
 pub type WgpuF16 = burn::backend::Wgpu<half::f16, i32>;
@@ -147,9 +151,7 @@ impl BackendKind {
                 Ok(task.run::<Wgpu>(diffseg_device::wgpu_device(index)?))
             }
             #[cfg(feature = "cuda")]
-            BackendKind::Cuda(index) => {
-                Ok(task.run::<Cuda>(burn::backend::cuda::CudaDevice::new(index)))
-            }
+            BackendKind::Cuda(index) => Ok(task.run::<Cuda>(diffseg_device::cuda_device(index)?)),
             #[allow(unreachable_patterns)]
             kind => Err(kind.unavailable().into()),
         }
@@ -176,7 +178,7 @@ impl BackendKind {
             }
             #[cfg(feature = "cuda")]
             (Precision::F16, BackendKind::Cuda(index)) => {
-                Ok(task.run::<CudaF16>(burn::backend::cuda::CudaDevice::new(index)))
+                Ok(task.run::<CudaF16>(diffseg_device::cuda_device(index)?))
             }
             (Precision::F16, backend) => {
                 // Not compiled in at all: say so first, it is the actionable part.
@@ -318,6 +320,26 @@ mod tests {
         type Output = String;
         fn run<B: Backend>(self, device: B::Device) -> String {
             format!("{}:{device:?}", B::name(&device))
+        }
+    }
+
+    /// Where no CUDA driver or GPU is found (as on CI), `cuda:0` is the probe's typed
+    /// error, in either precision, where Burn would panic; where GPUs are found, an index
+    /// past them is refused with the count.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_missing_cuda_device_is_a_typed_error() {
+        let (kind, expected) = match cuda_devices() {
+            Err(missing) => (BackendKind::Cuda(0), missing.to_string()),
+            Ok(devices) => (
+                BackendKind::Cuda(devices.len()),
+                format!("cuda:{} requested, {}", devices.len(), devices.len()),
+            ),
+        };
+        for precision in [Precision::F32, Precision::F16] {
+            let error = kind.run_in(precision, DeviceName).unwrap_err();
+            assert!(matches!(error, crate::Error::NoDevice(_)), "{error}");
+            assert!(error.to_string().contains(&expected), "{error}");
         }
     }
 
