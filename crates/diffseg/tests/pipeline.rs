@@ -362,8 +362,8 @@ fn a_wgpu_adapter_is_chosen_by_name() {
         .position(|adapter| adapter.to_uppercase().contains(&word))
         .unwrap();
     assert_eq!(
-        format!("wgpu:{word}").parse::<BackendKind>(),
-        Ok(BackendKind::WgpuAdapter(expected))
+        format!("wgpu:{word}").parse::<BackendKind>().unwrap(),
+        BackendKind::WgpuAdapter(expected)
     );
     let error = "wgpu:no-such-adapter"
         .parse::<BackendKind>()
