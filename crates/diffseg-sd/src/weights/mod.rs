@@ -46,6 +46,7 @@ mod file;
 mod ldm;
 mod network;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -212,15 +213,13 @@ impl WeightsSource {
             }
             Self::SingleFile(path) => {
                 let file = open_single_file(path)?;
-                let preset;
-                let config = match config {
-                    Some(config) => config,
+                match config {
+                    Some(config) => apply::load(config, &file, device),
                     None => {
-                        preset = sd_v1_preset_for(&file.file)?;
-                        <N::Config as KeyMap>::of(&preset)
+                        let preset = sd_v1_preset_for(&file.file)?;
+                        apply::load(<N::Config as KeyMap>::of(&preset), &file, device)
                     }
-                };
-                apply::load(config, &file, device)
+                }
             }
         }
     }
@@ -255,13 +254,9 @@ impl<B: Backend> StableDiffusion<B> {
     ) -> Result<Self, Error> {
         match source {
             WeightsSource::Diffusers { .. } => {
-                let found;
                 let config = match config {
-                    Some(config) => config,
-                    None => {
-                        found = source.config()?;
-                        &found
-                    }
+                    Some(config) => Cow::Borrowed(config),
+                    None => Cow::Owned(source.config()?),
                 };
                 Ok(Self {
                     vae: source.load(Some(&config.vae), device)?,
@@ -271,13 +266,9 @@ impl<B: Backend> StableDiffusion<B> {
             }
             WeightsSource::SingleFile(path) => {
                 let file = open_single_file(path)?;
-                let preset;
                 let config = match config {
-                    Some(config) => config,
-                    None => {
-                        preset = sd_v1_preset_for(&file.file)?;
-                        &preset
-                    }
+                    Some(config) => Cow::Borrowed(config),
+                    None => Cow::Owned(sd_v1_preset_for(&file.file)?),
                 };
                 Ok(Self {
                     vae: apply::load(&config.vae, &file, device)?,
