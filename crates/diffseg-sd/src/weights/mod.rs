@@ -142,13 +142,7 @@ impl WeightsSource {
                 })
             };
         }
-        if is_pickle(path) {
-            return Err(Error::PickleNotSupported {
-                path: path.to_path_buf(),
-            });
-        }
-        let file = SafetensorsFile::open(path)?;
-        check_single_file_layout(&file)?;
+        open_single_file(path)?;
         Ok(Self::SingleFile(path.to_path_buf()))
     }
 
@@ -206,10 +200,10 @@ impl WeightsSource {
         match self {
             Self::Diffusers { root, .. } => {
                 let config = match config {
-                    Some(config) => config.clone(),
-                    None => read_config(root)?,
+                    Some(config) => Cow::Borrowed(config),
+                    None => Cow::Owned(read_config(root)?),
                 };
-                apply::load(&config, &self.open_component(component)?, device)
+                apply::load(&*config, &self.open_component(component)?, device)
             }
             Self::SingleFile(path) => {
                 let file = open_single_file(path)?;
