@@ -8,6 +8,8 @@ use anyhow::bail;
 use burn::tensor::backend::Backend;
 use diffseg::{BackendKind, BackendTask, MergeOptions, Segmentation, SelfAttention};
 
+use crate::options::MergeArgs;
+
 /// The label map's side when neither `--size` nor the file says where the
 /// attention came from: SD 1.x's input.
 const DEFAULT_SIDE: usize = 512;
@@ -24,18 +26,8 @@ pub struct Args {
     /// Also write segment count, areas and bounding boxes as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// KL threshold: one value, or one per iteration separated by commas.
-    #[arg(long, value_delimiter = ',', default_values_t = [1.1f32])]
-    pub tau: Vec<f32>,
-    /// Merge iterations.
-    #[arg(long, default_value_t = 3)]
-    pub iterations: usize,
-    /// Anchors per side of the anchor grid.
-    #[arg(long, default_value_t = 16)]
-    pub anchors: usize,
-    /// Refine the segments with k-means.
-    #[arg(long)]
-    pub refine: bool,
+    #[command(flatten)]
+    pub merge: MergeArgs,
     /// Label a SIZE×SIZE square instead. Without it the labels cover the image
     /// `diffseg attention` read, at its own size, exactly as `diffseg segment`
     /// gives them; a file without that record gives a 512×512 square.
@@ -48,11 +40,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = MergeOptions::default()
-        .with_taus(args.tau.clone())
-        .with_anchors(args.anchors)
-        .with_iterations(args.iterations)
-        .with_refine(args.refine);
+    let options = args.merge.to_options();
     options.validate()?;
     if args.size == Some(0) {
         bail!("--size must be at least 1");
