@@ -7,20 +7,15 @@ use std::path::{Path, PathBuf};
 use image::{ImageBuffer, Luma, Rgb};
 use serde_json::Value;
 
-/// The fixture folder, from either crate.
-pub fn fixture_folder() -> PathBuf {
-    // From crates/diffseg this is crates/diffseg/../diffseg; from crates/diffseg-cli too.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg/tests/fixtures/eval")
-}
-
-/// The generator's inputs (`eval_synthetic.json`) and expected values (`eval_expected.json`).
+/// The generator's inputs (`eval_synthetic.json`) and expected values (`eval_expected.json`),
+/// built into the test so that it runs from any crate that includes this file, and from the
+/// published package, which ships the two files.
 pub fn load_fixture() -> (Value, Value) {
-    let read = |name: &str| -> Value {
-        let path = fixture_folder().join(name);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        serde_json::from_str(&text).unwrap()
-    };
-    (read("eval_synthetic.json"), read("eval_expected.json"))
+    let parse = |text: &str| -> Value { serde_json::from_str(text).unwrap() };
+    (
+        parse(include_str!("../fixtures/eval/eval_synthetic.json")),
+        parse(include_str!("../fixtures/eval/eval_expected.json")),
+    )
 }
 
 /// A JSON array of integers as a vector.
