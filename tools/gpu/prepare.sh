@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Builds the bundle a lent GPU machine runs (docs/gpu.md): tools/gpu/prepare.sh DIR
+#
+# DIR (under 64 MiB, what the device tool can carry; target/gpu-bundle is the usual place, an
+# ignored path of the repository) gets:
+#   run.sh                      tools/gpu/run.sh: the whole measurement, one command
+#   bin/diffseg                 the release CLI with the CUDA backend, stripped; it loads libcuda
+#                               and NVRTC at run time (run.sh finds them)
+#   wheels/                     what the device image (CUDA, PyTorch, transformers; no network)
+#                               lacks: diffusers and its pure-Python dependencies, and Pillow for
+#                               CPython 3.10 to 3.13 (the one that fits is used)
+#   tools/gpu, tools/reference  run.sh's Python helpers and the SD 1.5 configurations
+#   examples/images, crates/diffseg-sd/tests/fixtures/tiny   the photos and the tiny model
+#   BUNDLE.txt                  what was built from which commit, and the checks below
+# then checks it: the size, the binary's architecture, `diffseg info` listing cuda, and the
+# NVRTC names the binary will look for. A DIR that exists must be a bundle (it is replaced) or
+# empty. Needs cargo, pip (PyPI, for `pip download`) and binutils' strip.
+set -euo pipefail
+export LC_ALL=C
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: tools/gpu/prepare.sh DIR" >&2
+    exit 2
+fi
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DIR=$1
+MAX_BYTES=$((64 * 1024 * 1024))
+# The versions tools/reference/requirements.txt pins, and the dependencies diffusers needs that
+# a PyTorch + transformers image may lack (transformers 5 no longer needs requests or Pillow).
+PURE_WHEELS=(diffusers==0.42.1 importlib_metadata zipp requests urllib3 idna certifi charset_normalizer)
+PILLOW=pillow==13.0.0
+PILLOW_PYTHONS=(3.10 3.11 3.12 3.13)
+
+# Never delete what this script did not write.
+if [[ -e $DIR ]]; then
+    if [[ -f $DIR/BUNDLE.txt ]]; then
+        rm -rf "$DIR"
+    elif [[ -n $(ls -A "$DIR") ]]; then
+        echo "error: $DIR exists, is not empty and is not a bundle (no BUNDLE.txt): not touching it" >&2
+        exit 1
+    fi
+fi
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+
+echo "== building the release CLI with CUDA (slow the first time)"
+(cd "$REPO" && cargo build --release --locked -p diffseg-cli --features cuda)
+mkdir -p "$DIR/bin"
+strip -o "$DIR/bin/diffseg" "$REPO/target/release/diffseg"
+
+echo "== the repository files run.sh reads"
+cp "$REPO/tools/gpu/run.sh" "$DIR/run.sh"
+mkdir -p "$DIR/tools/gpu" "$DIR/tools/reference" "$DIR/examples"
+cp "$REPO"/tools/gpu/*.py "$DIR/tools/gpu/"
+cp "$REPO/tools/reference/sd_common.py" "$REPO/tools/reference/sd_fullsize.py" "$DIR/tools/reference/"
+cp -r "$REPO/examples/images" "$DIR/examples/images"
+# The tiny model's diffusers folder only (not its reference tensors or LDM files).
+tiny=crates/diffseg-sd/tests/fixtures/tiny
+mkdir -p "$DIR/$tiny"
+cp "$REPO/$tiny/model_index.json" "$DIR/$tiny/"
+for component in unet vae text_encoder; do
+    mkdir -p "$DIR/$tiny/$component"
+    cp "$REPO/$tiny/$component"/*.json "$REPO/$tiny/$component"/*.safetensors "$DIR/$tiny/$component/"
+done
+
+echo "== wheels (PyPI)"
+mkdir -p "$DIR/wheels"
+python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$DIR/wheels" "${PURE_WHEELS[@]}"
+for python in "${PILLOW_PYTHONS[@]}"; do
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$DIR/wheels" \
+        --python-version "$python" --implementation cp --platform manylinux_2_28_x86_64 \
+        --platform manylinux2014_x86_64 "$PILLOW"
+done
+
+echo "== checks"
+failures=0
+check() {  # DESCRIPTION COMMAND...: runs the check, says ok or FAILED
+    local description=$1
+    shift
+    if "$@"; then
+        echo "ok: $description"
+    else
+        echo "FAILED: $description"
+        failures=$((failures + 1))
+    fi
+}
+bytes=$(du -sb "$DIR" | cut -f 1)
+architecture=$(readelf -h "$DIR/bin/diffseg" | awk -F: '/Machine:/ { gsub(/^ +/, "", $2); print $2 }')
+info=$("$DIR/bin/diffseg" info --no-probe)
+# cudarc (dynamic loading) tries these names in this order; run.sh links libnvrtc.so to the
+# NVRTC it finds, so whichever version the image has is loaded.
+nvrtc_names=$(strings "$DIR/bin/diffseg" | grep -oE '^libnvrtc[0-9_]*\.so(\.[0-9]+)?$' | sort -u | paste -sd ' ' -)
+cuda_version=$(strings "$DIR/bin/diffseg" | grep -oE 'cuda-1[0-9]{4}' | sort -u | paste -sd ' ' -)
+check "bundle size $bytes bytes ($((bytes / 1024 / 1024)) MiB) under 64 MiB" test "$bytes" -lt "$MAX_BYTES"
+check "bin/diffseg is an x86-64 executable ($architecture)" test "$architecture" = "Advanced Micro Devices X86-64"
+check "diffseg info lists cuda as compiled in" grep -qE '^  cuda' <<<"$info"
+check "the binary names NVRTC libraries ($nvrtc_names)" test -n "$nvrtc_names"
+
+{
+    echo "diffseg GPU bundle, built by tools/gpu/prepare.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git -C "$REPO" rev-parse HEAD)$(git -C "$REPO" diff --quiet HEAD -- . || echo ' (with uncommitted changes)')"
+    echo "$(cargo --version), $(rustc --version)"
+    echo "size: $bytes bytes"
+    echo "bin/diffseg: $architecture, $(stat -c %s "$DIR/bin/diffseg") bytes"
+    echo "NVRTC names it tries: $nvrtc_names"
+    echo "cudarc CUDA API version: ${cuda_version:-unknown}"
+    echo "diffseg info --no-probe:"
+    sed 's/^/  /' <<<"$info"
+    echo "wheels:"
+    ls "$DIR/wheels" | sed 's/^/  /'
+} >"$DIR/BUNDLE.txt"
+cat "$DIR/BUNDLE.txt"
+if ((failures > 0)); then
+    echo "error: $failures check(s) failed" >&2
+    exit 1
+fi
+echo "bundle ready in $DIR: run it on a lent device with OUT=\$OUT bash ${DIR#"$REPO"/}/run.sh (docs/gpu.md)"
