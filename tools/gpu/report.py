@@ -10,9 +10,11 @@ never estimated.
 Our per-batch times come from the CLI's progress lines (one per image, written after the
 image's results; `--log-every 1`), stamped with the wall clock by run.sh. For batch k:
   wall    = last line of batch k - last line of batch k-1 (the "loaded" line for the first)
-  compute = wall - (its image results written: the gaps between its own lines, the first
-            image's included) - decoding its images (--timings' decode / images)
-            = the `segment_batch` call: VAE, UNet, merge and labels of the batch on the device.
+  compute = first line of batch k - last line of batch k-1, less decoding the batch's images
+            and writing one image's results (--timings' decode and outputs per image; without
+            --timings, a run cut short: the gaps between the batch's own lines, and nothing
+            for decoding, flagged as "estimated_io")
+          = the `segment_batch` call: VAE, UNet, merge and labels of the batch on the device.
 The first batch includes Burn's kernel compilation and autotuning (cold); the rest are warm.
 """
 
@@ -60,8 +62,9 @@ def stamped_lines(path: Path) -> list[tuple[float, str]]:
     return lines
 
 
-def batch_times(lines: list[tuple[float, str]], batch: int, decode_per_image: float) -> tuple[float | None, list[dict]]:
-    """Seconds from start to "loaded", and each complete batch's wall and compute seconds."""
+def batch_times(lines: list[tuple[float, str]], batch: int, io: dict | None) -> tuple[float | None, list[dict]]:
+    """Seconds from start to "loaded", and each complete batch's wall and compute seconds;
+    `io`: seconds per image of decoding and of writing results, if --timings has them."""
     started = next((t for t, text in lines if text == "# started"), None)
     loaded = next((t for t, text in lines if text.startswith("loaded ")), None)
     if started is None or loaded is None:
@@ -75,9 +78,11 @@ def batch_times(lines: list[tuple[float, str]], batch: int, decode_per_image: fl
             break
         wall = chunk[-1][0] - previous_end
         first_gap = chunk[0][0] - previous_end
-        # Writing one image's results: the mean gap between the batch's own lines.
-        writes = (chunk[-1][0] - chunk[0][0]) / (batch - 1) if batch > 1 else 0.0
-        compute = first_gap - writes - decode_per_image * batch
+        if io:
+            compute = first_gap - io["decode_s"] * batch - io["write_s"]
+        else:
+            # One image's results written: the mean gap between the batch's own lines.
+            compute = first_gap - ((chunk[-1][0] - chunk[0][0]) / (batch - 1) if batch > 1 else 0.0)
         batches.append({"wall_s": wall, "compute_s": compute})
         previous_end = chunk[-1][0]
     return loaded - started, batches
@@ -101,10 +106,14 @@ def our_run(out: Path, name: str, batch: int) -> dict | None:
         return None
     timings = read_json(run_dir / "timings.json")
     summary = read_json(run_dir / "summary.json")
-    decode_per_image = timings["decode"] / timings["images"] if timings and timings.get("images") else 0.0
-    load_s, batches = batch_times(stamped_lines(run_dir / "stderr.log"), batch, decode_per_image)
+    io = None
+    if timings and timings.get("images"):
+        io = {"decode_s": timings["decode"] / timings["images"], "write_s": timings["outputs"] / timings["images"]}
+    load_s, batches = batch_times(stamped_lines(run_dir / "stderr.log"), batch, io)
     result = {
         "batch": batch,
+        "io_per_image": io,
+        "estimated_io": io is None,
         "start_to_loaded_s": load_s,
         "batches": batches,
         "timings": timings,
@@ -251,6 +260,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def missing_numbers(report: dict) -> list[str]:
+    """Steps that passed but left no numbers to report: the script and the CLI's output drifted
+    apart (say, a reworded progress line), which must fail the run, not read "not measured"."""
+    passed = {s["step"] for s in report["steps"] if s["status"] == "ok"}
+    problems = [
+        f"step {name} passed but its progress lines gave no warm batch"
+        for name, _, _ in RUNS
+        if name in passed and not (report["ours"].get(name) or {}).get("warm")
+    ]
+    if "diffusers" in passed and not report["diffusers"]:
+        problems.append("step diffusers passed but wrote no diffusers.json")
+    for precision in ("f32", "f16"):
+        entry = report["parity"].get(precision) or {}
+        if f"parity-{precision}" in passed and not (entry.get("attention") and entry.get("labels")):
+            problems.append(f"step parity-{precision} passed but left no comparison")
+    if "photo-labels" in passed and not report["photo_labels"]:
+        problems.append("step photo-labels passed but left no comparison")
+    return problems
+
+
 def first_line(path: Path, prefix: str) -> str | None:
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
@@ -276,9 +305,12 @@ def main(out: Path, mode: str) -> int:
         "photo_labels": read_json(out / "photo-labels.json"),
     }
     report["goals"] = goals(mode, ours, diffusers)
+    report["problems"] = missing_numbers(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
-    return 0
+    for problem in report["problems"]:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if report["problems"] else 0
 
 
 if __name__ == "__main__":

@@ -44,12 +44,17 @@ REPORT_BUDGET=15
 # The exit status by which a step says it cannot run here (autotools' "skipped").
 NOT_RUN=77
 
-# The bundle has bin/diffseg beside this script and the repository's files under their
-# repository paths; in the repository this script is tools/gpu/run.sh.
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/diffseg-gpu.XXXXXX") || exit 2
+trap 'rm -rf "$WORK"' EXIT
+# The bundle has bin/diffseg.gz beside this script (compressed: the device tool carries 64 MiB)
+# and the repository's files under their repository paths; in the repository this script is
+# tools/gpu/run.sh.
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [[ -f $HERE/bin/diffseg ]]; then
+if [[ -f $HERE/bin/diffseg.gz ]]; then
     ROOT=$HERE
-    DIFFSEG_BIN=${DIFFSEG:-$ROOT/bin/diffseg}
+    mkdir -p "$WORK/bin"
+    gzip -dc "$ROOT/bin/diffseg.gz" >"$WORK/bin/diffseg" && chmod +x "$WORK/bin/diffseg"
+    DIFFSEG_BIN=${DIFFSEG:-$WORK/bin/diffseg}
 else
     ROOT=$(cd "$HERE/../.." && pwd)
     DIFFSEG_BIN=${DIFFSEG:-$ROOT/target/debug/diffseg}
@@ -58,8 +63,6 @@ PYTHON=${PYTHON:-python3}
 TINY=$ROOT/crates/diffseg-sd/tests/fixtures/tiny
 IMAGES=$ROOT/examples/images
 PARITY_IMAGE=$IMAGES/astronaut.png
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/diffseg-gpu.XXXXXX") || exit 2
-trap 'rm -rf "$WORK"' EXIT
 # Wheels the bundle carries are unpacked here when the image lacks them.
 export PYTHONPATH=$WORK/python${PYTHONPATH:+:$PYTHONPATH}
 
@@ -77,6 +80,9 @@ else
 fi
 export MODE ROOT OUT WORK DIFFSEG_BIN PYTHON TINY IMAGES PARITY_IMAGE BACKEND MODEL NOT_RUN
 
+# The steps run in $WORK (below), so paths given relative to here are made absolute.
+[[ $DIFFSEG_BIN == /* ]] || DIFFSEG_BIN=$PWD/$DIFFSEG_BIN
+[[ $PYTHON != */* || $PYTHON == /* ]] || PYTHON=$PWD/$PYTHON
 if [[ ! -x $DIFFSEG_BIN ]]; then
     echo "error: no diffseg binary at $DIFFSEG_BIN (build it with \`cargo build -p diffseg-cli\`, or set DIFFSEG)" >&2
     exit 2
@@ -242,9 +248,10 @@ replicate_images() {
 find_cuda_libraries
 replicate_images b1 "$B1_IMAGES"
 replicate_images b8 "$B8_IMAGES"
-# Burn's autotune results go to the working folder of the runs, not to a `target/` it would
-# look for above it: every run starts from the same empty cache.
+# The steps run in $WORK, where Burn (CubeCL) finds this configuration: its autotune results
+# go to the working folder, not to a `target/` folder it would look for above it.
 printf '[autotune]\ncache = "local"\n' >"$WORK/cubecl.toml"
+cd "$WORK" || exit 2
 
 # ---------------------------------------------------------------------------------------------
 # Steps
@@ -317,8 +324,10 @@ step_ours() {
     [[ $MODE == cpu && $precision == f16 ]] && not_run "f16 needs a GPU backend (--cpu runs f32 only)"
     require_model
     local dir=$OUT/ours/$name
-    mkdir -p "$dir"
-    cd "$WORK" || return 1
+    mkdir -p "$dir" "$WORK/cold/$name"
+    # A working folder of its own: an empty autotune cache, so every run starts cold.
+    cp "$WORK/cubecl.toml" "$WORK/cold/$name/"
+    cd "$WORK/cold/$name" || return 1
     gpu_memory_used >"$dir/gpu-memory-before.txt"
     start_gpu_memory_sampler "$dir/gpu-memory.txt"
     printf '%s # started\n' "$EPOCHREALTIME" >"$dir/stderr.log"
@@ -352,7 +361,6 @@ step_parity() {
     [[ $MODE == cpu && $precision == f16 ]] && not_run "f16 needs a GPU backend (--cpu runs f32 only)"
     local dir=$OUT/parity
     mkdir -p "$dir"
-    cd "$WORK" || return 1
     local model=(--weights "$TINY" --offline)
     if [[ ! -f $dir/cpu-f32.png ]]; then
         "$DIFFSEG_BIN" attention "$PARITY_IMAGE" --out "$dir/cpu-f32.safetensors" "${model[@]}" --backend cpu &&
@@ -364,7 +372,18 @@ step_parity() {
         "$DIFFSEG_BIN" merge "$ours.safetensors" --out "$ours.png" &&
         "$PYTHON" "$ROOT/tools/gpu/compare.py" attention "$dir/cpu-f32.safetensors" "$ours.safetensors" \
             >"$dir/attention-$precision.json" &&
-        "$PYTHON" "$ROOT/tools/gpu/compare.py" labels "$dir/cpu-f32.png" "$ours.png" >"$dir/labels-$precision.json"
+        "$PYTHON" "$ROOT/tools/gpu/compare.py" labels "$dir/cpu-f32.png" "$ours.png" >"$dir/labels-$precision.json" ||
+        return 1
+    # --cpu compares the CPU with itself: anything but equality is a broken comparison.
+    if [[ $MODE == cpu ]]; then
+        "$PYTHON" - "$dir/attention-$precision.json" "$dir/labels-$precision.json" <<'EOF'
+import json, sys
+attention, labels = (json.load(open(path)) for path in sys.argv[1:])
+if attention["max_abs_error"] != 0 or labels["min_raw"] != 1:
+    sys.exit(f"error: the CPU against itself differs: max |error| {attention['max_abs_error']}, labels {labels['min_raw']}")
+print("the CPU against itself: equal, as it must be")
+EOF
+    fi
 }
 
 # 6b. f16 labels against f32 on the photos of the batch-1 runs.
@@ -385,11 +404,11 @@ export -f step_environment step_python step_weights step_info step_ours step_dif
 export -f step_parity step_photo_labels
 
 step environment 10 step_environment
-step python 15 step_python
-step weights 70 step_weights
+step python 25 step_python
+step weights 65 step_weights
 step info 15 step_info
 step f32-b1 60 step_ours f32-b1 f32 1
-step f16-b1 55 step_ours f16-b1 f16 1
+step f16-b1 50 step_ours f16-b1 f16 1
 step f32-b8 55 step_ours f32-b8 f32 8
 step f16-b8 60 step_ours f16-b8 f16 8
 step diffusers 50 step_diffusers
