@@ -2,8 +2,9 @@
 
     python3 write_sd15.py OUT [--device cuda] [--like FOLDER]
 
-OUT gets model_index.json and unet/, vae/, text_encoder/ with config.json, fp32 weights and the
-fp16 variant (`*.fp16.safetensors`, what `--precision f16` loads first). Random weights time the
+OUT (new) gets model_index.json and unet/, vae/, text_encoder/ with config.json, fp32 weights
+and the fp16 variant (`*.fp16.safetensors`, what `--precision f16` loads first). It is written as
+OUT.partial and renamed when complete, so a run cut short leaves no folder that looks whole. Random weights time the
 same as the published ones. The models are built with tools/reference/sd_fullsize.py's
 configurations and seeds (PyTorch's default initialisation), on --device: on a GPU that takes
 seconds, where the CPU needs half a minute for the UNet alone. --like FOLDER takes the three
@@ -53,13 +54,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="where the models are built (cuda, cpu)")
     parser.add_argument("--like", type=Path, help="diffusers folder whose configurations to use instead of SD 1.5's")
     args = parser.parse_args()
+    partial = args.out.with_name(args.out.name + ".partial")
+    if args.out.exists() or partial.exists():
+        sys.exit(f"error: {args.out} or {partial} already exists")
 
     start = time.perf_counter()
     with torch.device(args.device), torch.no_grad():
         models = build_like(args.like) if args.like else sd_fullsize.build_models("default")
         built = time.perf_counter()
-        sd_fullsize.save_weights(args.out, *models, write_ldm=False)
-        save_fp16_variant(args.out, *models)
+        sd_fullsize.save_weights(partial, *models, write_ldm=False)
+        save_fp16_variant(partial, *models)
+    partial.rename(args.out)
     written = time.perf_counter()
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(
