@@ -371,11 +371,6 @@ pub(crate) fn encode_png(path: &Path, image: &DynamicImage) -> Result<Vec<u8>, E
     Ok(bytes)
 }
 
-/// Writes `image` as a PNG to `path`, durably and atomically.
-pub(crate) fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
-    write_atomically(path, &encode_png(path, image)?)
-}
-
 /// A row-major label map encoded as a greyscale PNG, pixel value = label
 /// (8-bit when every label fits a byte, else 16-bit). The label-PNG codec's
 /// writer.
