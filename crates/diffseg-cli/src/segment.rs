@@ -160,7 +160,8 @@ fn job_state(job: &Job, expected: &SegmentSettings, revision_pending: bool) -> S
                 Some(difference) => State::Outdated(difference),
             },
         },
-        other => State::Damaged(format!("{other:?}")),
+        // A state a newer library may add: not known to be whole, so redone.
+        other => State::Damaged(format!("not known to be whole ({other:?})")),
     }
 }
 
