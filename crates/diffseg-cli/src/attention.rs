@@ -22,6 +22,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Before any work: never over the image, never over a file not diffseg's.
+    let mut inputs = std::collections::HashMap::new();
+    if let Some(real) = diffseg::resolved_path(&args.image) {
+        inputs.insert(real, args.image.clone());
+    }
+    diffseg::refuse_input_as_output(&args.out, &inputs)?;
+    diffseg::refuse_foreign(
+        &args.out,
+        "a self-attention file",
+        diffseg::is_diffseg_attention,
+    )?;
     let image = diffseg::open_image(&args.image)?;
     // Merging options do not affect the attention: the defaults only satisfy the builder.
     let segmenter = args

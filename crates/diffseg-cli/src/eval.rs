@@ -2,6 +2,7 @@
 //! paper's protocol (docs/method.md §7), from a folder of predicted label PNGs or by
 //! running the model.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -89,6 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("nothing to score: --limit 0");
     }
     eval::check_labels(&samples)?;
+    let inputs = input_files(&args, &samples);
+    refuse_unsafe_reports(&args, &inputs)?;
 
     let (scores, resized, source) = match &args.predictions {
         Some(folder) => {
@@ -97,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (folder_scores.scores, folder_scores.resized, source)
         }
         None => {
-            let (scores, source) = run_model(&args, &samples)?;
+            let (scores, source) = run_model(&args, &samples, &inputs)?;
             (scores, 0, source)
         }
     };
@@ -105,6 +108,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     report.resized_predictions = resized;
     finish(&args, &report, available)
 }
+
+/// Every file the evaluation reads (images, labels, the id list), resolved,
+/// with the path as given: outputs must be none of them.
+fn input_files(args: &Args, samples: &[Sample]) -> HashMap<PathBuf, PathBuf> {
+    samples
+        .iter()
+        .flat_map(|sample| [&sample.image, &sample.label])
+        .chain(&args.list)
+        .filter_map(|path| Some((diffseg::resolved_path(path)?, path.clone())))
+        .collect()
+}
+
+/// Refuses, before any work, a report path that is an input, and a file in
+/// its place that is not such a report of diffseg's.
+fn refuse_unsafe_reports(args: &Args, inputs: &HashMap<PathBuf, PathBuf>) -> anyhow::Result<()> {
+    if let Some(path) = &args.out {
+        diffseg::refuse_input_as_output(path, inputs)?;
+        diffseg::refuse_foreign(path, "a JSON report", diffseg::is_json_of::<EvalReport>)?;
+    }
+    if let Some(path) = &args.markdown {
+        diffseg::refuse_input_as_output(path, inputs)?;
+        let is_report = |path: &Path| {
+            std::fs::read_to_string(path).is_ok_and(|text| text.starts_with(MARKDOWN_TITLE))
+        };
+        diffseg::refuse_foreign(path, "a Markdown report", is_report)?;
+    }
+    Ok(())
+}
+
+/// How every Markdown report of diffseg's begins.
+const MARKDOWN_TITLE: &str = "# DiffSeg evaluation on ";
 
 /// The merging options: the paper's, with the dataset's τ unless `--tau` is given.
 fn merge_args(args: &Args) -> MergeArgs {
@@ -160,7 +194,7 @@ fn open_cache(folder: &Path, settings: &CacheSettings) -> anyhow::Result<()> {
             Ok(())
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))
+            Ok(diffseg::write_atomically(&path, wanted.as_bytes())?)
         }
         Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
     }
@@ -168,7 +202,11 @@ fn open_cache(folder: &Path, settings: &CacheSettings) -> anyhow::Result<()> {
 
 /// Segments every image not yet in the cache, keeping each prediction there, and
 /// scores all of them.
-fn run_model(args: &Args, samples: &[Sample]) -> anyhow::Result<(Scores, String)> {
+fn run_model(
+    args: &Args,
+    samples: &[Sample],
+    inputs: &HashMap<PathBuf, PathBuf>,
+) -> anyhow::Result<(Scores, String)> {
     let merge = merge_args(args);
     let options = merge.to_options();
     let folder = args
@@ -185,8 +223,11 @@ fn run_model(args: &Args, samples: &[Sample]) -> anyhow::Result<(Scores, String)
         iterations: options.iterations,
         refine: options.refine,
     };
-    open_cache(&folder, &settings)?;
     let cached = |sample: &Sample| folder.join(sample.prediction_file_name());
+    for sample in samples {
+        diffseg::refuse_input_as_output(&cached(sample), inputs)?;
+    }
+    open_cache(&folder, &settings)?;
     let missing: Vec<Sample> = samples
         .iter()
         .filter(|s| !cached(s).is_file())

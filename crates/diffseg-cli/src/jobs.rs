@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Component, Path, PathBuf};
 
+use diffseg::ResultPaths;
 use walkdir::WalkDir;
 
 /// File extensions taken from folders (files named explicitly are always tried).
@@ -14,8 +15,11 @@ pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "tif", "tiff", "w
 /// One image to segment and where its results go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    /// The image file.
+    /// The image file, as given or found.
     pub input: PathBuf,
+    /// The image file resolved (symbolic links, `.`, `..`): what tells two
+    /// spellings of one file apart from two files.
+    pub real: PathBuf,
     /// Output path without extension: `<out>/<sub-folders>/<stem>`.
     pub output_base: PathBuf,
 }
@@ -30,6 +34,16 @@ impl Job {
             PathBuf::from(path)
         };
         [with(".png"), with(".overlay.png"), with(".json")]
+    }
+
+    /// The three result files as the library writes and checks them.
+    pub fn result_paths(&self) -> ResultPaths {
+        let [labels, overlay, json] = self.outputs();
+        ResultPaths {
+            labels,
+            overlay,
+            json,
+        }
     }
 }
 
@@ -49,10 +63,12 @@ pub struct Listing {
 
 /// Expands the arguments into jobs: folders recursively (sorted, image
 /// extensions only, following symbolic links but not around a loop, never into
-/// `out`), files as given. `listed` are files from a `--files-from` list; their
-/// results mirror the folders in their (relative) paths. Two inputs that would
-/// share a result name keep their extension in it (`photo.jpg.png`) so neither
-/// overwrites the other.
+/// `out` below them, never taking diffseg's own results for images), files as
+/// given. `listed` are files from a `--files-from` list; their results mirror
+/// the folders in their (relative) paths. A file named twice (also through
+/// another spelling or a symbolic link) is one job, the first. Two inputs that
+/// would share a result name keep their extension in it (`photo.jpg.png`) so
+/// neither overwrites the other.
 pub fn collect_jobs(paths: &[PathBuf], listed: &[PathBuf], out: &Path) -> Listing {
     let mut listing = Listing::default();
     let mut found: Vec<(PathBuf, PathBuf)> = Vec::new(); // (input, relative folder)
@@ -78,14 +94,14 @@ pub fn collect_jobs(paths: &[PathBuf], listed: &[PathBuf], out: &Path) -> Listin
                 .push((path.clone(), "listed, but not a file".into()));
         }
     }
-    found.dedup_by(|a, b| a.0 == b.0);
+    let found = once_each(found, &mut listing);
     let stem_of = |input: &Path| input.file_stem().unwrap_or(input.as_os_str()).to_owned();
     let mut uses: HashMap<PathBuf, usize> = HashMap::new();
-    for (input, relative) in &found {
+    for (input, relative, _) in &found {
         *uses.entry(relative.join(stem_of(input))).or_default() += 1;
     }
     let mut taken: HashMap<PathBuf, PathBuf> = HashMap::new(); // output base → input
-    for (input, relative) in found {
+    for (input, relative, real) in found {
         let key = relative.join(stem_of(&input));
         let name = if uses[&key] > 1 {
             input.file_name().unwrap_or(input.as_os_str()).to_owned()
@@ -103,9 +119,38 @@ pub fn collect_jobs(paths: &[PathBuf], listed: &[PathBuf], out: &Path) -> Listin
             continue;
         }
         taken.insert(output_base.clone(), input.clone());
-        listing.jobs.push(Job { input, output_base });
+        listing.jobs.push(Job {
+            input,
+            real,
+            output_base,
+        });
     }
     listing
+}
+
+/// The inputs found, each file once (the first of its spellings), with its
+/// resolved path; the other spellings are noted.
+fn once_each(
+    found: Vec<(PathBuf, PathBuf)>,
+    listing: &mut Listing,
+) -> Vec<(PathBuf, PathBuf, PathBuf)> {
+    let mut first: HashMap<PathBuf, PathBuf> = HashMap::new(); // resolved → first spelling
+    let mut kept = Vec::with_capacity(found.len());
+    for (input, relative) in found {
+        // A file found a moment ago and gone now fails when it is read.
+        let real = input.canonicalize().unwrap_or_else(|_| input.clone());
+        if let Some(earlier) = first.get(&real) {
+            listing.notes.push(format!(
+                "{}: the same file as {}; segmented once",
+                input.display(),
+                earlier.display()
+            ));
+            continue;
+        }
+        first.insert(real.clone(), input.clone());
+        kept.push((input, relative, real));
+    }
+    kept
 }
 
 /// The folders of a listed path that its results mirror: its parent's plain
@@ -130,11 +175,15 @@ fn walk(
     let skipped_out = Cell::new(false);
     let is_out =
         |path: &Path| out_real.is_some_and(|out| path.canonicalize().is_ok_and(|p| p == out));
+    let mut results = 0usize;
     let walker = WalkDir::new(folder)
         .follow_links(true)
         .into_iter()
         .filter_entry(|entry| {
-            let inside_out = entry.file_type().is_dir() && is_out(entry.path());
+            // The output folder is left out below the folder walked; the
+            // folder itself is walked, its results left out one by one.
+            let inside_out =
+                entry.depth() > 0 && entry.file_type().is_dir() && is_out(entry.path());
             skipped_out.set(skipped_out.get() || inside_out);
             !inside_out
         });
@@ -150,7 +199,11 @@ fn walk(
                         IMAGE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str())
                     });
                 if entry.file_type().is_file() && is_image {
-                    files.push(entry.into_path());
+                    if diffseg::is_diffseg_png(path) {
+                        results += 1;
+                    } else {
+                        files.push(entry.into_path());
+                    }
                 }
             }
             Err(error) => {
@@ -175,6 +228,12 @@ fn walk(
     if skipped_out.get() {
         listing.notes.push(format!(
             "{}: the output folder is inside this input folder; not read as input",
+            folder.display()
+        ));
+    }
+    if results > 0 {
+        listing.notes.push(format!(
+            "{}: {results} PNGs written by diffseg (results) left out; not read as input",
             folder.display()
         ));
     }

@@ -1,12 +1,13 @@
 //! `diffseg merge`: saved self-attention in, label PNG (and JSON) out: a thin
 //! caller of [`SelfAttention::load_safetensors`] and [`SelfAttention::merge_on`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
-use diffseg::{BackendKind, BackendTask, MergeOptions, Segmentation, SelfAttention};
+use diffseg::{BackendKind, BackendTask, MergeOptions, Segmentation, SegmentsFile, SelfAttention};
 
 use crate::options::MergeArgs;
 
@@ -45,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.size == Some(0) {
         bail!("--size must be at least 1");
     }
+    refuse_unsafe_outputs(&args)?;
     let mut attention = SelfAttention::load_safetensors(&args.attention)?;
     if args.size.is_some() {
         attention.placement = None;
@@ -65,20 +67,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the label PNG and the JSON; if the second fails, the first is removed again.
+/// Refuses, before any work, outputs that are the input or each other, and
+/// files in their place that diffseg did not write.
+fn refuse_unsafe_outputs(args: &Args) -> anyhow::Result<()> {
+    let mut inputs = HashMap::new();
+    if let Some(real) = diffseg::resolved_path(&args.attention) {
+        inputs.insert(real, args.attention.clone());
+    }
+    diffseg::refuse_input_as_output(&args.out, &inputs)?;
+    diffseg::refuse_foreign(&args.out, "a label PNG", diffseg::is_diffseg_png)?;
+    if let Some(json) = &args.json {
+        diffseg::refuse_input_as_output(json, &inputs)?;
+        if diffseg::resolved_path(json)
+            .is_some_and(|json| Some(json) == diffseg::resolved_path(&args.out))
+        {
+            bail!("--out and --json are the same file {}", json.display());
+        }
+        diffseg::refuse_foreign(json, "a segments JSON", diffseg::is_json_of::<SegmentsFile>)?;
+    }
+    Ok(())
+}
+
+/// Writes the label PNG and the JSON as one: both are written whole before
+/// either is renamed into place, so a failure leaves the previous ones.
 fn write_outputs(
     segmentation: &Segmentation,
     out: &Path,
     json: Option<&Path>,
 ) -> anyhow::Result<()> {
-    segmentation.save_label_png(out)?;
+    let mut staged = vec![diffseg::stage_file(
+        out,
+        &segmentation.encode_label_png(out)?,
+    )?];
     if let Some(json) = json {
-        if let Err(error) = segmentation.save_json(json, None) {
-            let _ = std::fs::remove_file(out);
-            return Err(error.into());
-        }
+        let description = serde_json::to_vec_pretty(&segmentation.describe(None))?;
+        staged.push(diffseg::stage_file(json, &description)?);
     }
-    Ok(())
+    Ok(diffseg::commit_in_order(staged)?)
 }
 
 /// The merge on the chosen backend.

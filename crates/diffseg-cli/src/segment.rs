@@ -3,20 +3,25 @@
 //! For each image, in DIR (mirroring the sub-folders of a folder argument):
 //! `<stem>.png` (label map), `<stem>.overlay.png` (segments tinted over the
 //! image) and `<stem>.json` (size, the settings used, segments with area, box
-//! and COCO RLE mask). Each file is written atomically; an image whose three
-//! files exist and whose JSON records this run's settings is skipped unless
-//! `--overwrite`, so an interrupted run resumes where it stopped and a run
-//! with other settings redoes it. A bad image is reported and skipped; the
-//! exit status is non-zero if any failed. `--shard I/N` takes one share of the
-//! images, for running one folder on many machines.
+//! and COCO RLE mask, and the other two files' lengths and SHA-256). The three
+//! are written whole and synced before any is renamed into place, the JSON
+//! last; an image whose files all match its JSON, which records this run's
+//! settings, is skipped unless `--overwrite`, so an interrupted run resumes
+//! where it stopped, a damaged result is redone and a run with other settings
+//! redoes it. No output may be an input (refused before any work), and a file
+//! in DIR that diffseg did not write is never replaced: that image fails. A
+//! bad image is reported and skipped; the exit status is non-zero if any
+//! failed. `--shard I/N` takes one share of the images, for running one folder
+//! on many machines.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use diffseg::weights::{FoundWeights, WeightsOrigin};
-use diffseg::{write_json_atomically, SegmentSettings};
+use diffseg::{check_result, write_json_atomically, ResultState, SegmentSettings};
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
@@ -85,12 +90,17 @@ pub struct Args {
 /// Where a job stands before the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
-    /// No complete results.
+    /// No results.
     Todo,
-    /// Complete results with this run's settings.
+    /// Whole results with this run's settings.
     Done,
-    /// Complete results with other or unknown settings: what differs.
+    /// Whole results with other or unknown settings: what differs.
     Outdated(String),
+    /// Results that are not whole (a file missing, cut short or changed, no
+    /// checksums): what is wrong. Redone.
+    Damaged(String),
+    /// A file diffseg did not write is where a result goes: never replaced.
+    Blocked(String),
 }
 
 /// What differs between the settings recorded with a result and this run's;
@@ -134,30 +144,63 @@ fn settings_difference(
     (!differences.is_empty()).then(|| differences.join(", "))
 }
 
-/// Whether `job` has results, and made with `expected` settings.
+/// Whether `job` has whole results, made with `expected` settings, or a file
+/// that is not diffseg's in the way.
 fn job_state(job: &Job, expected: &SegmentSettings, revision_pending: bool) -> State {
-    let [labels, overlay, json] = job.outputs();
-    if !(labels.is_file() && overlay.is_file() && json.is_file()) {
-        return State::Todo;
-    }
-    /// Only the settings of a results JSON.
-    #[derive(serde::Deserialize)]
-    struct Recorded {
-        settings: Option<SegmentSettings>,
-    }
-    let recorded = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Recorded>(&text).ok());
-    match recorded {
-        None => State::Todo,
-        Some(Recorded { settings: None }) => State::Outdated("no settings recorded".into()),
-        Some(Recorded {
-            settings: Some(recorded),
-        }) => match settings_difference(&recorded, expected, revision_pending) {
-            None => State::Done,
-            Some(difference) => State::Outdated(difference),
+    match check_result(&job.result_paths()) {
+        ResultState::Missing => State::Todo,
+        ResultState::Damaged(reason) => State::Damaged(reason),
+        ResultState::Foreign { path, reason } => {
+            State::Blocked(diffseg::Error::NotOurs { path, reason }.to_string())
+        }
+        ResultState::Whole(description) => match description.settings {
+            None => State::Outdated("no settings recorded".into()),
+            Some(recorded) => match settings_difference(&recorded, expected, revision_pending) {
+                None => State::Done,
+                Some(difference) => State::Outdated(difference),
+            },
         },
+        // A state a newer library may add: not known to be whole, so redone.
+        other => State::Damaged(format!("not known to be whole ({other:?})")),
     }
+}
+
+/// Refuses the run, before any work, when an output path is an input: each
+/// job's results, the summary and the timings against every image.
+fn refuse_inputs_as_outputs(jobs: &[Job], args: &Args) -> anyhow::Result<()> {
+    let inputs: HashMap<PathBuf, PathBuf> = jobs
+        .iter()
+        .map(|job| (job.real.clone(), job.input.clone()))
+        .collect();
+    let reports = [&args.summary, &args.timings];
+    let outputs = jobs
+        .iter()
+        .flat_map(Job::outputs)
+        .chain(reports.into_iter().flatten().cloned());
+    let refusals: Vec<String> = outputs
+        .filter_map(|output| diffseg::refuse_input_as_output(&output, &inputs).err())
+        .map(|error| error.to_string())
+        .collect();
+    if let Some(first) = refusals.first() {
+        let more = match refusals.len() {
+            1 => String::new(),
+            n => format!(" (and {} more such outputs)", n - 1),
+        };
+        anyhow::bail!("{first}{more}; nothing was done");
+    }
+    Ok(())
+}
+
+/// Refuses to replace the report at `path` when a file is there that is not
+/// such a report of diffseg's (`keys`: the top-level keys it has).
+fn refuse_foreign_report(path: &Path, what: &str, keys: &[&str]) -> anyhow::Result<()> {
+    let is_report = |path: &Path| {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|value| keys.iter().all(|key| value.get(key).is_some()))
+    };
+    Ok(diffseg::refuse_foreign(path, what, is_report)?)
 }
 
 /// This run's settings, known before loading anything, and whether the
@@ -201,6 +244,8 @@ struct Summary {
     skipped: Vec<PathBuf>,
     /// Images kept with results of other settings (`--keep-outdated`).
     outdated_kept: Vec<Outdated>,
+    /// Images whose results were damaged (not whole), redone: with why.
+    damaged_redone: Vec<Failure>,
     /// Damaged images segmented anyway (`--allow-truncated`).
     damaged_accepted: Vec<Failure>,
     /// Images and paths that failed, with why.
@@ -223,33 +268,20 @@ struct Outdated {
     difference: String,
 }
 
-/// Writes a job's three results, each atomically; if one fails, the ones
-/// already written are removed so the image is redone on the next run.
+/// Writes a job's three results as one: none replaces a previous one before
+/// all are written whole, and the JSON, which records the others' checksums,
+/// goes last.
 pub fn write_results(
     job: &Job,
     image: &DynamicImage,
     segmentation: &Segmentation,
     settings: &SegmentSettings,
 ) -> Result<(), diffseg::Error> {
-    let [labels, overlay, json] = job.outputs();
-    let result = segmentation
-        .save_label_png(&labels)
-        .and_then(|()| segmentation.save_overlay(image, &overlay))
-        .and_then(|()| {
-            let name = job
-                .input
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned());
-            let mut description = segmentation.describe(name);
-            description.settings = Some(settings.clone());
-            write_json_atomically(&json, &description)
-        });
-    if result.is_err() {
-        for path in [&labels, &overlay, &json] {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    result
+    let name = job
+        .input
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned());
+    segmentation.save_result(image, &job.result_paths(), name, Some(settings.clone()))
 }
 
 /// The `--timings` report: seconds per stage, summed over the run.
@@ -305,15 +337,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => listing.jobs,
     };
     let images = jobs.len();
+    refuse_inputs_as_outputs(&jobs, &args)?;
+    if let Some(path) = &args.summary {
+        refuse_foreign_report(path, "a run summary", &["version", "settings", "failed"])?;
+    }
+    if let Some(path) = &args.timings {
+        refuse_foreign_report(path, "a timings report", &["images", "total"])?;
+    }
     let (expected, revision_pending) = expected_settings(&args)?;
     let states: Vec<State> = jobs
         .iter()
-        .map(|job| {
-            if args.overwrite {
-                State::Todo
-            } else {
-                job_state(job, &expected, revision_pending)
-            }
+        .map(|job| match job_state(job, &expected, revision_pending) {
+            State::Blocked(why) => State::Blocked(why),
+            _ if args.overwrite => State::Todo,
+            state => state,
         })
         .collect();
     if args.dry_run {
@@ -322,19 +359,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 State::Todo => println!("todo\t{}", job.input.display()),
                 State::Done => println!("done\t{}", job.input.display()),
                 State::Outdated(why) => println!("outdated\t{}\t{why}", job.input.display()),
+                State::Damaged(why) => println!("damaged\t{}\t{why}", job.input.display()),
+                State::Blocked(why) => println!("blocked\t{}\t{why}", job.input.display()),
             }
         }
-        return Ok(if failed.is_empty() {
+        let blocked = states
+            .iter()
+            .any(|state| matches!(state, State::Blocked(_)));
+        return Ok(if failed.is_empty() && !blocked {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         });
     }
     let (mut todo, mut skipped, mut outdated_kept) = (Vec::new(), Vec::new(), Vec::new());
+    let mut damaged_redone: Vec<Failure> = Vec::new();
     let mut redone = 0usize;
     for (job, state) in jobs.into_iter().zip(states) {
         match state {
             State::Todo => todo.push(job),
+            State::Blocked(reason) => {
+                eprintln!("error: {}: {reason}", job.input.display());
+                failed.push(Failure {
+                    path: job.input,
+                    reason,
+                });
+            }
+            State::Damaged(reason) => {
+                note(format!(
+                    "note: {}: its results are damaged ({reason}); redoing them",
+                    job.input.display()
+                ));
+                damaged_redone.push(Failure {
+                    path: job.input.clone(),
+                    reason,
+                });
+                todo.push(job)
+            }
             State::Done => skipped.push(job.input),
             State::Outdated(difference) if args.keep_outdated => outdated_kept.push(Outdated {
                 path: job.input,
@@ -521,6 +582,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             done,
             skipped,
             outdated_kept,
+            damaged_redone,
             damaged_accepted,
             failed,
             seconds,

@@ -19,6 +19,9 @@ use crate::{BackendKind, BackendTask, Error};
 /// The safetensors metadata keys of [`SelfAttention::placement`].
 const PLACEMENT_KEYS: [&str; 5] = ["image_width", "image_height", "top", "left", "side"];
 
+/// The metadata key whose value (the version) marks a file diffseg wrote.
+const WRITER_KEY: &str = "diffseg";
+
 /// The little-endian u64 header length that opens every safetensors file.
 const HEADER_SIZE_BYTES: usize = 8;
 
@@ -76,7 +79,7 @@ impl SelfAttentionMap {
 impl SelfAttention {
     /// Writes every map as an f32 `[h*w, h*w]` tensor named by
     /// [`SelfAttentionMap::tensor_name`], and the placement as metadata,
-    /// atomically.
+    /// durably and atomically.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         let bytes: Vec<Vec<u8>> = self
@@ -104,7 +107,12 @@ impl SelfAttention {
                     .map_err(|error| write_error(error.to_string()))
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let metadata = self.placement.map(|placement| {
+        // The writer's mark, which lets a later run replace the file.
+        let mut metadata = std::collections::HashMap::from([(
+            WRITER_KEY.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]);
+        if let Some(placement) = self.placement {
             let values = [
                 placement.image_width as i64,
                 placement.image_height as i64,
@@ -112,16 +120,16 @@ impl SelfAttention {
                 placement.left,
                 placement.side as i64,
             ];
-            PLACEMENT_KEYS
-                .iter()
-                .zip(values)
-                .map(|(key, value)| (key.to_string(), value.to_string()))
-                .collect::<std::collections::HashMap<_, _>>()
-        });
-        write_atomically(path, |temporary| {
-            safetensors::serialize_to_file(views, metadata, temporary)
-                .map_err(|error| write_error(error.to_string()))
-        })
+            metadata.extend(
+                PLACEMENT_KEYS
+                    .iter()
+                    .zip(values)
+                    .map(|(key, value)| (key.to_string(), value.to_string())),
+            );
+        }
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|error| write_error(error.to_string()))?;
+        write_atomically(path, &bytes)
     }
 
     /// Reads what [`SelfAttention::save_safetensors`] writes, or any
@@ -406,6 +414,24 @@ fn head_mean<const WIDTH: usize>(
         }
     }
     Ok(probs)
+}
+
+/// Whether `path` is a safetensors file that diffseg wrote: its metadata
+/// carries diffseg's mark, or (older versions) the placement of the image.
+pub fn is_diffseg_attention(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: as in `SelfAttention::load_safetensors`: read-only, dropped here.
+    let Ok(bytes) = (unsafe { memmap2::Mmap::map(&file) }) else {
+        return false;
+    };
+    SafeTensors::read_metadata(&bytes).is_ok_and(|(_, header)| {
+        header.metadata().as_ref().is_some_and(|metadata| {
+            metadata.contains_key(WRITER_KEY)
+                || PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key))
+        })
+    })
 }
 
 #[cfg(test)]

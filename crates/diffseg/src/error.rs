@@ -184,6 +184,26 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// An output path that is one of the inputs: diffseg never writes over
+    /// what it reads.
+    #[error("{output} is an input ({input}); diffseg never writes over its inputs: choose another output")]
+    OutputIsInput {
+        /// The output path as given.
+        output: PathBuf,
+        /// The input it resolves to.
+        input: PathBuf,
+    },
+    /// A file diffseg did not write is where an output would go: it is never
+    /// replaced, even when redoing results.
+    #[error(
+        "{path} is in the way: {reason}; not replaced (move it away or choose another output)"
+    )]
+    NotOurs {
+        /// The file in the way.
+        path: PathBuf,
+        /// Why it is not taken for diffseg's.
+        reason: String,
+    },
     /// A name that names no choice of its kind (a backend, precision, fit
     /// or dataset given as text).
     #[error("unknown {what} `{name}`: {reason}")]

@@ -59,12 +59,17 @@ mod segmenter;
 mod timing;
 pub mod weights;
 
-pub use attention::{SelfAttention, SelfAttentionMap};
+pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
 pub use input::{open_image, open_image_allowing_damage, Fit, Placement, MAX_IMAGE_SIDE};
-pub use output::{write_json_atomically, CocoRle, SegmentRecord, SegmentSettings, SegmentsFile};
+pub use output::{
+    check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
+    refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,
+    CocoRle, FileRecord, ResultPaths, ResultState, SegmentRecord, SegmentSettings, SegmentsFile,
+    StagedFile,
+};
 pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};

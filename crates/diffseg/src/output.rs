@@ -1,11 +1,18 @@
 //! Results out: the JSON description of a segmentation (with COCO-style RLE
-//! masks) and atomic file writes (temp file + rename, so an interrupted run
-//! never leaves a half-written result that a resumed run would take as done).
+//! masks), the label-PNG codec, and the one writer every output goes through
+//! (encoded in memory, written to a temporary file, flushed, synced, renamed,
+//! the folder synced), so an interrupted or failed run never leaves a
+//! half-written file, nor a result that a resumed run would take as done.
+//! A segmented image's JSON is written last and records the length and
+//! SHA-256 of its other files: [`check_result`] counts a result as done only
+//! when they match. Nothing here replaces a file diffseg did not write.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{ColorType, DynamicImage, ImageFormat};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::weights::{FoundWeights, WeightsOrigin};
 use crate::{Error, Fit, MergeOptions, Precision};
@@ -25,6 +32,10 @@ pub struct SegmentsFile {
     pub settings: Option<SegmentSettings>,
     /// One entry per segment, in label order.
     pub segments: Vec<SegmentRecord>,
+    /// The files of the result this JSON commits (label PNG, overlay), with
+    /// their lengths and checksums; empty when it describes no files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRecord>,
 }
 
 /// One segment: its label in the label PNG, its pixel count, box and mask.
@@ -119,6 +130,7 @@ pub(crate) fn describe_labels(
         height,
         settings: None,
         segments,
+        files: Vec::new(),
     }
 }
 
@@ -177,25 +189,67 @@ impl SegmentSettings {
     }
 }
 
-/// Writes `path` atomically: `write` fills a temporary file in the same folder
-/// (same extension, so format-by-extension encoders work), which is renamed to
-/// `path` only when `write` succeeded. On failure nothing is left behind.
-pub(crate) fn write_atomically<F>(path: &Path, write: F) -> Result<(), Error>
+// ---------------------------------------------------------------------------
+// The one writer: bytes encoded in memory, written whole to a hidden temporary
+// next to the target, flushed and synced, renamed into place, the folder synced.
+
+/// A file written whole and synced to a hidden temporary next to its target,
+/// waiting to be renamed into place by [`StagedFile::commit`]. Dropped
+/// uncommitted, the temporary is removed and the target left as it was.
+#[derive(Debug)]
+pub struct StagedFile {
+    temporary: tempfile::NamedTempFile,
+    target: PathBuf,
+}
+
+impl StagedFile {
+    /// Renames the temporary over the target and syncs the folder, so the
+    /// rename survives a crash.
+    pub fn commit(self) -> Result<(), Error> {
+        let target = self.target;
+        self.temporary
+            .persist(&target)
+            .map_err(|error| write_error(&target, format!("cannot rename into place: {error}")))?;
+        sync_folder(&target)
+    }
+}
+
+/// Stages `bytes` for `path`: the whole content is written to a temporary
+/// file in the same folder, flushed and synced to disk before this returns.
+pub fn stage_file(path: &Path, bytes: &[u8]) -> Result<StagedFile, Error> {
+    stage_through(path, bytes, write_whole)
+}
+
+/// Renames staged files into place in the order given: a result's record
+/// (its JSON) goes last, so it never names a file not yet in place.
+pub fn commit_in_order(files: Vec<StagedFile>) -> Result<(), Error> {
+    files.into_iter().try_for_each(StagedFile::commit)
+}
+
+/// Writes `bytes` to `path` durably and whole or not at all: on any error
+/// (disk full included) the previous file, if any, is left as it was.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    stage_file(path, bytes)?.commit()
+}
+
+/// Writes all of `bytes` and flushes: every error surfaces, the last one
+/// (a full disk seen only at the flush) included.
+fn write_whole(file: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes)?;
+    file.flush()
+}
+
+/// [`stage_file`] with the writing step given, so a test can make it fail.
+fn stage_through<W>(path: &Path, bytes: &[u8], write: W) -> Result<StagedFile, Error>
 where
-    F: FnOnce(&Path) -> Result<(), Error>,
+    W: FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
 {
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let write_error = |reason: String| Error::Write {
-        path: path.to_path_buf(),
-        reason,
-    };
-    std::fs::create_dir_all(&folder).map_err(|error| write_error(error.to_string()))?;
+    let folder = folder_of(path);
+    std::fs::create_dir_all(&folder)
+        .map_err(|error| write_error(path, format!("cannot create its folder: {error}")))?;
     let file_name = path
         .file_name()
-        .ok_or_else(|| write_error("not a file path".into()))?
+        .ok_or_else(|| write_error(path, "not a file path".into()))?
         .to_string_lossy()
         .into_owned();
     // `.name.XXXX.ext`: hidden while incomplete, same extension as the target.
@@ -210,69 +264,166 @@ where
     // new file would (0666 less the umask) before it is renamed into place.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let temporary = builder
+    let mut temporary = builder
         .tempfile_in(&folder)
-        .map_err(|error| write_error(format!("cannot create a temporary file: {error}")))?;
-    write(temporary.path())?;
+        .map_err(|error| write_error(path, format!("cannot create a temporary file: {error}")))?;
+    write(temporary.as_file_mut(), bytes)
+        .map_err(|error| write_error(path, format!("cannot write: {error}")))?;
     temporary
-        .persist(path)
-        .map_err(|error| write_error(error.to_string()))?;
+        .as_file()
+        .sync_all()
+        .map_err(|error| write_error(path, format!("cannot sync to disk: {error}")))?;
+    Ok(StagedFile {
+        temporary,
+        target: path.to_path_buf(),
+    })
+}
+
+/// The folder `path` is in (`.` for a bare name).
+fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Syncs the folder of `path`, which makes a rename in it durable. Windows
+/// cannot open a folder as a file, and its renames need no such step.
+fn sync_folder(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    std::fs::File::open(folder_of(path))
+        .and_then(|folder| folder.sync_all())
+        .map_err(|error| write_error(path, format!("cannot sync its folder: {error}")))?;
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
-/// Writes `value` as pretty JSON to `path`, atomically.
+fn write_error(path: &Path, reason: String) -> Error {
+    Error::Write {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// `value` as pretty JSON.
+pub(crate) fn encode_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec_pretty(value).map_err(|error| write_error(path, error.to_string()))
+}
+
+/// Writes `value` as pretty JSON to `path`, durably and atomically.
 pub fn write_json_atomically<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<(), Error> {
     let path = path.as_ref();
-    write_atomically(path, |temporary| {
-        let text = serde_json::to_string_pretty(value).map_err(|error| Error::Write {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })?;
-        std::fs::write(temporary, text).map_err(|error| Error::Write {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })
-    })
+    write_atomically(path, &encode_json(path, value)?)
 }
 
-/// Writes `image` as a PNG to `path`, atomically.
-pub(crate) fn write_png(path: &Path, image: &DynamicImage) -> Result<(), Error> {
-    write_atomically(path, |temporary| {
-        image
-            .save_with_format(temporary, ImageFormat::Png)
-            .map_err(|error| Error::Write {
-                path: path.to_path_buf(),
-                reason: error.to_string(),
-            })
-    })
+/// The `tEXt` keyword and the start of the text that mark a PNG as written by
+/// diffseg: what lets a later run replace it and a folder walk skip it.
+const PNG_MARK_KEYWORD: &str = "Software";
+const PNG_MARK_TEXT: &str = "diffseg";
+
+/// `image` encoded as a PNG (8-bit grey, 16-bit grey, RGB or RGBA; other
+/// colour types as RGBA), marked as diffseg's.
+pub(crate) fn encode_png(path: &Path, image: &DynamicImage) -> Result<Vec<u8>, Error> {
+    let (colour, depth, data): (png::ColorType, png::BitDepth, std::borrow::Cow<[u8]>) = match image
+    {
+        DynamicImage::ImageLuma8(buffer) => (
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            buffer.as_raw().into(),
+        ),
+        // PNG samples are big-endian.
+        DynamicImage::ImageLuma16(buffer) => (
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            buffer
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ),
+        DynamicImage::ImageRgb8(buffer) => (
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            buffer.as_raw().into(),
+        ),
+        other => (
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            other.to_rgba8().into_raw().into(),
+        ),
+    };
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
+    encoder.set_color(colour);
+    encoder.set_depth(depth);
+    let encoded = encoder
+        .add_text_chunk(
+            PNG_MARK_KEYWORD.into(),
+            format!("{PNG_MARK_TEXT} {}", env!("CARGO_PKG_VERSION")),
+        )
+        .and_then(|()| encoder.write_header())
+        .and_then(|mut writer| {
+            writer.write_image_data(&data)?;
+            writer.finish()
+        });
+    encoded.map_err(|error| write_error(path, format!("cannot encode the PNG: {error}")))?;
+    Ok(bytes)
 }
 
-/// Writes a row-major label map as a greyscale PNG, pixel value = label (8-bit
-/// when every label fits a byte, else 16-bit), atomically. The label-PNG
-/// codec's writer.
-pub(crate) fn write_label_png(
+/// A row-major label map encoded as a greyscale PNG, pixel value = label
+/// (8-bit when every label fits a byte, else 16-bit). The label-PNG codec's
+/// writer.
+pub(crate) fn encode_label_png(
     path: &Path,
     labels: &[u32],
     width: u32,
     height: u32,
-) -> Result<(), Error> {
-    let image =
-        crate::segmentation::label_image(labels, width, height).map_err(|error| Error::Write {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })?;
-    write_png(path, &image)
+) -> Result<Vec<u8>, Error> {
+    let image = crate::segmentation::label_image(labels, width, height)
+        .map_err(|error| write_error(path, error.to_string()))?;
+    encode_png(path, &image)
+}
+
+/// Whether `path` is a PNG that diffseg wrote (it carries diffseg's mark).
+/// Reads only the chunks before the image data.
+pub fn is_diffseg_png(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decoder.read_info().is_ok_and(|reader| {
+        reader
+            .info()
+            .uncompressed_latin1_text
+            .iter()
+            .any(|chunk| chunk.keyword == PNG_MARK_KEYWORD && chunk.text.starts_with(PNG_MARK_TEXT))
+    })
 }
 
 /// Reads a label PNG (8- or 16-bit greyscale, pixel value = label) as
-/// row-major labels, width and height: the tests' check of [`write_label_png`].
-#[cfg(test)]
-pub(crate) fn read_label_png(path: &Path) -> Result<(Vec<u32>, u32, u32), Error> {
+/// row-major labels, width and height: the reader of what
+/// [`crate::Segmentation::save_label_png`] writes. Anything else, damaged or
+/// too large (the limits of [`crate::open_image`]) is a typed error.
+pub fn read_label_png(path: impl AsRef<Path>) -> Result<(Vec<u32>, u32, u32), Error> {
+    let path = path.as_ref();
     let decode_error = |reason: String| Error::ImageDecode {
         path: path.to_path_buf(),
         reason,
     };
-    let image = image::open(path).map_err(|error| decode_error(error.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|error| Error::ImageRead {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), ImageFormat::Png);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(crate::MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(crate::MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(crate::input::MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|error| decode_error(error.to_string()))?;
     let (width, height) = (image.width(), image.height());
     let labels = label_values(image).map_err(|colour| {
         decode_error(format!(
@@ -280,6 +431,256 @@ pub(crate) fn read_label_png(path: &Path) -> Result<(Vec<u32>, u32, u32), Error>
         ))
     })?;
     Ok((labels, width, height))
+}
+
+// ---------------------------------------------------------------------------
+// One segmented image's files as one result: JSON last, recording the others.
+
+/// One output file a result's JSON vouches for: its name (in the JSON's
+/// folder), length and SHA-256, checked before the result counts as done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The file's name, in the folder of the JSON.
+    pub name: String,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// Its SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+impl FileRecord {
+    /// The record of `content` written as `name`.
+    fn of(name: String, content: &[u8]) -> FileRecord {
+        FileRecord {
+            name,
+            bytes: content.len() as u64,
+            sha256: sha256_hex(content),
+        }
+    }
+}
+
+fn sha256_hex(content: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(content))
+}
+
+/// Where one segmented image's files go: label PNG, overlay PNG and the JSON
+/// that describes them, all in one folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultPaths {
+    /// The label PNG.
+    pub labels: PathBuf,
+    /// The overlay PNG.
+    pub overlay: PathBuf,
+    /// The JSON description, the result's commit record.
+    pub json: PathBuf,
+}
+
+impl ResultPaths {
+    /// The label and overlay PNGs: the files the JSON vouches for.
+    fn images(&self) -> [&Path; 2] {
+        [&self.labels, &self.overlay]
+    }
+
+    /// The three files, JSON last.
+    pub fn all(&self) -> [&Path; 3] {
+        [&self.labels, &self.overlay, &self.json]
+    }
+}
+
+/// The name a result's JSON records for `path`.
+fn record_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Writes one result: the label PNG and overlay are staged (written whole and
+/// synced), then `description`, completed with their lengths and checksums,
+/// is staged as JSON; only then are they renamed into place, JSON last. A
+/// failure before the renames leaves a previous result untouched; one during
+/// them leaves a JSON whose checksums no longer match, which [`check_result`]
+/// reports as damaged, never as done.
+pub(crate) fn write_result(
+    paths: &ResultPaths,
+    labels_png: &[u8],
+    overlay_png: &[u8],
+    mut description: SegmentsFile,
+) -> Result<(), Error> {
+    description.files = vec![
+        FileRecord::of(record_name(&paths.labels), labels_png),
+        FileRecord::of(record_name(&paths.overlay), overlay_png),
+    ];
+    let json = encode_json(&paths.json, &description)?;
+    let staged = vec![
+        stage_file(&paths.labels, labels_png)?,
+        stage_file(&paths.overlay, overlay_png)?,
+        stage_file(&paths.json, &json)?,
+    ];
+    commit_in_order(staged)
+}
+
+/// What a result's files on disk are worth.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ResultState {
+    /// No JSON: no result was committed (files without one are leftovers of
+    /// an interrupted write, diffseg's to replace).
+    Missing,
+    /// The JSON and every file it records are whole: the description read.
+    Whole(Box<SegmentsFile>),
+    /// A result of diffseg's that cannot be trusted (a file missing, cut
+    /// short or changed, or no checksums recorded): why. Redo it.
+    Damaged(String),
+    /// A file diffseg did not write is in the way: never replaced.
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not taken for diffseg's.
+        reason: String,
+    },
+}
+
+/// Checks the result at `paths`: the JSON must be diffseg's and record every
+/// file of the result with the length and SHA-256 found on disk. A file in the
+/// way that diffseg did not write (no JSON of diffseg's naming it, no diffseg
+/// mark) is reported as [`ResultState::Foreign`].
+pub fn check_result(paths: &ResultPaths) -> ResultState {
+    let description = match std::fs::read(&paths.json) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return ResultState::Damaged(format!("{}: cannot read: {error}", paths.json.display()))
+        }
+        Ok(bytes) => match serde_json::from_slice::<SegmentsFile>(&bytes) {
+            Ok(description) => Some(description),
+            Err(error) => {
+                return ResultState::Foreign {
+                    path: paths.json.clone(),
+                    reason: format!("not a diffseg result JSON ({error})"),
+                }
+            }
+        },
+    };
+    if let Some(foreign) = foreign_image(paths, description.as_ref()) {
+        return foreign;
+    }
+    let Some(description) = description else {
+        return ResultState::Missing;
+    };
+    match damage(paths, &description) {
+        Some(reason) => ResultState::Damaged(reason),
+        None => ResultState::Whole(Box::new(description)),
+    }
+}
+
+/// The first of the result's PNGs in the way that is not diffseg's: neither
+/// recorded by its JSON (a JSON of an older diffseg, without records, vouches
+/// for both) nor carrying diffseg's mark.
+fn foreign_image(paths: &ResultPaths, description: Option<&SegmentsFile>) -> Option<ResultState> {
+    let vouched = |path: &Path| {
+        description.is_some_and(|description| {
+            description.files.is_empty()
+                || description
+                    .files
+                    .iter()
+                    .any(|record| record.name == record_name(path))
+        })
+    };
+    paths
+        .images()
+        .into_iter()
+        .find(|path| path.symlink_metadata().is_ok() && !vouched(path) && !is_diffseg_png(path))
+        .map(|path| ResultState::Foreign {
+            path: path.to_path_buf(),
+            reason: "not a diffseg result (no result JSON names it, no diffseg mark)".into(),
+        })
+}
+
+/// Why the result `description` records is not whole, or `None` when every
+/// one of its files is there with the recorded length and checksum.
+fn damage(paths: &ResultPaths, description: &SegmentsFile) -> Option<String> {
+    if description.files.is_empty() {
+        return Some(format!(
+            "{}: no checksums recorded (an older diffseg's result)",
+            paths.json.display()
+        ));
+    }
+    for path in paths.images() {
+        let name = record_name(path);
+        let Some(record) = description.files.iter().find(|record| record.name == name) else {
+            return Some(format!("{}: does not record {name}", paths.json.display()));
+        };
+        let content = match std::fs::read(path) {
+            Ok(content) => content,
+            Err(error) => return Some(format!("{}: cannot read: {error}", path.display())),
+        };
+        if content.len() as u64 != record.bytes {
+            return Some(format!(
+                "{}: {} bytes, {} recorded",
+                path.display(),
+                content.len(),
+                record.bytes
+            ));
+        }
+        if sha256_hex(&content) != record.sha256 {
+            return Some(format!(
+                "{}: its SHA-256 differs from the one recorded",
+                path.display()
+            ));
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Refusals made before any work: an output that is an input, a file in the way
+// that diffseg did not write.
+
+/// The file a write to `path` replaces, resolved: its folder canonicalised
+/// (symbolic links, `.`, `..`) and its name; `path` itself canonicalised when
+/// it exists. `None` when the folder does not exist yet (then nothing there can
+/// be an input).
+pub fn resolved_path(path: &Path) -> Option<PathBuf> {
+    if let Ok(real) = path.canonicalize() {
+        return Some(real);
+    }
+    let folder = folder_of(path).canonicalize().ok()?;
+    Some(folder.join(path.file_name()?))
+}
+
+/// Refuses `output` when it resolves to one of `inputs` (canonical paths):
+/// diffseg never writes over what it reads.
+pub fn refuse_input_as_output(
+    output: &Path,
+    inputs: &std::collections::HashMap<PathBuf, PathBuf>,
+) -> Result<(), Error> {
+    match resolved_path(output).and_then(|resolved| inputs.get(&resolved)) {
+        Some(input) => Err(Error::OutputIsInput {
+            output: output.to_path_buf(),
+            input: input.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses to replace `path` when a file is there that `ours` does not take
+/// for diffseg's (`what` says what diffseg writes there).
+pub fn refuse_foreign(
+    path: &Path,
+    what: &str,
+    ours: impl FnOnce(&Path) -> bool,
+) -> Result<(), Error> {
+    if path.symlink_metadata().is_ok() && !ours(path) {
+        return Err(Error::NotOurs {
+            path: path.to_path_buf(),
+            reason: format!("not {what} written by diffseg"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `path` holds JSON that reads as a `T` (diffseg's schema for it).
+pub fn is_json_of<T: serde::de::DeserializeOwned>(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| serde_json::from_slice::<T>(&bytes).is_ok())
 }
 
 /// The labels of a decoded label image, or its colour type when it is not 8-
@@ -336,24 +737,295 @@ mod tests {
         assert_eq!(file.segments[1].bbox, [0, 0, 2, 2]);
     }
 
+    /// A disk that takes `room` more bytes, then fails as full; with
+    /// `fail_flush` it takes every write and fails only at the flush, as a
+    /// buffered writer does whose last block cannot be written.
+    struct FullDisk<W> {
+        inner: W,
+        room: usize,
+        fail_flush: bool,
+    }
+
+    impl<W: Write> Write for FullDisk<W> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if !self.fail_flush && self.room == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            let taken = if self.fail_flush {
+                bytes.len()
+            } else {
+                bytes.len().min(self.room)
+            };
+            self.room = self.room.saturating_sub(taken);
+            self.inner.write(&bytes[..taken])
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            if self.fail_flush {
+                return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+            self.inner.flush()
+        }
+    }
+
+    /// Names of the entries of `folder`, sorted.
+    fn entries(folder: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_full_disk_leaves_the_previous_file_and_no_temporary() {
+        let folder = tempfile::tempdir().unwrap();
+        let target = folder.path().join("out.png");
+        write_atomically(&target, b"the previous good result").unwrap();
+        for fail_flush in [false, true] {
+            let staged = stage_through(&target, b"a new result, longer", |file, bytes| {
+                let mut disk = FullDisk {
+                    inner: file,
+                    room: 5,
+                    fail_flush,
+                };
+                write_whole(&mut disk, bytes)
+            });
+            let error = staged.unwrap_err().to_string();
+            assert!(
+                error.contains("out.png") && error.contains("cannot write"),
+                "{error}"
+            );
+            assert_eq!(std::fs::read(&target).unwrap(), b"the previous good result");
+            assert_eq!(
+                entries(folder.path()),
+                ["out.png"],
+                "flush fails: {fail_flush}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_staged_result_is_renamed_only_when_committed() {
+        let folder = tempfile::tempdir().unwrap();
+        let first = folder.path().join("a.png");
+        let second = folder.path().join("a.json");
+        let staged = vec![
+            stage_file(&first, b"one").unwrap(),
+            stage_file(&second, b"two").unwrap(),
+        ];
+        assert_eq!(entries(folder.path()).len(), 2);
+        assert!(!first.exists() && !second.exists());
+        drop(staged);
+        assert!(entries(folder.path()).is_empty(), "temporaries removed");
+        commit_in_order(vec![
+            stage_file(&first, b"one").unwrap(),
+            stage_file(&second, b"two").unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(entries(folder.path()), ["a.json", "a.png"]);
+    }
+
+    /// A small result written the way `diffseg segment` writes one.
+    fn written_result(folder: &Path) -> (ResultPaths, SegmentsFile) {
+        let paths = ResultPaths {
+            labels: folder.join("a.png"),
+            overlay: folder.join("a.overlay.png"),
+            json: folder.join("a.json"),
+        };
+        let labels = [1, 0, 0, 1, 1, 0];
+        let description = describe_labels(&labels, 3, 2, Some("a.jpg".into()));
+        let label_png = encode_label_png(&paths.labels, &labels, 3, 2).unwrap();
+        let overlay = encode_png(&paths.overlay, &DynamicImage::new_rgb8(3, 2)).unwrap();
+        write_result(&paths, &label_png, &overlay, description.clone()).unwrap();
+        (paths, description)
+    }
+
+    #[test]
+    fn results_are_done_only_when_every_file_matches_its_record() {
+        let folder = tempfile::tempdir().unwrap();
+        let (paths, description) = written_result(folder.path());
+        let ResultState::Whole(read) = check_result(&paths) else {
+            panic!("{:?}", check_result(&paths));
+        };
+        assert_eq!(read.segments, description.segments);
+        assert_eq!(read.files.len(), 2);
+        assert_eq!(read_label_png(&paths.labels).unwrap().0, [1, 0, 0, 1, 1, 0]);
+        // One byte changed, the file cut short, the file gone: damaged.
+        let good = std::fs::read(&paths.overlay).unwrap();
+        let mut changed = good.clone();
+        *changed.last_mut().unwrap() ^= 1;
+        for bad in [changed, good[..good.len() - 1].to_vec()] {
+            std::fs::write(&paths.overlay, bad).unwrap();
+            assert!(matches!(check_result(&paths), ResultState::Damaged(_)));
+        }
+        std::fs::remove_file(&paths.overlay).unwrap();
+        assert!(matches!(check_result(&paths), ResultState::Damaged(_)));
+        // Without the JSON nothing was committed; leftovers are diffseg's.
+        std::fs::remove_file(&paths.json).unwrap();
+        assert_eq!(check_result(&paths), ResultState::Missing);
+    }
+
+    #[test]
+    fn files_diffseg_did_not_write_are_foreign() {
+        let folder = tempfile::tempdir().unwrap();
+        let (paths, _) = written_result(folder.path());
+        assert!(is_diffseg_png(&paths.labels) && is_diffseg_png(&paths.overlay));
+        // A user's PNG where the label PNG goes, and no JSON naming it.
+        std::fs::remove_file(&paths.json).unwrap();
+        let mut photo = Vec::new();
+        DynamicImage::new_rgb8(2, 2)
+            .write_to(&mut std::io::Cursor::new(&mut photo), ImageFormat::Png)
+            .unwrap();
+        std::fs::write(&paths.labels, &photo).unwrap();
+        assert!(!is_diffseg_png(&paths.labels));
+        assert!(
+            matches!(check_result(&paths), ResultState::Foreign { path, .. } if path == paths.labels)
+        );
+        // A user's JSON where the result's JSON goes.
+        std::fs::remove_file(&paths.labels).unwrap();
+        std::fs::write(&paths.json, b"{\"my\": \"notes\"}").unwrap();
+        assert!(
+            matches!(check_result(&paths), ResultState::Foreign { path, .. } if path == paths.json)
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_files() {
+        let folder = tempfile::tempdir().unwrap();
+        let input = folder.path().join("photo.png");
+        std::fs::write(&input, b"x").unwrap();
+        let inputs =
+            std::collections::HashMap::from([(input.canonicalize().unwrap(), input.clone())]);
+        let spelled = folder.path().join("sub/../photo.png");
+        std::fs::create_dir(folder.path().join("sub")).unwrap();
+        let error = refuse_input_as_output(&spelled, &inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("photo.png is an input"), "{error}");
+        assert!(refuse_input_as_output(&folder.path().join("other.png"), &inputs).is_ok());
+        let error = refuse_foreign(&input, "a label PNG", is_diffseg_png)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("not a label PNG written by diffseg"),
+            "{error}"
+        );
+        assert!(refuse_foreign(
+            &folder.path().join("new.png"),
+            "a label PNG",
+            is_diffseg_png
+        )
+        .is_ok());
+    }
+
     #[test]
     fn failed_writes_leave_nothing() {
         let folder = tempfile::tempdir().unwrap();
         let target = folder.path().join("out.png");
-        let result = write_atomically(&target, |temporary| {
-            std::fs::write(temporary, b"half").unwrap();
-            Err(Error::EmptyImage)
-        });
-        assert!(result.is_err());
-        assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 0);
-        write_atomically(&target, |temporary| {
-            std::fs::write(temporary, b"whole").map_err(|e| Error::Write {
-                path: temporary.to_path_buf(),
-                reason: e.to_string(),
-            })
-        })
-        .unwrap();
+        // The folder cannot be made: its parent is a file.
+        std::fs::write(folder.path().join("file"), b"").unwrap();
+        let blocked = folder.path().join("file/out.png");
+        let error = write_atomically(&blocked, b"x").unwrap_err().to_string();
+        assert!(error.contains("file/out.png"), "{error}");
+        write_atomically(&target, b"whole").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
-        assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 1);
+        assert_eq!(entries(folder.path()), ["file", "out.png"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A valid 16-bit label PNG of a few pixels.
+        fn label_png() -> Vec<u8> {
+            let labels: Vec<u32> = (0..12).map(|i| i * 40).collect();
+            encode_label_png(Path::new("x.png"), &labels, 4, 3).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Any bytes: labels or a typed error naming the file, no panic.
+            #[test]
+            fn label_png_reader_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let folder = tempfile::tempdir().unwrap();
+                let path = folder.path().join("labels.png");
+                std::fs::write(&path, &bytes).unwrap();
+                if let Err(error) = read_label_png(&path) {
+                    prop_assert!(error.to_string().contains("labels.png"), "{}", error);
+                }
+            }
+
+            /// A valid label PNG with bytes changed or cut: labels of the
+            /// declared size, or a typed error; no panic.
+            #[test]
+            fn label_png_reader_survives_mutations(
+                changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+                truncate in any::<bool>(),
+            ) {
+                let mut bytes = label_png();
+                for (index, value) in changes {
+                    let at = index.index(bytes.len());
+                    bytes[at] = value;
+                }
+                if truncate {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                let folder = tempfile::tempdir().unwrap();
+                let path = folder.path().join("labels.png");
+                std::fs::write(&path, &bytes).unwrap();
+                match read_label_png(&path) {
+                    Ok((labels, width, height)) => {
+                        prop_assert_eq!(labels.len(), width as usize * height as usize)
+                    }
+                    Err(error) => prop_assert!(error.to_string().contains("labels.png"), "{}", error),
+                }
+            }
+
+            /// Any bytes as a result's JSON: never done, no panic.
+            #[test]
+            fn result_json_of_any_bytes_is_never_done(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                let folder = tempfile::tempdir().unwrap();
+                let (paths, _) = written_result(folder.path());
+                std::fs::write(&paths.json, &bytes).unwrap();
+                prop_assert!(!matches!(check_result(&paths), ResultState::Whole(_)));
+            }
+
+            /// A result's JSON with bytes changed: done only if what it still
+            /// records matches the files on disk (checked here independently),
+            /// and a changed label PNG or overlay is never done.
+            #[test]
+            fn mutated_results_are_done_only_when_checksums_match(
+                changes in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                file in 0usize..3,
+            ) {
+                let folder = tempfile::tempdir().unwrap();
+                let (paths, _) = written_result(folder.path());
+                let target = paths.all()[file].to_path_buf();
+                let mut bytes = std::fs::read(&target).unwrap();
+                let original = bytes.clone();
+                for (index, value) in changes {
+                    let at = index.index(bytes.len());
+                    bytes[at] = value;
+                }
+                std::fs::write(&target, &bytes).unwrap();
+                let state = check_result(&paths);
+                if let ResultState::Whole(description) = state {
+                    prop_assert!(file == 2 || bytes == original, "a changed PNG counted as done");
+                    for path in [&paths.labels, &paths.overlay] {
+                        let content = std::fs::read(path).unwrap();
+                        let name = record_name(path);
+                        let record = description.files.iter().find(|r| r.name == name);
+                        prop_assert!(record.is_some(), "{} not recorded", name);
+                        let record = record.unwrap();
+                        prop_assert_eq!(record.bytes, content.len() as u64);
+                        prop_assert_eq!(&record.sha256, &format!("{:x}", Sha256::digest(&content)));
+                    }
+                }
+            }
+        }
     }
 }

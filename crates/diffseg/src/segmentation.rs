@@ -6,7 +6,10 @@ use std::path::Path;
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
 
-use crate::output::{describe_labels, write_json_atomically, write_label_png, SegmentsFile};
+use crate::output::{
+    describe_labels, encode_label_png, encode_png, write_atomically, write_json_atomically,
+    write_result, ResultPaths, SegmentSettings, SegmentsFile,
+};
 use crate::Error;
 
 pub use diffseg_core::{BoundingBox, Segment};
@@ -167,31 +170,65 @@ impl Segmentation {
         )
     }
 
-    /// Writes [`Segmentation::label_image`] as a PNG, atomically.
+    /// Writes [`Segmentation::label_image`] as a PNG, durably and atomically.
     pub fn save_label_png(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        write_label_png(
-            path.as_ref(),
+        let path = path.as_ref();
+        write_atomically(path, &self.encode_label_png(path)?)
+    }
+
+    /// Writes [`Segmentation::overlay`] of `source` (default style) as a PNG,
+    /// durably and atomically: RGB, or RGBA when the source has alpha.
+    pub fn save_overlay(&self, source: &DynamicImage, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        write_atomically(path, &self.encode_overlay(source, path)?)
+    }
+
+    /// Writes [`Segmentation::describe`] as pretty JSON, durably and atomically.
+    pub fn save_json(&self, path: impl AsRef<Path>, image: Option<String>) -> Result<(), Error> {
+        write_json_atomically(path.as_ref(), &self.describe(image))
+    }
+
+    /// Writes the label PNG, the overlay of `source` and the JSON description
+    /// (with `settings`, and the other two files' lengths and SHA-256) as one
+    /// result: nothing is renamed into place before all three are written
+    /// whole, and the JSON goes last, so [`crate::check_result`] never takes
+    /// a partial result for a finished one and a failure leaves a previous
+    /// result as it was.
+    pub fn save_result(
+        &self,
+        source: &DynamicImage,
+        paths: &ResultPaths,
+        image: Option<String>,
+        settings: Option<SegmentSettings>,
+    ) -> Result<(), Error> {
+        let labels = self.encode_label_png(&paths.labels)?;
+        let overlay = self.encode_overlay(source, &paths.overlay)?;
+        let mut description = self.describe(image);
+        description.settings = settings;
+        write_result(paths, &labels, &overlay, description)
+    }
+
+    /// [`Segmentation::label_image`] encoded as PNG, to stage with
+    /// [`crate::stage_file`] among other files (`path`, the file it is for, is
+    /// named in errors).
+    pub fn encode_label_png(&self, path: &Path) -> Result<Vec<u8>, Error> {
+        encode_label_png(
+            path,
             self.labels(),
             self.width() as u32,
             self.height() as u32,
         )
     }
 
-    /// Writes [`Segmentation::overlay`] of `source` (default style) as a PNG,
-    /// atomically: RGB, or RGBA when the source has alpha.
-    pub fn save_overlay(&self, source: &DynamicImage, path: impl AsRef<Path>) -> Result<(), Error> {
+    /// The overlay PNG's bytes (`path` names it in errors).
+    fn encode_overlay(&self, source: &DynamicImage, path: &Path) -> Result<Vec<u8>, Error> {
         let overlay = self.overlay(source, &OverlayStyle::default())?;
         let image = if source.color().has_alpha() {
             DynamicImage::ImageRgba8(overlay)
         } else {
             DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(overlay).to_rgb8())
         };
-        crate::output::write_png(path.as_ref(), &image)
-    }
-
-    /// Writes [`Segmentation::describe`] as pretty JSON, atomically.
-    pub fn save_json(&self, path: impl AsRef<Path>, image: Option<String>) -> Result<(), Error> {
-        write_json_atomically(path.as_ref(), &self.describe(image))
+        encode_png(path, &image)
     }
 }
 

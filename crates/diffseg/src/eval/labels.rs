@@ -179,7 +179,8 @@ mod tests {
             let path = folder.path().join(format!("p{max}.png"));
             let labels: Vec<u16> = (0..16).map(|i| i * max / 15).collect();
             let wide: Vec<u32> = labels.iter().map(|&label| label as u32).collect();
-            crate::output::write_label_png(&path, &wide, 4, 4).unwrap();
+            let png = crate::output::encode_label_png(&path, &wide, 4, 4).unwrap();
+            crate::output::write_atomically(&path, &png).unwrap();
             assert_eq!(decode_prediction_png(&path).unwrap().segments, labels);
             let error = super::super::load_prediction(&path, 8, 8, 8).unwrap_err();
             assert!(

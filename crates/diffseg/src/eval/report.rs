@@ -138,14 +138,12 @@ impl EvalReport {
 
     /// Writes the JSON report to `path` (whole or not at all).
     pub fn write_json(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let path = path.as_ref();
-        write_atomically(path, &self.to_json())
+        crate::output::write_atomically(path.as_ref(), self.to_json().as_bytes())
     }
 
     /// Writes the Markdown report to `path` (whole or not at all).
     pub fn write_markdown(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let path = path.as_ref();
-        write_atomically(path, &self.to_markdown())
+        crate::output::write_atomically(path.as_ref(), self.to_markdown().as_bytes())
     }
 }
 
@@ -155,17 +153,6 @@ fn percent(value: Option<f64>) -> String {
         || "n/a".to_string(),
         |value| format!("{:.2}", value * 100.0),
     )
-}
-
-/// Writes `text` to `path` through the one atomic writer.
-fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
-    crate::output::write_atomically(path, |temporary| {
-        std::fs::write(temporary, text).map_err(|error| crate::Error::Write {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })
-    })
-    .map_err(Error::from)
 }
 
 #[cfg(test)]
