@@ -195,7 +195,7 @@ fn sample_size_times_vae_downscaling_is_bounded() {
         dir.path(),
         "vae",
         "down_block_types",
-        json!(["DownEncoderBlock2D"; 5]),
+        json!(vec!["DownEncoderBlock2D"; 5]),
     );
     set_field(dir.path(), "unet", "sample_size", json!(256));
     let message = assert_invalid(dir.path(), "unet", "sample_size");
