@@ -8,8 +8,10 @@ use serde::{de::DeserializeOwned, Deserialize};
 use crate::Error;
 
 /// Reads and deserialises a JSON config file; unknown fields are ignored.
+/// Read as bytes, so that a file that is not UTF-8 is a JSON error like any
+/// other, not an I/O error.
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
+    let bytes = std::fs::read(path).map_err(|error| {
         if error.kind() == std::io::ErrorKind::NotFound {
             Error::MissingConfig {
                 path: path.to_path_buf(),
@@ -21,7 +23,7 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
             }
         }
     })?;
-    serde_json::from_str(&text).map_err(|error| Error::BadConfig {
+    serde_json::from_slice(&bytes).map_err(|error| Error::BadConfig {
         path: path.to_path_buf(),
         error,
     })

@@ -491,3 +491,15 @@ fn a_truncated_single_file_is_reported() {
         .unwrap();
     assert_changed(&model, &file);
 }
+
+/// Found by `readers_prop`: a config file that is not UTF-8 was an I/O error.
+#[test]
+fn a_config_file_that_is_not_utf8_is_a_bad_config() {
+    let dir = tiny_copy();
+    let config = dir.path().join("vae/config.json");
+    std::fs::write(&config, [0x80]).unwrap();
+    match load(dir.path()) {
+        Err(Error::BadConfig { path, .. }) => assert_eq!(path, config),
+        other => panic!("expected BadConfig, got {other:?}"),
+    }
+}
