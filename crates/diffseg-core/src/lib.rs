@@ -55,9 +55,9 @@ pub fn merge_attention<B: Backend>(
     options.validate()?;
     let aggregate = aggregate(maps);
     let anchors = anchor_grid(aggregate.height, aggregate.width, options.anchors)?;
-    let mut proposals = initial_proposals(&aggregate, &anchors, options.tau_at(0));
+    let mut proposals = initial_proposals(&aggregate, &anchors, options.tau_at(0)?);
     for iteration in 1..options.iterations {
-        proposals = merge_proposals(&proposals, options.tau_at(iteration));
+        proposals = merge_proposals(&proposals, options.tau_at(iteration)?);
     }
     if options.refine {
         proposals = refine(&aggregate, &proposals);

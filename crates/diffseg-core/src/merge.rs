@@ -70,13 +70,20 @@ impl MergeOptions {
         self
     }
 
-    /// The KL threshold of iteration `iteration`.
-    pub fn tau_at(&self, iteration: usize) -> f32 {
-        if self.tau.len() == 1 {
-            self.tau[0]
-        } else {
-            self.tau[iteration]
-        }
+    /// The KL threshold of iteration `iteration`: the single τ, or the
+    /// iteration's own. [`Error::Options`] when there is none (no τ at all,
+    /// or fewer than `iteration + 1` of them).
+    pub fn tau_at(&self, iteration: usize) -> Result<f32, Error> {
+        let tau = match self.tau.as_slice() {
+            [tau] => Some(tau),
+            taus => taus.get(iteration),
+        };
+        tau.copied().ok_or_else(|| {
+            Error::Options(format!(
+                "no KL threshold for iteration {iteration}: {} given",
+                self.tau.len()
+            ))
+        })
     }
 
     /// Checks the options: at least one iteration, one τ or one per iteration, every τ finite
@@ -361,4 +368,24 @@ pub(crate) fn index_tensor<B: Backend>(rows: &[usize], device: &B::Device) -> Te
         TensorData::new(index, [rows.len()]).convert::<B::IntElem>(),
         device,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tau` is a public field: an iteration without its threshold is an
+    /// error, not an index out of bounds.
+    #[test]
+    fn tau_at_refuses_an_iteration_without_a_threshold() {
+        let none = MergeOptions::default().with_taus(Vec::new());
+        assert!(matches!(none.tau_at(0), Err(Error::Options(_))));
+        let two = MergeOptions::default().with_taus(vec![1.0, 1.2]);
+        assert_eq!(two.tau_at(1).unwrap(), 1.2);
+        assert!(
+            matches!(two.tau_at(2), Err(Error::Options(message)) if message.contains("iteration 2"))
+        );
+        let one = MergeOptions::default().with_tau(0.9);
+        assert_eq!(one.tau_at(usize::MAX).unwrap(), 0.9);
+    }
 }

@@ -246,10 +246,13 @@ fn options_validate() {
         (vec![1.1], 16, 3, false)
     );
     paper.validate().unwrap();
-    assert_eq!(MergeOptions::default().with_tau(0.9).tau_at(2), 0.9);
+    assert_eq!(
+        MergeOptions::default().with_tau(0.9).tau_at(2).unwrap(),
+        0.9
+    );
     let per_iteration = MergeOptions::default().with_taus(vec![1.0, 1.1, 1.2]);
     per_iteration.validate().unwrap();
-    assert_eq!(per_iteration.tau_at(1), 1.1);
+    assert_eq!(per_iteration.tau_at(1).unwrap(), 1.1);
     for bad in [
         MergeOptions::default().with_taus(vec![1.0, 1.1]),
         MergeOptions::default().with_tau(0.0),

@@ -115,15 +115,21 @@ fn matrix<'a>(view: &'a ArrayViewD<'_, f32>, offset: usize) -> Option<MatRef<'a>
     if strides.iter().any(|&s| s < 0) {
         return None;
     }
-    let extent = 1 + view
-        .shape()
-        .iter()
-        .zip(strides)
-        .map(|(&len, &stride)| len.saturating_sub(1) * stride as usize)
-        .sum::<usize>();
-    // SAFETY: with non-negative strides every element of the view lies in
-    // `[ptr, ptr + extent)`, a range inside the view's allocation.
-    let data = unsafe { std::slice::from_raw_parts(view.as_ptr(), extent) };
+    let data: &[f32] = if view.is_empty() {
+        // No element to read; the pointer of an empty array may dangle.
+        &[]
+    } else {
+        let extent = 1 + view
+            .shape()
+            .iter()
+            .zip(strides)
+            .map(|(&len, &stride)| (len - 1) * stride as usize)
+            .sum::<usize>();
+        // SAFETY: the view has at least one element, so its pointer points
+        // into its allocation, and with non-negative strides every element
+        // lies in `[ptr, ptr + extent)`, a range inside that allocation.
+        unsafe { std::slice::from_raw_parts(view.as_ptr(), extent) }
+    };
     Some(MatRef {
         data,
         offset,
@@ -376,4 +382,63 @@ pub(super) fn attention_head_mean<B: Backend>(
         .expect("length matches the shape")
         .permuted_axes(IxDyn(&[0, 2, 1, 3]));
     Ok((from_cpu(attended), from_vec(mean, &[batch, queries, keys])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::{Initializer, LinearConfig, LinearLayout};
+
+    type B = burn_ndarray::NdArray<f32>;
+
+    /// An empty array's pointer may dangle: its matrix must be an empty
+    /// slice, not a one-element slice made from that pointer.
+    #[test]
+    fn an_empty_view_gives_an_empty_slice() {
+        for shape in [[0, 3], [2, 0], [0, 0]] {
+            let array = CpuArray::zeros(IxDyn(&shape));
+            let view = array.view();
+            let matrix = matrix(&view, 0).unwrap();
+            assert!(matrix.data.is_empty(), "{shape:?}");
+            assert_eq!([matrix.rows, matrix.cols], shape);
+        }
+        let array = CpuArray::zeros(IxDyn(&[2, 3]));
+        assert_eq!(matrix(&array.view(), 0).unwrap().data.len(), 6);
+    }
+
+    /// Zero-sized dimensions through the public kernels: the shapes Burn
+    /// gives, zeros where the inner dimension is empty.
+    #[test]
+    fn matmul_and_linear_take_zero_sized_dimensions() {
+        let device = Default::default();
+        let zeros = |shape: [usize; 3]| Tensor::<B, 3>::zeros(shape, &device);
+        let ones = |shape: [usize; 3]| Tensor::<B, 3>::ones(shape, &device);
+        for (lhs, rhs, out) in [
+            ([1, 2, 0], [1, 0, 3], [1, 2, 3]),
+            ([1, 0, 4], [1, 4, 3], [1, 0, 3]),
+            ([1, 2, 4], [1, 4, 0], [1, 2, 0]),
+            ([0, 2, 4], [0, 4, 3], [0, 2, 3]),
+            ([2, 2, 0], [1, 0, 3], [2, 2, 3]),
+        ] {
+            let product = crate::matmul(ones(lhs), ones(rhs));
+            assert_eq!(product.dims(), out, "{lhs:?} × {rhs:?}");
+            let values = product.into_data().to_vec::<f32>().unwrap();
+            assert!(values.iter().all(|&v| v == 0.0), "{lhs:?} × {rhs:?}");
+        }
+        let layer = LinearConfig::new(4, 3)
+            .with_layout(LinearLayout::Col)
+            .init::<B>(&device);
+        assert_eq!(crate::linear(&layer, zeros([1, 0, 4])).dims(), [1, 0, 3]);
+        assert_eq!(crate::linear(&layer, zeros([0, 5, 4])).dims(), [0, 5, 3]);
+        // Zeros: Kaiming's bound divides by the fan-in.
+        let no_inputs = LinearConfig::new(0, 3)
+            .with_bias(false)
+            .with_layout(LinearLayout::Col)
+            .with_initializer(Initializer::Zeros)
+            .init::<B>(&device);
+        let output = crate::linear(&no_inputs, zeros([1, 2, 0]));
+        assert_eq!(output.dims(), [1, 2, 3]);
+        let values = output.into_data().to_vec::<f32>().unwrap();
+        assert!(values.iter().all(|&v| v == 0.0));
+    }
 }

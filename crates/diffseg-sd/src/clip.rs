@@ -15,7 +15,10 @@ use burn::{
 };
 use serde::Deserialize;
 
-use crate::config::read_json;
+use crate::config::{
+    check_count, check_divides, check_float, invalid, read_json, MAX_HIDDEN_LAYERS, MAX_POSITIONS,
+    MAX_VOCAB, MAX_WIDTH,
+};
 use crate::cpu;
 use crate::precision::{softmax_in_f32, StableNorm};
 use crate::Error;
@@ -116,7 +119,7 @@ impl ClipTextConfig {
                 })
             }
         };
-        Ok(Self::new()
+        let config = Self::new()
             .with_vocab_size(raw.vocab_size)
             .with_hidden_size(raw.hidden_size)
             .with_intermediate_size(raw.intermediate_size)
@@ -124,11 +127,65 @@ impl ClipTextConfig {
             .with_num_attention_heads(raw.num_attention_heads)
             .with_max_position_embeddings(raw.max_position_embeddings)
             .with_hidden_act(hidden_act)
-            .with_layer_norm_eps(raw.layer_norm_eps))
+            .with_layer_norm_eps(raw.layer_norm_eps);
+        config
+            .validate()
+            .map_err(|error| error.in_config_file(path))?;
+        Ok(config)
     }
 
-    /// Builds the model with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipTextModel<B> {
+    /// Checks that the model can be built from this config and run on SD's
+    /// prompt, before anything is allocated: every size positive and within
+    /// [`crate::limits`], the heads dividing `hidden_size`, room for
+    /// [`EMPTY_PROMPT_IDS`] (its token ids and its 77 positions), a finite
+    /// epsilon. [`Self::init`] and the loader call it; the error names the
+    /// field.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_count("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        if self.vocab_size <= EOS_TOKEN_ID as usize {
+            return Err(invalid(
+                "vocab_size",
+                self.vocab_size,
+                format!("must exceed SD's end-of-text token id {EOS_TOKEN_ID}"),
+            ));
+        }
+        check_count("hidden_size", self.hidden_size, MAX_WIDTH)?;
+        check_count("intermediate_size", self.intermediate_size, MAX_WIDTH)?;
+        check_count(
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            MAX_HIDDEN_LAYERS,
+        )?;
+        check_count(
+            "num_attention_heads",
+            self.num_attention_heads,
+            self.hidden_size,
+        )?;
+        check_divides(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "hidden_size",
+            self.hidden_size,
+        )?;
+        check_count(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_POSITIONS,
+        )?;
+        if self.max_position_embeddings < MAX_TOKENS {
+            return Err(invalid(
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                format!("must be at least SD's prompt length {MAX_TOKENS}"),
+            ));
+        }
+        check_float("layer_norm_eps", self.layer_norm_eps, true)
+    }
+
+    /// Builds the model with random weights (allocated lazily, on first
+    /// use), once [`Self::validate`] accepts the config.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ClipTextModel<B>, Error> {
+        self.validate()?;
         let width = self.hidden_size;
         let norm = || {
             LayerNormConfig::new(width)
@@ -152,7 +209,7 @@ impl ClipTextConfig {
             },
             layer_norm2: norm(),
         };
-        ClipTextModel {
+        Ok(ClipTextModel {
             text_model: ClipTextTransformer {
                 embeddings: ClipTextEmbeddings {
                     token_embedding: EmbeddingConfig::new(self.vocab_size, width).init(device),
@@ -164,7 +221,7 @@ impl ClipTextConfig {
                 },
                 final_layer_norm: norm(),
             },
-        }
+        })
     }
 }
 

@@ -84,6 +84,38 @@ pub enum Error {
         error: serde_json::Error,
     },
 
+    /// A config value the networks cannot be built with: zero, out of the
+    /// documented bounds, or inconsistent with another value (checked before
+    /// anything is allocated; the bounds are [`crate::limits`]).
+    #[error(
+        "{}: invalid config: `{field}` = {value}: {reason}",
+        path.as_ref().map_or("configuration".into(), |path| path.display().to_string())
+    )]
+    InvalidConfig {
+        /// The `config.json` file; `None` for a configuration built in code.
+        path: Option<PathBuf>,
+        /// The field as the file names it, e.g. `norm_num_groups` or `block_out_channels[2]`.
+        field: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it, e.g. `must divide block_out_channels[0] = 320`.
+        reason: String,
+    },
+
+    /// A weights file the loaded networks read through a memory map changed
+    /// on disk after loading (truncated, grown or rewritten in place).
+    #[error(
+        "{}: the weights file changed on disk after the model was loaded ({change}); \
+         the model reads its tensors from that file, so load it again",
+        path.display()
+    )]
+    WeightsChanged {
+        /// The weights file.
+        path: PathBuf,
+        /// What changed, e.g. `length 934104 -> 100 bytes`.
+        change: String,
+    },
+
     /// A config file asks for an architecture the networks do not implement.
     #[error("{}: unsupported model config: {reason}", path.display())]
     UnsupportedConfig {
@@ -215,6 +247,27 @@ pub enum Error {
         /// Number of elements in the tensor.
         total: usize,
     },
+}
+
+impl Error {
+    /// The same error, naming `path` as the config file an
+    /// [`Error::InvalidConfig`] was read from.
+    pub(crate) fn in_config_file(self, config_file: &std::path::Path) -> Self {
+        match self {
+            Error::InvalidConfig {
+                path: None,
+                field,
+                value,
+                reason,
+            } => Error::InvalidConfig {
+                path: Some(config_file.to_path_buf()),
+                field,
+                value,
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 /// What went wrong when a file's tensors were applied to a network.

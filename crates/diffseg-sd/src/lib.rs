@@ -42,6 +42,7 @@ use burn::tensor::backend::Backend;
 pub use capture::{AttentionLayer, AttentionSink, HeadReduction};
 pub use check::ensure_finite;
 pub use clip::{empty_prompt_ids, ClipActivation, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
+pub use config::limits;
 pub use error::{Error, MismatchReport, ShapeMismatch};
 pub use precision::StableNorm;
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
@@ -78,18 +79,70 @@ impl StableDiffusionConfig {
 
     /// The side of the square image the model was trained on: the UNet's
     /// latent `sample_size` times the VAE's downscaling factor (2 per VAE
-    /// block after the first). SD 1.x: 64 × 8 = 512.
+    /// block after the first). SD 1.x: 64 × 8 = 512. Saturates for a config
+    /// [`Self::validate`] refuses.
     pub fn input_size(&self) -> usize {
-        self.unet.sample_size << self.vae.block_out_channels.len().saturating_sub(1)
+        let shift = self.vae.block_out_channels.len().saturating_sub(1);
+        let factor = u32::try_from(shift)
+            .ok()
+            .and_then(|shift| 1usize.checked_shl(shift))
+            .unwrap_or(usize::MAX);
+        self.unet.sample_size.saturating_mul(factor)
     }
 
-    /// Builds the three networks with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> StableDiffusion<B> {
-        StableDiffusion {
-            vae: self.vae.init(device),
-            text_encoder: self.text_encoder.init(device),
-            unet: self.unet.init(device),
+    /// Checks each network's config ([`UNet2DConditionModelConfig::validate`],
+    /// [`AutoencoderKLConfig::validate`], [`ClipTextConfig::validate`]) and
+    /// that they fit together: the UNet reads the text encoder's width and
+    /// the VAE's latent channels, and the input side stays within
+    /// [`limits::MAX_INPUT_SIZE`] pixels.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.vae.validate()?;
+        self.text_encoder.validate()?;
+        self.unet.validate()?;
+        if self.unet.cross_attention_dim != self.text_encoder.hidden_size {
+            return Err(config::invalid(
+                "cross_attention_dim",
+                self.unet.cross_attention_dim,
+                format!(
+                    "must equal the text encoder's hidden_size = {}",
+                    self.text_encoder.hidden_size
+                ),
+            ));
         }
+        if self.unet.in_channels != self.vae.latent_channels {
+            return Err(config::invalid(
+                "in_channels",
+                self.unet.in_channels,
+                format!(
+                    "must equal the VAE's latent_channels = {}",
+                    self.vae.latent_channels
+                ),
+            ));
+        }
+        let input_size = self.input_size();
+        if input_size > limits::MAX_INPUT_SIZE {
+            return Err(config::invalid(
+                "sample_size",
+                self.unet.sample_size,
+                format!(
+                    "times the VAE's downscaling is a {input_size}-pixel input, more than {}",
+                    limits::MAX_INPUT_SIZE
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the three networks with random weights (allocated lazily, on
+    /// first use), once [`Self::validate`] accepts the configs.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<StableDiffusion<B>, Error> {
+        self.validate()?;
+        Ok(StableDiffusion {
+            vae: self.vae.init(device)?,
+            text_encoder: self.text_encoder.init(device)?,
+            unet: self.unet.init(device)?,
+            mapped_files: Vec::new(),
+        })
     }
 }
 
@@ -103,4 +156,6 @@ pub struct StableDiffusion<B: Backend> {
     pub text_encoder: ClipTextModel<B>,
     /// The UNet whose attention maps DiffSeg reads (diffusers `unet/`).
     pub unet: UNet2DConditionModel<B>,
+    /// The weights files the parameters are windows on.
+    mapped_files: Vec<weights::MappedFile>,
 }

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{AttentionSink, Recorder},
-    config::{read_json, OneOrPerBlock},
+    config::{
+        check_count, check_divides, check_float, check_len, invalid, read_json, OneOrPerBlock,
+        MAX_BLOCKS, MAX_LAYERS_PER_BLOCK, MAX_SAMPLE_SIZE, MAX_WIDTH,
+    },
     cpu,
     down_block::{CrossAttentionSettings, DownBlock2D, DownBlock2DConfig},
     embeddings::{timestep_embedding, TimestepEmbedding, TimestepEmbeddingConfig},
@@ -251,6 +254,12 @@ impl UNet2DConditionModelConfig {
                 return Err(unsupported("per-block cross_attention_dim".into()))
             }
         };
+        // The field the head counts came from, for error messages.
+        let heads_field = if raw.num_attention_heads.is_some() {
+            "num_attention_heads"
+        } else {
+            "attention_head_dim"
+        };
         let heads = raw
             .num_attention_heads
             .or(raw.attention_head_dim)
@@ -316,7 +325,7 @@ impl UNet2DConditionModelConfig {
         if let Some((name, _)) = unported.iter().find(|(_, set)| *set) {
             return Err(unsupported(format!("{name} is not supported")));
         }
-        Ok(Self::new(
+        let config = Self::new(
             raw.block_out_channels,
             down_block_types,
             up_block_types,
@@ -339,24 +348,115 @@ impl UNet2DConditionModelConfig {
             Some(OneOrPerBlock::One(side)) => side,
             Some(OneOrPerBlock::PerBlock(sides)) => sides.first().copied().unwrap_or(64),
             None => 64,
-        }))
+        });
+        config.validate().map_err(|error| match error {
+            Error::InvalidConfig {
+                field,
+                value,
+                reason,
+                ..
+            } => Error::InvalidConfig {
+                path: Some(path.to_path_buf()),
+                field: field.replacen("num_attention_heads", heads_field, 1),
+                value,
+                reason,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that the network can be built from this config, before
+    /// anything is allocated: every size positive and within
+    /// [`crate::limits`], per-block lists of the right length,
+    /// `norm_num_groups` dividing every block's channels, each used head
+    /// count dividing its block's channels, finite epsilons and factors.
+    /// [`Self::init`] and the loader call it; the error names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
+        check_count("out_channels", self.out_channels, MAX_WIDTH)?;
+        let blocks = self.block_out_channels.len();
+        check_count("block_out_channels (blocks)", blocks, MAX_BLOCKS)?;
+        for (i, &channels) in self.block_out_channels.iter().enumerate() {
+            check_count(&format!("block_out_channels[{i}]"), channels, MAX_WIDTH)?;
+        }
+        check_len("down_block_types", self.down_block_types.len(), blocks)?;
+        check_len("up_block_types", self.up_block_types.len(), blocks)?;
+        check_len(
+            "num_attention_heads",
+            self.num_attention_heads.len(),
+            blocks,
+        )?;
+        check_len(
+            "transformer_layers_per_block",
+            self.transformer_layers_per_block.len(),
+            blocks,
+        )?;
+        check_count(
+            "layers_per_block",
+            self.layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        for (i, &layers) in self.transformer_layers_per_block.iter().enumerate() {
+            let field = format!("transformer_layers_per_block[{i}]");
+            check_count(&field, layers, MAX_LAYERS_PER_BLOCK)?;
+        }
+        check_count("cross_attention_dim", self.cross_attention_dim, MAX_WIDTH)?;
+        check_count("norm_num_groups", self.norm_num_groups, MAX_WIDTH)?;
+        for (i, &channels) in self.block_out_channels.iter().enumerate() {
+            let of = format!("block_out_channels[{i}]");
+            check_divides("norm_num_groups", self.norm_num_groups, &of, channels)?;
+            // Block i's heads serve its down block, its mirrored up block and,
+            // for the last block, the mid block.
+            let used = self.down_block_types[i] == UNetBlockKind::CrossAttention
+                || self.up_block_types[blocks - 1 - i] == UNetBlockKind::CrossAttention
+                || i == blocks - 1;
+            if used {
+                let field = format!("num_attention_heads[{i}]");
+                let heads = self.num_attention_heads[i];
+                check_count(&field, heads, channels)?;
+                check_divides(&field, heads, &of, channels)?;
+            }
+        }
+        check_float("norm_eps", self.norm_eps, true)?;
+        check_float("freq_shift", self.freq_shift, false)?;
+        check_float("mid_block_scale_factor", self.mid_block_scale_factor, true)?;
+        if self.downsample_padding > 1 {
+            return Err(invalid(
+                "downsample_padding",
+                self.downsample_padding,
+                "must be 0 or 1, as in diffusers",
+            ));
+        }
+        check_count("sample_size", self.sample_size, MAX_SAMPLE_SIZE)
     }
 
     /// Number of transformer blocks, i.e. of self-attention layers a capture
-    /// reports (16 for SD 1.x).
+    /// reports (16 for SD 1.x). Counts what the lists describe, even for a
+    /// config [`Self::validate`] refuses.
     pub fn attention_layer_count(&self) -> usize {
-        let blocks = self.block_out_channels.len();
-        let down: usize = (0..blocks)
-            .filter(|&i| self.down_block_types[i] == UNetBlockKind::CrossAttention)
-            .map(|i| self.layers_per_block * self.transformer_layers_per_block[i])
-            .sum();
-        let up: usize = (0..blocks)
-            .filter(|&i| self.up_block_types[i] == UNetBlockKind::CrossAttention)
-            .map(|i| {
-                (self.layers_per_block + 1) * self.transformer_layers_per_block[blocks - 1 - i]
+        let layers = &self.transformer_layers_per_block;
+        let down: usize = self
+            .down_block_types
+            .iter()
+            .zip(layers)
+            .filter(|(kind, _)| **kind == UNetBlockKind::CrossAttention)
+            .map(|(_, layers)| self.layers_per_block.saturating_mul(*layers))
+            .fold(0, usize::saturating_add);
+        // Up block i mirrors down block `blocks - 1 - i`.
+        let up: usize = self
+            .up_block_types
+            .iter()
+            .zip(layers.iter().rev())
+            .filter(|(kind, _)| **kind == UNetBlockKind::CrossAttention)
+            .map(|(_, layers)| {
+                self.layers_per_block
+                    .saturating_add(1)
+                    .saturating_mul(*layers)
             })
-            .sum();
-        down + self.transformer_layers_per_block[blocks - 1] + up
+            .fold(0, usize::saturating_add);
+        let mid = layers.last().copied().unwrap_or(0);
+        down.saturating_add(mid).saturating_add(up)
     }
 
     fn cross_attention(
@@ -372,8 +472,10 @@ impl UNet2DConditionModelConfig {
         })
     }
 
-    /// Builds the model with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> UNet2DConditionModel<B> {
+    /// Builds the model with random weights (allocated lazily, on first
+    /// use), once [`Self::validate`] accepts the config.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<UNet2DConditionModel<B>, Error> {
+        self.validate()?;
         let channels = &self.block_out_channels;
         let blocks = channels.len();
         let time_channels = channels[0];
@@ -449,7 +551,7 @@ impl UNet2DConditionModelConfig {
             })
             .collect();
 
-        UNet2DConditionModel {
+        Ok(UNet2DConditionModel {
             conv_in: conv3(self.in_channels, channels[0]),
             time_embedding: TimestepEmbeddingConfig::new(time_channels, temb).init(device),
             down_blocks,
@@ -463,7 +565,7 @@ impl UNet2DConditionModelConfig {
             flip_sin_to_cos: self.flip_sin_to_cos,
             freq_shift: self.freq_shift,
             center_input_sample: self.center_input_sample,
-        }
+        })
     }
 }
 

@@ -16,7 +16,10 @@ use serde::Deserialize;
 
 use crate::{
     attention::{Attention, AttentionConfig},
-    config::read_json,
+    config::{
+        check_count, check_divides, check_float, read_json, MAX_BLOCKS, MAX_LAYERS_PER_BLOCK,
+        MAX_WIDTH,
+    },
     cpu,
     precision::group_norm_silu,
     resnet::{ResnetBlock2D, ResnetBlock2DConfig},
@@ -131,18 +134,51 @@ impl AutoencoderKLConfig {
                 "down_block_types and block_out_channels differ in length".into(),
             ));
         }
-        Ok(Self::new(raw.block_out_channels)
+        let config = Self::new(raw.block_out_channels)
             .with_in_channels(raw.in_channels)
             .with_layers_per_block(raw.layers_per_block)
             .with_latent_channels(raw.latent_channels)
             .with_norm_num_groups(raw.norm_num_groups)
             .with_scaling_factor(raw.scaling_factor)
             .with_use_quant_conv(raw.use_quant_conv)
-            .with_mid_block_add_attention(raw.mid_block_add_attention))
+            .with_mid_block_add_attention(raw.mid_block_add_attention);
+        config
+            .validate()
+            .map_err(|error| error.in_config_file(path))?;
+        Ok(config)
     }
 
-    /// Builds the encoder with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> AutoencoderKL<B> {
+    /// Checks that the encoder can be built from this config, before
+    /// anything is allocated: every size positive and within
+    /// [`crate::limits`], `norm_num_groups` dividing every block's channels,
+    /// a finite scaling factor. [`Self::init`] and the loader call it; the
+    /// error names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_count("in_channels", self.in_channels, MAX_WIDTH)?;
+        check_count("norm_num_groups", self.norm_num_groups, MAX_WIDTH)?;
+        check_count(
+            "block_out_channels (blocks)",
+            self.block_out_channels.len(),
+            MAX_BLOCKS,
+        )?;
+        for (i, &channels) in self.block_out_channels.iter().enumerate() {
+            let field = format!("block_out_channels[{i}]");
+            check_count(&field, channels, MAX_WIDTH)?;
+            check_divides("norm_num_groups", self.norm_num_groups, &field, channels)?;
+        }
+        check_count(
+            "layers_per_block",
+            self.layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        check_count("latent_channels", self.latent_channels, MAX_WIDTH)?;
+        check_float("scaling_factor", self.scaling_factor, false)
+    }
+
+    /// Builds the encoder with random weights (allocated lazily, on first
+    /// use), once [`Self::validate`] accepts the config.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<AutoencoderKL<B>, Error> {
+        self.validate()?;
         let channels = &self.block_out_channels;
         let last = channels[channels.len() - 1];
         let groups = self.norm_num_groups;
@@ -186,7 +222,7 @@ impl AutoencoderKLConfig {
             Vec::new()
         };
         let double_latent = 2 * self.latent_channels;
-        AutoencoderKL {
+        Ok(AutoencoderKL {
             encoder: Encoder {
                 conv_in: conv3(self.in_channels, channels[0]),
                 down_blocks,
@@ -204,7 +240,7 @@ impl AutoencoderKLConfig {
                 .then(|| Conv2dConfig::new([double_latent, double_latent], [1, 1]).init(device)),
             scaling_factor: self.scaling_factor,
             latent_channels: self.latent_channels,
-        }
+        })
     }
 }
 

@@ -86,7 +86,7 @@ impl AttentionSink<B> for GeometrySink {
 fn odd_latent_sides_use_explicit_upsample_sizes() {
     let device = Default::default();
     let config = tiny_config();
-    let unet = config.unet.init::<B>(&device);
+    let unet = config.unet.init::<B>(&device).unwrap();
     // 20 → 10 → 5 → 3 on the way down; the upsamplers must go 3 → 5, not 6.
     let latent =
         Tensor::<B, 4>::random([1, 4, 20, 20], burn::tensor::Distribution::Default, &device);
@@ -110,7 +110,7 @@ fn odd_latent_sides_use_explicit_upsample_sizes() {
 fn encoder_and_text_shapes() {
     let device = Default::default();
     let config = tiny_config();
-    let sd = config.init::<B>(&device);
+    let sd = config.init::<B>(&device).unwrap();
     let image = Tensor::<B, 4>::zeros([2, 3, 64, 48], &device);
     assert_eq!(sd.vae.moments(image.clone()).dims(), [2, 8, 8, 6]);
     assert_eq!(sd.vae.encode_latent(image).dims(), [2, 4, 8, 6]);

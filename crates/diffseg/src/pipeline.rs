@@ -1,7 +1,7 @@
 //! The pipeline on one backend: image tensor → VAE latent → one UNet pass with
 //! attention capture → per-resolution self-attention → segments.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -62,6 +62,8 @@ fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static
 #[derive(Clone)]
 pub struct Pipeline<B: Backend> {
     model: StableDiffusion<B>,
+    /// Where the weights were loaded from, for errors about them.
+    weights: PathBuf,
     /// `[1, 77, cross_attention_dim]`: CLIP's output for the empty prompt.
     empty_prompt: Tensor<B, 3>,
     device: B::Device,
@@ -99,6 +101,7 @@ impl<B: Backend> Pipeline<B> {
             .map_err(|error| Error::Model(error.to_string()))?;
         Ok(Self {
             model,
+            weights: source.path().to_path_buf(),
             empty_prompt,
             device,
             input_size,
@@ -196,6 +199,11 @@ impl<B: Backend> Pipeline<B> {
     /// UNet pass at t = 300 with the empty prompt, and per image the
     /// self-attention averaged over heads and layers per resolution.
     fn attention_maps(&self, inputs: &[ModelInput]) -> Result<Vec<AttentionMaps<B>>, Error> {
+        // The parameters read the mapped weights files: a truncated one
+        // would end the process mid-pass.
+        self.model
+            .check_weights_unchanged()
+            .map_err(|error| load_error(&self.weights, error))?;
         let batch = inputs.len();
         let size = self.input_size;
         let mut pixels = Vec::with_capacity(batch * 3 * size * size);

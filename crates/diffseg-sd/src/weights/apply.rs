@@ -23,7 +23,7 @@ pub(super) fn load<B: Backend, N: Network<B>>(
 ) -> Result<N, Error> {
     let LayoutFile { file, layout } = file;
     let component = <N::Config as NetworkConfig>::COMPONENT;
-    let mut module = N::init(config, device);
+    let mut module = N::init(config, device)?;
     let mut report = MismatchReport::default();
     let mut snapshots = Vec::new();
     // Diffusers key -> file key, to report problems under the file's names.

@@ -6,12 +6,18 @@
 //! the page cache directly (a GPU backend uploads from it), so loading 4 GB of
 //! SD weights costs no allocation and no copy. One mapping serves all three
 //! networks of a single-file checkpoint.
+//!
+//! The networks therefore read the file for as long as they live, not only
+//! while loading: [`MappedFile`] remembers what the file looked like when it
+//! was mapped so that a change on disk can be reported before a pass
+//! ([`crate::StableDiffusion::check_weights_unchanged`]).
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use burn::module::ParamId;
 use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
@@ -34,9 +40,59 @@ struct TensorEntry {
     end: usize,
 }
 
+/// A mapped file as it was when mapped: its open handle, length and
+/// modification time.
+///
+/// The handle is what is checked, so a file replaced by a rename (as
+/// downloaders do) is no change: the mapping keeps the old file alive and
+/// intact. Truncating or rewriting the mapped file itself is.
+#[derive(Debug, Clone)]
+pub(crate) struct MappedFile {
+    path: PathBuf,
+    file: Arc<File>,
+    length: u64,
+    modified: Option<SystemTime>,
+}
+
+impl MappedFile {
+    fn new(path: &Path, file: File, stat: &Metadata) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            length: stat.len(),
+            modified: stat.modified().ok(),
+        }
+    }
+
+    /// [`Error::WeightsChanged`] if the file's length or modification time
+    /// differs from when it was mapped.
+    pub(crate) fn check_unchanged(&self) -> Result<(), Error> {
+        let changed = |change: String| Error::WeightsChanged {
+            path: self.path.clone(),
+            change,
+        };
+        let stat = self.file.metadata().map_err(|error| Error::Io {
+            path: self.path.clone(),
+            error,
+        })?;
+        if stat.len() != self.length {
+            return Err(changed(format!(
+                "length {} -> {} bytes",
+                self.length,
+                stat.len()
+            )));
+        }
+        if stat.modified().ok() != self.modified {
+            return Err(changed("modified in place".into()));
+        }
+        Ok(())
+    }
+}
+
 /// A safetensors file, mapped into memory and with its header parsed.
 pub(crate) struct SafetensorsFile {
     path: PathBuf,
+    mapped: MappedFile,
     mmap: Arc<Mmap>,
     /// Offset of the data section in the file.
     data_start: usize,
@@ -61,16 +117,27 @@ impl SafetensorsFile {
             error: source,
         };
         let file = File::open(path).map_err(io_error)?;
-        let length = file.metadata().map_err(io_error)?.len();
+        let stat = file.metadata().map_err(io_error)?;
+        let length = stat.len();
         if length < HEADER_SIZE_PREFIX as u64 {
             return Err(Error::CorruptSafetensors {
                 path: path.to_path_buf(),
                 reason: format!("only {length} bytes long"),
             });
         }
-        // SAFETY: the mapping is read-only. Like every memory-mapped loader
-        // (safetensors, candle, burn-store), it assumes nobody truncates the
-        // file while the networks are being loaded.
+        // SAFETY: a mapping is sound only while nobody changes the file:
+        // reading a page past a truncated end raises SIGBUS, and an in-place
+        // write changes bytes Rust treats as immutable. The mapping is
+        // read-only, and the networks read it for as long as they live (their
+        // parameters are windows on it), so this is assumed from here until
+        // the last network is dropped, as every memory-mapped loader
+        // (safetensors, candle, burn-store) assumes it. What is checked: the
+        // header against the length now, and the length and modification
+        // time before each pass of a `StableDiffusion`
+        // (`check_weights_unchanged`, a typed error). A change during
+        // loading, or after that check and before the pass ends, is not
+        // caught and can still end the process. Replacing the file by a
+        // rename is safe: the mapping keeps the old file.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_error)?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| Error::CorruptSafetensors {
@@ -92,6 +159,7 @@ impl SafetensorsFile {
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
+            mapped: MappedFile::new(path, file, &stat),
             mmap: Arc::new(mmap),
             data_start: HEADER_SIZE_PREFIX + header_len,
             tensors,
@@ -101,6 +169,11 @@ impl SafetensorsFile {
     /// The file's path, for error messages.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file as it was mapped, to check later that it is unchanged.
+    pub(crate) fn mapped(&self) -> &MappedFile {
+        &self.mapped
     }
 
     /// All tensor names, sorted.

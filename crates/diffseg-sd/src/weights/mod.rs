@@ -56,6 +56,7 @@ pub use diffusers::Variant;
 pub use network::{Network, NetworkConfig};
 
 use crate::{Error, StableDiffusion, StableDiffusionConfig};
+pub(crate) use file::MappedFile;
 use file::SafetensorsFile;
 use network::sealed::KeyMap;
 
@@ -166,13 +167,24 @@ impl WeightsSource {
     /// The networks' architectures: the folder's `config.json` files, or for
     /// a single file the SD 1.5 presets once its shapes are checked against
     /// them ([`Error::UnknownArchitecture`] otherwise).
+    ///
+    /// Every config is validated ([`Error::InvalidConfig`] names the file
+    /// and the field), each on its own and the three together
+    /// ([`StableDiffusionConfig::validate`]).
     pub fn config(&self) -> Result<StableDiffusionConfig, Error> {
         match self {
-            Self::Diffusers { root, .. } => Ok(StableDiffusionConfig {
-                vae: read_config(root)?,
-                text_encoder: read_config(root)?,
-                unet: read_config(root)?,
-            }),
+            Self::Diffusers { root, .. } => {
+                let config = StableDiffusionConfig {
+                    vae: read_config(root)?,
+                    text_encoder: read_config(root)?,
+                    unet: read_config(root)?,
+                };
+                // The checks across networks name the UNet's fields.
+                config.validate().map_err(|error| {
+                    error.in_config_file(&diffusers::config_path(root, Component::Unet))
+                })?;
+                Ok(config)
+            }
             Self::SingleFile(path) => sd_v1_preset_for(&open_single_file(path)?.file),
         }
     }
@@ -241,21 +253,34 @@ impl<B: Backend> StableDiffusion<B> {
     /// Loads all three networks with the architectures `config`, or without
     /// one those [`WeightsSource::config`] finds. A single file is mapped
     /// once for all three.
+    ///
+    /// The networks keep reading the mapped files: call
+    /// [`Self::check_weights_unchanged`] before each pass.
     pub fn load(
         source: &WeightsSource,
         config: Option<&StableDiffusionConfig>,
         device: &B::Device,
     ) -> Result<Self, Error> {
+        if let Some(config) = config {
+            config.validate()?;
+        }
         match source {
             WeightsSource::Diffusers { .. } => {
                 let config = match config {
                     Some(config) => Cow::Borrowed(config),
                     None => Cow::Owned(source.config()?),
                 };
+                let vae = source.open_component(Component::Vae)?;
+                let text_encoder = source.open_component(Component::TextEncoder)?;
+                let unet = source.open_component(Component::Unet)?;
                 Ok(Self {
-                    vae: source.load(Some(&config.vae), device)?,
-                    text_encoder: source.load(Some(&config.text_encoder), device)?,
-                    unet: source.load(Some(&config.unet), device)?,
+                    vae: apply::load(&config.vae, &vae, device)?,
+                    text_encoder: apply::load(&config.text_encoder, &text_encoder, device)?,
+                    unet: apply::load(&config.unet, &unet, device)?,
+                    mapped_files: [vae, text_encoder, unet]
+                        .iter()
+                        .map(|opened| opened.file.mapped().clone())
+                        .collect(),
                 })
             }
             WeightsSource::SingleFile(path) => {
@@ -268,9 +293,24 @@ impl<B: Backend> StableDiffusion<B> {
                     vae: apply::load(&config.vae, &file, device)?,
                     text_encoder: apply::load(&config.text_encoder, &file, device)?,
                     unet: apply::load(&config.unet, &file, device)?,
+                    mapped_files: vec![file.file.mapped().clone()],
                 })
             }
         }
+    }
+
+    /// [`Error::WeightsChanged`] if a weights file the networks read from
+    /// was truncated, grown or rewritten in place since loading. Their
+    /// parameters are windows on a memory map of the files, and reading a
+    /// truncated mapping ends the process (SIGBUS): call this before each
+    /// pass (the `diffseg` facade does). It cannot stop a change made after
+    /// it returns; a file replaced by a rename is no change (the mapping
+    /// keeps the old one). Networks built by [`StableDiffusionConfig::init`]
+    /// read no file.
+    pub fn check_weights_unchanged(&self) -> Result<(), Error> {
+        self.mapped_files
+            .iter()
+            .try_for_each(MappedFile::check_unchanged)
     }
 }
 

@@ -21,8 +21,9 @@ pub trait Network<B: Backend>: Module<B> {
     /// The architecture it is built from.
     type Config: NetworkConfig;
 
-    /// Builds it with random weights, to be overwritten by the file's.
-    fn init(config: &Self::Config, device: &B::Device) -> Self;
+    /// Builds it with random weights (lazily allocated), to be overwritten
+    /// by the file's; [`Error::InvalidConfig`] for a config that cannot be built.
+    fn init(config: &Self::Config, device: &B::Device) -> Result<Self, Error>;
 }
 
 /// The architecture of one network: [`UNet2DConditionModelConfig`],
@@ -52,7 +53,7 @@ pub(super) mod sealed {
 impl<B: Backend> Network<B> for UNet2DConditionModel<B> {
     type Config = UNet2DConditionModelConfig;
 
-    fn init(config: &Self::Config, device: &B::Device) -> Self {
+    fn init(config: &Self::Config, device: &B::Device) -> Result<Self, Error> {
         config.init(device)
     }
 }
@@ -82,7 +83,7 @@ impl sealed::KeyMap for UNet2DConditionModelConfig {
 impl<B: Backend> Network<B> for AutoencoderKL<B> {
     type Config = AutoencoderKLConfig;
 
-    fn init(config: &Self::Config, device: &B::Device) -> Self {
+    fn init(config: &Self::Config, device: &B::Device) -> Result<Self, Error> {
         config.init(device)
     }
 }
@@ -111,7 +112,7 @@ impl sealed::KeyMap for AutoencoderKLConfig {
 impl<B: Backend> Network<B> for ClipTextModel<B> {
     type Config = ClipTextConfig;
 
-    fn init(config: &Self::Config, device: &B::Device) -> Self {
+    fn init(config: &Self::Config, device: &B::Device) -> Result<Self, Error> {
         config.init(device)
     }
 }
