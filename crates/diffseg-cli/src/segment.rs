@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diffseg::weights::{FoundWeights, WeightsOrigin};
-use diffseg::{write_json_atomically, SegmentSettings};
+use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
+use diffseg::{write_json_atomically, SegmentSettings, SegmenterBuilder};
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
@@ -160,26 +160,30 @@ fn job_state(job: &Job, expected: &SegmentSettings, revision_pending: bool) -> S
     }
 }
 
-/// This run's settings, known before loading anything, and whether the
-/// revision is still to be downloaded (then it is not compared).
-fn expected_settings(args: &Args) -> Result<(SegmentSettings, bool), diffseg::Error> {
-    let located =
-        diffseg::weights::locate_weights(args.model.weights.as_deref(), &args.model.model)?;
-    let revision_pending = located.is_none();
+/// This run's settings, known before loading the model, and the weights
+/// they were read from, located and opened once for the whole run by the
+/// builder that loads the model (so at its revision); `None` when the
+/// weights are still to be downloaded (then the revision is not compared).
+fn expected_settings(
+    args: &Args,
+    builder: &SegmenterBuilder,
+) -> Result<(SegmentSettings, Option<ResolvedWeights>), diffseg::Error> {
+    let located = builder.locate_weights()?;
     // Weights still to be downloaded come from the hub; the revision is what
     // the download will find.
-    let weights = located.unwrap_or(FoundWeights {
+    let pending = FoundWeights {
         path: PathBuf::new(),
         origin: WeightsOrigin::Downloaded,
-    });
+    };
+    let found = located.as_ref().map_or(&pending, ResolvedWeights::found);
     let settings = SegmentSettings::new(
-        &weights,
+        found,
         &args.model.model,
         args.model.precision,
         args.model.fit,
         &args.merge.to_options(),
     );
-    Ok((settings, revision_pending))
+    Ok((settings, located))
 }
 
 /// The `--summary` report.
@@ -305,7 +309,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => listing.jobs,
     };
     let images = jobs.len();
-    let (expected, revision_pending) = expected_settings(&args)?;
+    let builder = args.model.builder(&args.merge);
+    let (expected, located) = expected_settings(&args, &builder)?;
+    let revision_pending = located.is_none();
     let states: Vec<State> = jobs
         .iter()
         .map(|job| {
@@ -379,11 +385,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.model.backend, args.model.precision
         ));
         let loading = Instant::now();
-        let segmenter = args
-            .model
-            .builder(&args.merge)
-            .build()
-            .context("cannot load the model")?;
+        let segmenter = match located {
+            Some(weights) => builder.build_with(weights),
+            None => builder.build(),
+        }
+        .context("cannot load the model")?;
         note(format!(
             "loaded {} ({}) in {:.1} s",
             segmenter.weights().path.display(),

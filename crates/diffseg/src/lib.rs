@@ -50,6 +50,7 @@
 mod attention;
 pub mod backend;
 mod error;
+mod hub;
 pub mod eval;
 mod input;
 mod output;

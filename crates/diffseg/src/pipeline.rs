@@ -9,7 +9,8 @@ use diffseg_core::{
     label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Proposals,
 };
 use diffseg_sd::{
-    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion, WeightsSource,
+    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion,
+    StableDiffusionConfig, WeightsSource,
 };
 
 use image::DynamicImage;
@@ -86,10 +87,21 @@ impl<B: Backend> Pipeline<B> {
         let config = source
             .config()
             .map_err(|error| load_error(source.path(), error))?;
+        Self::load_with_config(source, &config, device)
+    }
+
+    /// Loads the three networks from `source` onto `device` with the
+    /// architectures `config` already read from it (by
+    /// [`crate::weights::ResolvedWeights`]), so nothing is read twice.
+    pub fn load_with_config(
+        source: &WeightsSource,
+        config: &StableDiffusionConfig,
+        device: B::Device,
+    ) -> Result<Self, Error> {
         let input_size = config.input_size();
         let mut times = StageTimes::default();
         let model = timed::<B, _>(&device, &mut times.load, || {
-            StableDiffusion::<B>::load(source, Some(&config), &device)
+            StableDiffusion::<B>::load(source, Some(config), &device)
         })
         .map_err(|error| load_error(source.path(), error))?;
         let empty_prompt = timed::<B, _>(&device, &mut times.text_encoder, || {
