@@ -50,8 +50,8 @@
 mod attention;
 pub mod backend;
 mod error;
-mod hub;
 pub mod eval;
+mod hub;
 mod input;
 mod output;
 mod pipeline;

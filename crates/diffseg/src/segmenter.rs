@@ -73,9 +73,9 @@ impl BackendTask for Load<'_> {
     type Output = Result<Box<dyn LoadedPipeline>, Error>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let (source, config) = (self.weights.source(), self.weights.config());
-        Ok(Box::new(Pipeline::<B>::load_with_config(
-            source, config, device,
+        Ok(Box::new(Pipeline::<B>::load_opened(
+            self.weights.opened(),
+            device,
         )?))
     }
 }

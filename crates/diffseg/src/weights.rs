@@ -15,7 +15,7 @@
 //! by the next attempt (failed requests, timeouts included, are retried with
 //! backoff) or the next run, and a file only counts as downloaded once its
 //! size and hash match the ones the Hub names it by. Nothing a server answers
-//! is trusted: see [the Hub client](crate::hub) for what is checked.
+//! is trusted: `src/hub.rs` says what is checked.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -29,10 +29,11 @@ use crate::hub::{check_revision, is_commit_hash, Client, Failure};
 use crate::{Error, Precision};
 
 /// What [`crate::Pipeline::load`] reads: a diffusers folder or a single-file
-/// checkpoint, with the file variant (f32, fp16, bf16) to prefer.
-pub use diffseg_sd::{Variant, WeightsSource};
+/// checkpoint, with the file variant (f32, fp16, bf16) to prefer; opened once
+/// for [`crate::Pipeline::load_opened`].
+pub use diffseg_sd::{OpenedWeights, Variant, WeightsSource};
 
-use diffseg_sd::{Component, StableDiffusionConfig};
+use diffseg_sd::Component;
 
 /// The default model: Stable Diffusion 1.5.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -605,28 +606,21 @@ pub struct FoundWeights {
 #[derive(Debug, Clone)]
 pub struct ResolvedWeights {
     found: FoundWeights,
-    source: WeightsSource,
-    config: StableDiffusionConfig,
+    opened: OpenedWeights,
 }
 
 impl ResolvedWeights {
     /// Opens `found`: a diffusers folder (its `variant` files preferred
-    /// where it has several) or a single-file checkpoint, and the networks'
-    /// architectures.
+    /// where it has several) and its networks' architectures, or a
+    /// single-file checkpoint, mapped and its header read here once.
     pub fn open(found: FoundWeights, variant: FileVariant) -> Result<ResolvedWeights, Error> {
-        let load_error = |error| Error::Load {
-            path: found.path.clone(),
-            error: Box::new(error),
-        };
-        let source = WeightsSource::detect(&found.path)
-            .map_err(load_error)?
-            .with_variant(variant.into());
-        let config = source.config().map_err(load_error)?;
-        Ok(ResolvedWeights {
-            found,
-            source,
-            config,
-        })
+        let opened = OpenedWeights::open(&found.path, variant.into(), None).map_err(|error| {
+            Error::Load {
+                path: found.path.clone(),
+                error: Box::new(error),
+            }
+        })?;
+        Ok(ResolvedWeights { found, opened })
     }
 
     /// Where the weights are and how they were found.
@@ -646,13 +640,8 @@ impl ResolvedWeights {
     }
 
     /// What the model loads.
-    pub fn source(&self) -> &WeightsSource {
-        &self.source
-    }
-
-    /// The networks' architectures.
-    pub fn config(&self) -> &StableDiffusionConfig {
-        &self.config
+    pub fn opened(&self) -> &OpenedWeights {
+        &self.opened
     }
 }
 
@@ -807,6 +796,28 @@ mod tests {
                 .as_deref(),
             Some("hf_path")
         );
+    }
+
+    /// The tiny model as a single LDM file: detected, its header read and
+    /// checked once, then loaded from that mapping even after the file is
+    /// gone from the disk, where loading from the source (the path) fails.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn a_single_file_is_opened_once_and_loaded_from_that_opening() {
+        use crate::backend::Cpu;
+        use crate::Pipeline;
+
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny");
+        // Single files carry no architecture, and the tiny one is no SD 1.x preset.
+        let config = WeightsSource::detect(&tiny).unwrap().config().unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("tiny-ldm.safetensors");
+        std::fs::copy(tiny.join("tiny-ldm.safetensors"), &file).unwrap();
+        let opened = OpenedWeights::open(&file, Variant::F32, Some(config)).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        Pipeline::<Cpu>::load_opened(&opened, Default::default()).unwrap();
+        let reopened = Pipeline::<Cpu>::load(opened.source(), Default::default());
+        assert!(reopened.is_err(), "the file was not gone");
     }
 
     #[test]
