@@ -20,8 +20,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diffseg::weights::{FoundWeights, WeightsOrigin};
-use diffseg::{check_result, write_json_atomically, ResultState, SegmentSettings};
+use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
+use diffseg::{check_result, write_json_atomically, ResultState, SegmentSettings, SegmenterBuilder};
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
@@ -203,26 +203,30 @@ fn refuse_foreign_report(path: &Path, what: &str, keys: &[&str]) -> anyhow::Resu
     Ok(diffseg::refuse_foreign(path, what, is_report)?)
 }
 
-/// This run's settings, known before loading anything, and whether the
-/// revision is still to be downloaded (then it is not compared).
-fn expected_settings(args: &Args) -> Result<(SegmentSettings, bool), diffseg::Error> {
-    let located =
-        diffseg::weights::locate_weights(args.model.weights.as_deref(), &args.model.model)?;
-    let revision_pending = located.is_none();
+/// This run's settings, known before loading the model, and the weights
+/// they were read from, located and opened once for the whole run by the
+/// builder that loads the model (so at its revision); `None` when the
+/// weights are still to be downloaded (then the revision is not compared).
+fn expected_settings(
+    args: &Args,
+    builder: &SegmenterBuilder,
+) -> Result<(SegmentSettings, Option<ResolvedWeights>), diffseg::Error> {
+    let located = builder.locate_weights()?;
     // Weights still to be downloaded come from the hub; the revision is what
     // the download will find.
-    let weights = located.unwrap_or(FoundWeights {
+    let pending = FoundWeights {
         path: PathBuf::new(),
         origin: WeightsOrigin::Downloaded,
-    });
+    };
+    let found = located.as_ref().map_or(&pending, ResolvedWeights::found);
     let settings = SegmentSettings::new(
-        &weights,
+        found,
         &args.model.model,
         args.model.precision,
         args.model.fit,
         &args.merge.to_options(),
     );
-    Ok((settings, revision_pending))
+    Ok((settings, located))
 }
 
 /// The `--summary` report.
@@ -344,7 +348,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.timings {
         refuse_foreign_report(path, "a timings report", &["images", "total"])?;
     }
-    let (expected, revision_pending) = expected_settings(&args)?;
+    let builder = args.model.builder(&args.merge);
+    let (expected, located) = expected_settings(&args, &builder)?;
+    let revision_pending = located.is_none();
     let states: Vec<State> = jobs
         .iter()
         .map(|job| match job_state(job, &expected, revision_pending) {
@@ -440,11 +446,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.model.backend, args.model.precision
         ));
         let loading = Instant::now();
-        let segmenter = args
-            .model
-            .builder(&args.merge)
-            .build()
-            .context("cannot load the model")?;
+        let segmenter = match located {
+            Some(weights) => builder.build_with(weights),
+            None => builder.build(),
+        }
+        .context("cannot load the model")?;
         note(format!(
             "loaded {} ({}) in {:.1} s",
             segmenter.weights().path.display(),

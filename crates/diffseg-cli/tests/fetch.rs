@@ -11,8 +11,9 @@ mod hub_server;
 use common::text;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use hub_server::{assert_holds, Access, HubServer, ServedRepo};
+use hub_server::{assert_holds, Access, Fault, HubServer, ServedRepo};
 
 const MODEL: &str = "tiny/sd";
 
@@ -29,6 +30,9 @@ fn diffseg(args: &[&str], vars: &[(&str, &str)]) -> Output {
         "HF_TOKEN_PATH",
         "HF_HUB_OFFLINE",
         "TRANSFORMERS_OFFLINE",
+        "HF_HUB_DOWNLOAD_TIMEOUT",
+        "HF_HUB_ETAG_TIMEOUT",
+        "DIFFSEG_HUB_ALLOW_HTTP",
         // ureq ignores NO_PROXY: a proxy would be asked for 127.0.0.1.
         "ALL_PROXY",
         "HTTPS_PROXY",
@@ -249,5 +253,63 @@ fn segment_downloads_the_model_it_needs_through_hf_endpoint() {
             .iter()
             .all(|request| request.path.ends_with(".fp16.safetensors")),
         "{weights:#?}"
+    );
+}
+
+#[test]
+fn hf_token_is_not_sent_to_the_content_host_the_hub_redirects_to() {
+    let private = ServedRepo::tiny(MODEL).with_access(Access::Private("hf_secret".into()));
+    let server = HubServer::start_with_content_host(vec![private]);
+    let home = tempfile::tempdir().unwrap();
+    let output = diffseg(
+        &["fetch", "--model", MODEL],
+        &[
+            ("HF_ENDPOINT", server.endpoint.as_str()),
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_TOKEN", "hf_secret"),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let requests = server.requests();
+    let content: Vec<_> = requests
+        .iter()
+        .filter(|request| request.host.starts_with("localhost:"))
+        .collect();
+    assert!(!content.is_empty(), "{requests:#?}");
+    assert!(
+        content
+            .iter()
+            .all(|request| request.authorization.is_none()),
+        "{content:#?}"
+    );
+}
+
+#[test]
+fn fetch_gives_up_on_a_stalled_server_after_hf_hub_download_timeout_and_resumes() {
+    const STALLED: &str = "unet/diffusion_pytorch_model.safetensors";
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    server.fault_once(STALLED, Fault::Stall);
+    let home = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = diffseg(
+        &["fetch", "--model", MODEL],
+        &[
+            ("HF_ENDPOINT", server.endpoint.as_str()),
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_HUB_DOWNLOAD_TIMEOUT", "1"),
+        ],
+    );
+    // The server stalls for a minute; one second of silence ends the attempt.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("downloading {STALLED} failed")) && stderr.contains("resuming"),
+        "{}",
+        text(&output)
     );
 }

@@ -47,7 +47,7 @@ pub use error::{Error, MismatchReport, ShapeMismatch};
 pub use precision::StableNorm;
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig};
-pub use weights::{Component, Network, NetworkConfig, Variant, WeightsSource};
+pub use weights::{Component, Network, NetworkConfig, OpenedWeights, Variant, WeightsSource};
 
 /// A Linear layer that stores its weight as PyTorch does, `[out, in]`, so
 /// that loading maps the file's bytes without a transposed copy (the layer

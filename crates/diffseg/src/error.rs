@@ -154,6 +154,37 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A Hub answer whose header cannot be used as it is (a hash or commit
+    /// that is not one, and could lead a path out of the cache; no size): a
+    /// server that is not a Hub, or one not to be trusted.
+    #[error(
+        "downloading {model} {file} from {endpoint}: the answer's `{header}` header is {value:?}, \
+         not {expected}; nothing was written. Is HF_ENDPOINT ({endpoint}) a Hugging Face Hub or mirror?"
+    )]
+    HubInvalidAnswer {
+        /// The repository id.
+        model: String,
+        /// The Hub or mirror asked.
+        endpoint: String,
+        /// The file in the repository.
+        file: String,
+        /// The header.
+        header: &'static str,
+        /// Its value (at most 100 characters of it).
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A Hub URL (the endpoint or a redirect target) that is not asked.
+    #[error("downloading {model}: refusing {url}: {reason}")]
+    HubInsecureUrl {
+        /// The repository id.
+        model: String,
+        /// The URL.
+        url: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The weights exist but cannot be loaded.
     #[error("loading weights {path}: {error}")]
     Load {

@@ -51,6 +51,7 @@ mod attention;
 pub mod backend;
 mod error;
 pub mod eval;
+mod hub;
 mod input;
 mod output;
 mod pipeline;

@@ -9,7 +9,8 @@ use diffseg_core::{
     label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Proposals,
 };
 use diffseg_sd::{
-    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, StableDiffusion, WeightsSource,
+    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, OpenedWeights, StableDiffusion,
+    StableDiffusionConfig, WeightsSource,
 };
 
 use image::DynamicImage;
@@ -88,12 +89,35 @@ impl<B: Backend> Pipeline<B> {
         let config = source
             .config()
             .map_err(|error| load_error(source.path(), error))?;
+        Self::load_networks(source.path(), &config, device, |device| {
+            StableDiffusion::<B>::load(source, Some(&config), device)
+        })
+    }
+
+    /// Loads the three networks onto `device` from weights opened before
+    /// (by [`crate::weights::ResolvedWeights`]): nothing is looked up,
+    /// opened or read again.
+    pub fn load_opened(weights: &OpenedWeights, device: B::Device) -> Result<Self, Error> {
+        Self::load_networks(
+            weights.source().path(),
+            weights.config(),
+            device,
+            |device| StableDiffusion::<B>::load_opened(weights, device),
+        )
+    }
+
+    /// The pipeline around the networks `load` makes (timed) from the
+    /// weights at `path`, of the architectures `config`.
+    fn load_networks(
+        path: &Path,
+        config: &StableDiffusionConfig,
+        device: B::Device,
+        load: impl FnOnce(&B::Device) -> Result<StableDiffusion<B>, diffseg_sd::Error>,
+    ) -> Result<Self, Error> {
         let input_size = config.input_size();
         let mut times = StageTimes::default();
-        let model = timed::<B, _>(&device, &mut times.load, || {
-            StableDiffusion::<B>::load(source, Some(&config), &device)
-        })
-        .map_err(|error| load_error(source.path(), error))?;
+        let model = timed::<B, _>(&device, &mut times.load, || load(&device))
+            .map_err(|error| load_error(path, error))?;
         let empty_prompt = timed::<B, _>(&device, &mut times.text_encoder, || {
             model.text_encoder.forward(empty_prompt_ids::<B>(&device))
         });

@@ -6,7 +6,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
 use diffseg_core::MergeOptions;
-use diffseg_sd::{Variant, WeightsSource};
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
@@ -15,8 +14,8 @@ use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
 use crate::weights::{
-    resolve_weights, ConsoleProgress, FileVariant, FoundWeights, HubModel, HubSettings,
-    DEFAULT_MODEL, DEFAULT_REVISION,
+    locate, resolve_weights, ConsoleProgress, FileVariant, FoundWeights, HubModel, HubSettings,
+    ResolvedWeights, DEFAULT_MODEL, DEFAULT_REVISION,
 };
 use crate::{BackendKind, BackendTask, Error, Precision};
 
@@ -66,15 +65,18 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
 }
 
 /// Loads a [`Pipeline`] on the backend [`BackendKind::run_in`] picks.
-struct Load {
-    source: WeightsSource,
+struct Load<'a> {
+    weights: &'a ResolvedWeights,
 }
 
-impl BackendTask for Load {
+impl BackendTask for Load<'_> {
     type Output = Result<Box<dyn LoadedPipeline>, Error>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        Ok(Box::new(Pipeline::<B>::load(&self.source, device)?))
+        Ok(Box::new(Pipeline::<B>::load_opened(
+            self.weights.opened(),
+            device,
+        )?))
     }
 }
 
@@ -259,7 +261,8 @@ impl Segmenter {
 /// Builds a [`Segmenter`]: backend, weights, model, precision, fit and merging
 /// options, each with a default (CPU, weights found automatically,
 /// [`DEFAULT_MODEL`] at [`DEFAULT_REVISION`], f32, [`Fit::Pad`], the paper's
-/// options; the Hub as the environment describes it).
+/// options; the Hub as the environment describes it). Its `Debug` never shows
+/// the Hub token.
 #[derive(Debug, Clone)]
 pub struct SegmenterBuilder {
     backend: BackendKind,
@@ -356,35 +359,63 @@ impl SegmenterBuilder {
         self
     }
 
-    /// Finds (or downloads) the weights and loads the model on the backend.
-    pub fn build(self) -> Result<Segmenter, Error> {
-        self.options.validate()?;
-        let variant = self
-            .variant
-            .unwrap_or(FileVariant::for_precision(self.precision));
-        let model = HubModel {
-            id: self.model,
-            revision: self.revision,
-            variant,
-            settings: self.hub.unwrap_or_else(HubSettings::from_env),
-        };
-        let weights = resolve_weights(
+    /// The file variant read and downloaded: the one asked for, else the
+    /// compute precision's.
+    fn file_variant(&self) -> FileVariant {
+        self.variant
+            .unwrap_or(FileVariant::for_precision(self.precision))
+    }
+
+    /// The model on the Hub, at this builder's revision and variant.
+    fn hub_model(&self) -> HubModel {
+        HubModel {
+            id: self.model.clone(),
+            revision: self.revision.clone(),
+            variant: self.file_variant(),
+            settings: self.hub.clone().unwrap_or_else(HubSettings::from_env),
+        }
+    }
+
+    /// The weights [`Self::build`] would load if they are on disk already
+    /// (the explicit path, `DIFFSEG_WEIGHTS`, the Hugging Face cache at this
+    /// builder's revision), opened; `Ok(None)` when they are still to be
+    /// downloaded. Makes no request. Pass them to [`Self::build_with`].
+    pub fn locate_weights(&self) -> Result<Option<ResolvedWeights>, Error> {
+        locate(self.weights.as_deref(), &self.hub_model())?
+            .map(|found| ResolvedWeights::open(found, self.file_variant()))
+            .transpose()
+    }
+
+    /// The weights found, else downloaded (when allowed, with progress on
+    /// standard error), and opened.
+    pub fn resolve_weights(&self) -> Result<ResolvedWeights, Error> {
+        let found = resolve_weights(
             self.weights.as_deref(),
-            &model,
+            &self.hub_model(),
             self.allow_download,
             &mut ConsoleProgress::default(),
         )?;
-        let source = WeightsSource::detect(&weights.path).map_err(|error| Error::Load {
-            path: weights.path.clone(),
-            error: Box::new(error),
-        })?;
-        // Read the variant's files where a folder has several (by default
-        // the stored half-precision files directly when computing in f16).
-        let source = source.with_variant(Variant::from(variant));
-        let pipeline = self.backend.run_in(self.precision, Load { source })??;
+        ResolvedWeights::open(found, self.file_variant())
+    }
+
+    /// Finds (or downloads) the weights and loads the model on the backend.
+    pub fn build(self) -> Result<Segmenter, Error> {
+        self.options.validate()?;
+        let weights = self.resolve_weights()?;
+        self.build_with(weights)
+    }
+
+    /// Loads the model on the backend from weights resolved before (by
+    /// [`Self::locate_weights`] or [`Self::resolve_weights`]), without
+    /// looking them up or opening them again.
+    pub fn build_with(self, weights: ResolvedWeights) -> Result<Segmenter, Error> {
+        self.options.validate()?;
+        let pipeline = self
+            .backend
+            .run_in(self.precision, Load { weights: &weights })??;
         Ok(Segmenter {
             pipelines: PipelinePool::new(pipeline),
-            weights,
+            weights: weights.found().clone(),
             backend: self.backend,
             precision: self.precision,
             fit: self.fit,

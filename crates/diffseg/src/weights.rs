@@ -12,9 +12,10 @@
 //! tag or commit) and a [`FileVariant`] ([`HubModel`]).
 //!
 //! Downloads resume: a file cut off midway is continued from where it stopped
-//! by the next attempt (failed requests are retried with backoff) or the next
-//! run, and a weights file only counts as downloaded once its SHA-256 matches
-//! the one the Hub names it by.
+//! by the next attempt (failed requests, timeouts included, are retried with
+//! backoff) or the next run, and a file only counts as downloaded once its
+//! size and hash match the ones the Hub names it by. Nothing a server answers
+//! is trusted: `src/hub.rs` says what is checked.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -22,16 +23,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
-use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
+use crate::hub::{check_revision, is_commit_hash, Client, Failure};
 use crate::{Error, Precision};
 
 /// What [`crate::Pipeline::load`] reads: a diffusers folder or a single-file
-/// checkpoint, with the file variant (f32, fp16, bf16) to prefer.
-pub use diffseg_sd::{Variant, WeightsSource};
+/// checkpoint, with the file variant (f32, fp16, bf16) to prefer; opened once
+/// for [`crate::Pipeline::load_opened`].
+pub use diffseg_sd::{OpenedWeights, Variant, WeightsSource};
 
 use diffseg_sd::Component;
 
@@ -45,6 +45,13 @@ pub const WEIGHTS_ENV: &str = "DIFFSEG_WEIGHTS";
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// The revision downloaded unless another is asked for.
 pub const DEFAULT_REVISION: &str = "main";
+/// The environment variable that allows plain http to an endpoint or a
+/// redirect target on another machine (`1`, `ON`, `YES` or `TRUE`).
+pub const ALLOW_HTTP_ENV: &str = "DIFFSEG_HUB_ALLOW_HTTP";
+/// How long a metadata request or a download waits to connect, and then for
+/// each read, unless `HF_HUB_ETAG_TIMEOUT` / `HF_HUB_DOWNLOAD_TIMEOUT` say
+/// otherwise (`huggingface_hub`'s default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which weight files to download where a repository has both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,8 +135,9 @@ pub fn needed_files() -> Vec<String> {
 
 /// How to reach the Hugging Face Hub and where its cache is: the settings the
 /// Python client `huggingface_hub` reads from the environment
-/// ([`HubSettings::from_env`]), or given directly.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// ([`HubSettings::from_env`]), or given directly. Its `Debug` shows whether
+/// there is a token, never the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HubSettings {
     /// The Hub or a mirror, without a trailing slash (`HF_ENDPOINT`).
     pub endpoint: String,
@@ -145,6 +153,33 @@ pub struct HubSettings {
     pub retries: u32,
     /// The wait before the first retry, doubled before each next one.
     pub retry_delay: Duration,
+    /// How long a download waits to connect and then for each read before
+    /// the attempt fails (and is retried) (`HF_HUB_DOWNLOAD_TIMEOUT`).
+    pub download_timeout: Duration,
+    /// The same for the requests that ask for a file's metadata
+    /// (`HF_HUB_ETAG_TIMEOUT`).
+    pub etag_timeout: Duration,
+    /// Whether plain http to another machine is allowed (the endpoint or a
+    /// redirect target; [`ALLOW_HTTP_ENV`]). Off, only https and this
+    /// machine's own addresses are asked. Either way the token is sent only
+    /// to the endpoint's own host, and over plain http only on this machine.
+    pub allow_http: bool,
+}
+
+impl fmt::Debug for HubSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubSettings")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("cache", &self.cache)
+            .field("offline", &self.offline)
+            .field("retries", &self.retries)
+            .field("retry_delay", &self.retry_delay)
+            .field("download_timeout", &self.download_timeout)
+            .field("etag_timeout", &self.etag_timeout)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 impl HubSettings {
@@ -163,7 +198,10 @@ impl HubSettings {
     /// - `HF_TOKEN`: the token, else the file `HF_TOKEN_PATH` (default
     ///   `$HF_HOME/token`, where `huggingface-cli login` writes it);
     /// - `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`): downloads are off when
-    ///   it is `1`, `ON`, `YES` or `TRUE` in any case.
+    ///   it is `1`, `ON`, `YES` or `TRUE` in any case;
+    /// - `HF_HUB_DOWNLOAD_TIMEOUT`, `HF_HUB_ETAG_TIMEOUT`: seconds (default
+    ///   [`DEFAULT_TIMEOUT`]);
+    /// - and diffseg's own [`ALLOW_HTTP_ENV`], true as `HF_HUB_OFFLINE` is.
     pub fn from_vars(var: impl Fn(&str) -> Option<OsString>) -> HubSettings {
         let var = |name: &str| var(name).filter(|value| !value.is_empty());
         let home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
@@ -187,12 +225,20 @@ impl HubSettings {
             })
             .map(|token| token.trim().to_string())
             .filter(|token| !token.is_empty());
+        let truthy = |value: OsString| {
+            let value = value.to_string_lossy().trim().to_ascii_uppercase();
+            matches!(value.as_str(), "1" | "ON" | "YES" | "TRUE")
+        };
         let offline = var("HF_HUB_OFFLINE")
             .or_else(|| var("TRANSFORMERS_OFFLINE"))
-            .is_some_and(|value| {
-                let value = value.to_string_lossy().trim().to_ascii_uppercase();
-                matches!(value.as_str(), "1" | "ON" | "YES" | "TRUE")
-            });
+            .is_some_and(truthy);
+        let seconds = |name: &str| {
+            var(name)
+                .and_then(|value| value.to_string_lossy().trim().parse::<f64>().ok())
+                .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+                .filter(|timeout| !timeout.is_zero())
+                .unwrap_or(DEFAULT_TIMEOUT)
+        };
         HubSettings {
             endpoint: var("HF_ENDPOINT")
                 .map(|endpoint| endpoint.to_string_lossy().trim_end_matches('/').to_string())
@@ -204,6 +250,9 @@ impl HubSettings {
             offline,
             retries: 3,
             retry_delay: Duration::from_secs(1),
+            download_timeout: seconds("HF_HUB_DOWNLOAD_TIMEOUT"),
+            etag_timeout: seconds("HF_HUB_ETAG_TIMEOUT"),
+            allow_http: var(ALLOW_HTTP_ENV).is_some_and(truthy),
         }
     }
 }
@@ -260,18 +309,24 @@ impl HubModel {
     }
 
     /// The cache's snapshot folder of this revision, if the cache knows it:
-    /// a commit hash names its folder, a branch or tag is looked up in `refs/`.
+    /// a commit hash names its folder, a branch or tag is looked up in `refs/`
+    /// (a revision or a ref that could lead out of the cache names none).
     fn snapshot(&self) -> Option<PathBuf> {
-        let repo = self.settings.cache.join(self.repo().folder_name());
+        check_revision(&self.revision).ok()?;
+        let repo = self.repo_dir();
         let commit = if is_commit_hash(&self.revision) {
-            self.revision.clone()
+            self.revision.to_ascii_lowercase()
         } else {
-            std::fs::read_to_string(repo.join("refs").join(&self.revision))
-                .ok()?
-                .trim()
-                .to_string()
+            let text = std::fs::read_to_string(repo.join("refs").join(&self.revision)).ok()?;
+            crate::hub::parse_commit(&text)?
         };
         Some(repo.join("snapshots").join(commit))
+    }
+
+    /// The repository's folder in the cache (`models--{org}--{name}`).
+    pub(crate) fn repo_dir(&self) -> PathBuf {
+        let name = format!("models--{}", self.id.replace('/', "--"));
+        self.settings.cache.join(name)
     }
 
     /// The snapshot if it holds every needed file with weights of one of `variants`.
@@ -299,14 +354,7 @@ impl HubModel {
         if self.settings.offline {
             return Err(self.not_found("downloads are off (HF_HUB_OFFLINE is set)"));
         }
-        let api = ApiBuilder::from_cache(Cache::new(self.settings.cache.clone()))
-            .with_endpoint(self.settings.endpoint.clone())
-            .with_token(self.settings.token.clone())
-            .with_progress(false)
-            .with_user_agent("diffseg", env!("CARGO_PKG_VERSION"))
-            .build()
-            .map_err(|error| self.download_error("", error.to_string()))?;
-        let repo = api.repo(self.repo());
+        let client = Client::new(self)?;
         // Each file goes into the snapshot of the commit the revision names
         // when it is downloaded, and files already cached are looked up in the
         // snapshot the cache's ref names: when the branch moved on since an
@@ -314,8 +362,8 @@ impl HubModel {
         // snapshot, and a second fetches them into the new one.
         for _pass in 0..2 {
             for component in Component::ALL {
-                self.download(&repo, &component.config_file(), progress)?;
-                self.download_weights(&repo, component, progress)?;
+                self.download(&client, &component.config_file(), progress)?;
+                self.download_weights(&client, component, progress)?;
             }
             if let Some(snapshot) = self.cached() {
                 return Ok(snapshot);
@@ -334,18 +382,18 @@ impl HubModel {
     /// the repository lacks them.
     fn download_weights(
         &self,
-        repo: &ApiRepo,
+        client: &Client,
         component: Component,
         progress: &mut dyn DownloadProgress,
     ) -> Result<PathBuf, Error> {
         let preferred = component.weights_file(self.variant.into());
-        match self.download(repo, &preferred, progress) {
+        match self.download(client, &preferred, progress) {
             Err(Error::HubNotFound {
                 missing: HubMissing::File,
                 ..
             }) => {
                 let fallback = component.weights_file(self.variant.other().into());
-                self.download(repo, &fallback, progress)
+                self.download(client, &fallback, progress)
                     .map_err(|error| match error {
                         Error::HubNotFound {
                             missing: HubMissing::File,
@@ -358,16 +406,12 @@ impl HubModel {
         }
     }
 
-    fn repo(&self) -> Repo {
-        Repo::with_revision(self.id.clone(), RepoType::Model, self.revision.clone())
-    }
-
     /// One file from the cache, else downloaded, retrying with backoff what
-    /// failed on the way (each attempt resumes the partial file hf-hub keeps
-    /// as `blobs/<etag>.part`).
+    /// failed on the way (each attempt resumes the partial file
+    /// `blobs/<etag>.part`).
     fn download(
         &self,
-        repo: &ApiRepo,
+        client: &Client,
         file: &str,
         progress: &mut dyn DownloadProgress,
     ) -> Result<PathBuf, Error> {
@@ -380,85 +424,26 @@ impl HubModel {
         let mut tries = 0;
         loop {
             tries += 1;
-            let failure = match repo.download_with_progress(file, Reporter::new(progress, file)) {
-                Ok(path) => match verify_download(&path) {
-                    Ok(()) => return Ok(path),
-                    Err(reason) => Failure::Transient(reason),
-                },
-                Err(error) => self.classify(file, error),
-            };
-            match failure {
-                Failure::Transient(reason) if tries <= self.settings.retries => {
+            match client.download(file, progress) {
+                Ok(path) => return Ok(path),
+                Err(Failure::Transient(reason)) if tries <= self.settings.retries => {
                     progress.retry(file, &reason, delay);
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
-                Failure::Transient(reason) => {
+                Err(Failure::Transient(reason)) => {
                     let plural = if tries == 1 { "" } else { "s" };
                     return Err(self.download_error(
                         file,
                         format!("{reason} ({tries} attempt{plural}; running again resumes the download)"),
                     ));
                 }
-                Failure::Final(error) => return Err(error),
+                Err(Failure::Final(error)) => return Err(error),
             }
         }
     }
 
-    /// Whether an hf-hub error is worth another try, or the error to report.
-    fn classify(&self, file: &str, error: ApiError) -> Failure {
-        let status = match error {
-            ApiError::RequestError(error) => match *error {
-                ureq::Error::Status(status, response) => (status, response),
-                ureq::Error::Transport(transport) => {
-                    return Failure::Transient(transport.to_string())
-                }
-            },
-            ApiError::IoError(error) => return Failure::Transient(error.to_string()),
-            ApiError::MissingHeader(header) | ApiError::InvalidHeader(header) => {
-                return Failure::Final(self.download_error(
-                    file,
-                    format!(
-                        "the answer has no valid `{header}` header, which the Hub sends: \
-                         is HF_ENDPOINT ({}) a Hugging Face Hub or mirror?",
-                        self.settings.endpoint
-                    ),
-                ))
-            }
-            ApiError::InvalidResume => {
-                return Failure::Final(self.download_error(
-                    file,
-                    format!(
-                        "the partial download in {} is longer than the file: delete the \
-                         `.part` files there and run again",
-                        self.settings.cache.join(self.repo().folder_name()).join("blobs").display()
-                    ),
-                ))
-            }
-            other => return Failure::Final(self.download_error(file, other.to_string())),
-        };
-        let (status, response) = status;
-        let header = |name: &str| response.header(name).map(str::to_string);
-        let message = header("x-error-message").unwrap_or_default();
-        match status {
-            401 | 403 => Failure::Final(Error::HubAccessDenied {
-                model: self.id.clone(),
-                endpoint: self.settings.endpoint.clone(),
-                status,
-                message,
-                advice: self.access_advice(status),
-            }),
-            404 => Failure::Final(match header("x-error-code").as_deref() {
-                Some("RepoNotFound") => self.missing(HubMissing::Repository, file.to_string()),
-                Some("RevisionNotFound") => self.missing(HubMissing::Revision, file.to_string()),
-                _ => self.missing(HubMissing::File, file.to_string()),
-            }),
-            408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {status} {message}")),
-            _ => Failure::Final(self.download_error(file, format!("HTTP {status} {message}"))),
-        }
-    }
-
-    fn access_advice(&self, status: u16) -> String {
+    pub(crate) fn access_advice(&self, status: u16) -> String {
         let model_page = format!("{}/{}", self.settings.endpoint, self.id);
         match (status, &self.settings.token) {
             (401, None) => format!(
@@ -476,7 +461,7 @@ impl HubModel {
         }
     }
 
-    fn missing(&self, missing: HubMissing, file: String) -> Error {
+    pub(crate) fn missing(&self, missing: HubMissing, file: String) -> Error {
         Error::HubNotFound {
             model: self.id.clone(),
             revision: self.revision.clone(),
@@ -486,7 +471,7 @@ impl HubModel {
         }
     }
 
-    fn download_error(&self, file: &str, reason: String) -> Error {
+    pub(crate) fn download_error(&self, file: &str, reason: String) -> Error {
         Error::Download {
             model: self.id.clone(),
             endpoint: self.settings.endpoint.clone(),
@@ -505,13 +490,6 @@ impl HubModel {
     }
 }
 
-enum Failure {
-    /// Worth another try: the network, a server error, a cut or corrupt transfer.
-    Transient(String),
-    /// Trying again gives the same answer.
-    Final(Error),
-}
-
 /// What the Hub said does not exist (HTTP 404).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -522,38 +500,6 @@ pub enum HubMissing {
     Revision,
     /// No such file at this revision.
     File,
-}
-
-fn is_commit_hash(revision: &str) -> bool {
-    revision.len() == 40 && revision.bytes().all(|byte| byte.is_ascii_hexdigit())
-}
-
-/// Checks a downloaded file against the SHA-256 the Hub names large (LFS)
-/// files by, the name of its blob in the cache; removes it when they differ,
-/// so that a cut or garbled transfer is never taken for the file.
-fn verify_download(path: &Path) -> Result<(), String> {
-    let blob = std::fs::canonicalize(path).map_err(|error| error.to_string())?;
-    let expected = blob
-        .file_name()
-        .and_then(|name| name.to_str())
-        .filter(|name| name.len() == 64 && name.bytes().all(|byte| byte.is_ascii_hexdigit()));
-    let Some(expected) = expected else {
-        // Small files are named by their git hash, which is not the content's alone.
-        return Ok(());
-    };
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(&blob).map_err(|error| error.to_string())?;
-    std::io::copy(&mut file, &mut hasher).map_err(|error| error.to_string())?;
-    let actual = format!("{:x}", hasher.finalize());
-    if actual == expected.to_ascii_lowercase() {
-        return Ok(());
-    }
-    // Neither the link nor the blob may outlive the check: both point at bad bytes.
-    let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(&blob);
-    Err(format!(
-        "the downloaded file's SHA-256 is {actual}, the Hub's is {expected}"
-    ))
 }
 
 /// Told how a download goes (a progress bar, a log, a test's record).
@@ -617,41 +563,6 @@ impl DownloadProgress for ConsoleProgress {
     }
 }
 
-/// hf-hub's progress calls, passed on to a [`DownloadProgress`] (hf-hub
-/// announces a file twice per attempt).
-struct Reporter<'a> {
-    sink: &'a mut dyn DownloadProgress,
-    file: &'a str,
-    started: bool,
-}
-
-impl<'a> Reporter<'a> {
-    fn new(sink: &'a mut dyn DownloadProgress, file: &'a str) -> Self {
-        Reporter {
-            sink,
-            file,
-            started: false,
-        }
-    }
-}
-
-impl hf_hub::api::Progress for Reporter<'_> {
-    fn init(&mut self, size: usize, _filename: &str) {
-        if !self.started {
-            self.started = true;
-            self.sink.start(self.file, size as u64);
-        }
-    }
-
-    fn update(&mut self, size: usize) {
-        self.sink.advance(size as u64);
-    }
-
-    fn finish(&mut self) {
-        self.sink.finish(self.file);
-    }
-}
-
 /// How the weights were found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -686,6 +597,54 @@ pub struct FoundWeights {
     pub origin: WeightsOrigin,
 }
 
+/// The weights of a run, found (or downloaded) and opened once: where they
+/// are, the commit of the revision asked for when they come from the Hub,
+/// the source the model loads and its networks' architectures. The settings
+/// a resumed run compares and the model it loads both come from this one
+/// value ([`crate::SegmenterBuilder::locate_weights`],
+/// [`crate::SegmenterBuilder::build_with`]).
+#[derive(Debug, Clone)]
+pub struct ResolvedWeights {
+    found: FoundWeights,
+    opened: OpenedWeights,
+}
+
+impl ResolvedWeights {
+    /// Opens `found`: a diffusers folder (its `variant` files preferred
+    /// where it has several) and its networks' architectures, or a
+    /// single-file checkpoint, mapped and its header read here once.
+    pub fn open(found: FoundWeights, variant: FileVariant) -> Result<ResolvedWeights, Error> {
+        let opened = OpenedWeights::open(&found.path, variant.into(), None).map_err(|error| {
+            Error::Load {
+                path: found.path.clone(),
+                error: Box::new(error),
+            }
+        })?;
+        Ok(ResolvedWeights { found, opened })
+    }
+
+    /// Where the weights are and how they were found.
+    pub fn found(&self) -> &FoundWeights {
+        &self.found
+    }
+
+    /// The commit of the Hub snapshot holding the weights: the one the
+    /// revision asked for names. `None` for weights given by path.
+    pub fn commit(&self) -> Option<&str> {
+        match self.found.origin {
+            WeightsOrigin::HuggingFaceCache | WeightsOrigin::Downloaded => {
+                self.found.path.file_name().and_then(|name| name.to_str())
+            }
+            WeightsOrigin::Explicit | WeightsOrigin::Environment => None,
+        }
+    }
+
+    /// What the model loads.
+    pub fn opened(&self) -> &OpenedWeights {
+        &self.opened
+    }
+}
+
 /// Looks for weights without downloading: explicit path, then `DIFFSEG_WEIGHTS`,
 /// then the Hugging Face cache (as the environment describes it) for `model`
 /// at [`DEFAULT_REVISION`]. `Ok(None)` when there are none; an error when an
@@ -694,7 +653,10 @@ pub fn locate_weights(explicit: Option<&Path>, model: &str) -> Result<Option<Fou
     locate(explicit, &HubModel::new(model))
 }
 
-fn locate(explicit: Option<&Path>, model: &HubModel) -> Result<Option<FoundWeights>, Error> {
+pub(crate) fn locate(
+    explicit: Option<&Path>,
+    model: &HubModel,
+) -> Result<Option<FoundWeights>, Error> {
     if let Some(path) = explicit {
         return existing(path, WeightsOrigin::Explicit).map(Some);
     }
@@ -834,6 +796,28 @@ mod tests {
                 .as_deref(),
             Some("hf_path")
         );
+    }
+
+    /// The tiny model as a single LDM file: detected, its header read and
+    /// checked once, then loaded from that mapping even after the file is
+    /// gone from the disk, where loading from the source (the path) fails.
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn a_single_file_is_opened_once_and_loaded_from_that_opening() {
+        use crate::backend::Cpu;
+        use crate::Pipeline;
+
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny");
+        // Single files carry no architecture, and the tiny one is no SD 1.x preset.
+        let config = WeightsSource::detect(&tiny).unwrap().config().unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        let file = folder.path().join("tiny-ldm.safetensors");
+        std::fs::copy(tiny.join("tiny-ldm.safetensors"), &file).unwrap();
+        let opened = OpenedWeights::open(&file, Variant::F32, Some(config)).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        Pipeline::<Cpu>::load_opened(&opened, Default::default()).unwrap();
+        let reopened = Pipeline::<Cpu>::load(opened.source(), Default::default());
+        assert!(reopened.is_err(), "the file was not gone");
     }
 
     #[test]

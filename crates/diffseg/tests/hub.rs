@@ -1,6 +1,8 @@
 //! Downloads from a local stand-in for the Hugging Face Hub
 //! (`support/hub_server.rs`, on 127.0.0.1): first run, cache, revision,
-//! variants, resuming, the checksum, offline mode and the Hub's refusals.
+//! variants, resuming, the checksum, offline mode and the Hub's refusals, and
+//! hostile answers: a token redirected to another host, paths in the ETag or
+//! the commit, a stalled, short or long body, a range request answered whole.
 //! Each test has its own server and cache folder and passes the Hub settings
 //! explicitly, so nothing depends on (or changes) the process environment and
 //! nothing leaves the machine. (ureq ignores `NO_PROXY`: with `HTTP_PROXY`
@@ -10,14 +12,16 @@
 mod hub_server;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use diffseg::weights::{
     DownloadProgress, FileVariant, HubMissing, HubModel, HubSettings, WeightsOrigin, WEIGHTS_ENV,
 };
 use diffseg::Error;
-use hub_server::{assert_holds, fixture_files, sha256, Access, HubServer, ServedRepo};
+use hub_server::{
+    assert_holds, fixture_files, git_blob_sha1, sha256, Access, Fault, HubServer, ServedRepo,
+};
 use tempfile::TempDir;
 
 const MODEL: &str = "tiny/sd";
@@ -30,6 +34,9 @@ fn settings(server: &HubServer, cache: &TempDir) -> HubSettings {
         offline: false,
         retries: 0,
         retry_delay: Duration::from_millis(10),
+        download_timeout: Duration::from_secs(10),
+        etag_timeout: Duration::from_secs(10),
+        allow_http: false,
     }
 }
 
@@ -482,4 +489,375 @@ fn both_variants_missing_names_both_files() {
             "`{expected}` missing: {message}"
         );
     }
+}
+
+/// A cache folder inside a folder of its own, to tell that nothing was
+/// written beside the cache.
+struct Sandbox {
+    root: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let root = TempDir::new().unwrap();
+        std::fs::create_dir(root.path().join("cache")).unwrap();
+        Sandbox { root }
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.root.path().join("cache")
+    }
+
+    fn model(&self, server: &HubServer) -> HubModel {
+        let mut model = HubModel::new(MODEL).with_settings(HubSettings {
+            endpoint: server.endpoint.clone(),
+            token: None,
+            cache: self.cache(),
+            offline: false,
+            retries: 0,
+            retry_delay: Duration::from_millis(10),
+            download_timeout: Duration::from_secs(10),
+            etag_timeout: Duration::from_secs(10),
+            allow_http: false,
+        });
+        model.revision = "main".to_string();
+        model
+    }
+
+    /// Nothing but the cache folder beside it, and nothing in the cache that
+    /// is not a plain file, a folder or a link that stays inside the cache.
+    fn assert_nothing_outside_the_cache(&self) {
+        let beside: Vec<_> = std::fs::read_dir(self.root.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(beside, ["cache"], "written beside the cache");
+        let cache = std::fs::canonicalize(self.cache()).unwrap();
+        assert_stays_inside(&cache, &cache);
+    }
+}
+
+fn assert_stays_inside(folder: &Path, cache: &Path) {
+    for entry in std::fs::read_dir(folder).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_symlink() {
+            let target = std::fs::canonicalize(&path).unwrap();
+            assert!(
+                target.starts_with(cache),
+                "{} leads to {}",
+                path.display(),
+                target.display()
+            );
+        } else if meta.is_dir() {
+            assert_stays_inside(&path, cache);
+        }
+    }
+}
+
+/// The blob of `file` and whether the snapshot links to it.
+fn blob_of(cache: &Path, etag: &str) -> PathBuf {
+    cache.join("models--tiny--sd/blobs").join(etag)
+}
+
+const CONFIG: &str = "unet/config.json";
+
+#[test]
+fn the_token_is_never_sent_to_the_content_host() {
+    let private = ServedRepo::tiny(MODEL).with_access(Access::Private("hf_secret".into()));
+    let server = HubServer::start_with_content_host(vec![private]);
+    let sandbox = Sandbox::new();
+    let mut model = sandbox.model(&server);
+    model.settings.token = Some("hf_secret".into());
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert_holds(&snapshot, &FULL_FILES);
+    let requests = server.requests();
+    let content: Vec<_> = requests
+        .iter()
+        .filter(|request| request.host.starts_with("localhost:"))
+        .collect();
+    assert_eq!(content.len(), 3, "one per weights file: {requests:#?}");
+    assert!(
+        content
+            .iter()
+            .all(|request| request.authorization.is_none()),
+        "{content:#?}"
+    );
+    assert!(requests
+        .iter()
+        .filter(|request| request.host.starts_with("127.0.0.1:"))
+        .all(|request| request.authorization.as_deref() == Some("Bearer hf_secret")));
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn an_etag_holding_a_path_is_refused_before_anything_is_written() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let sandbox = Sandbox::new();
+    let escape = sandbox.root.path().join("escaped");
+    server.forge_etag(escape.to_str().unwrap());
+    let error = sandbox.model(&server).fetch(&mut ()).unwrap_err();
+    assert!(
+        matches!(error, Error::HubInvalidAnswer { header: "ETag", ref file, .. } if file == CONFIG),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("40 hex digits"), "{error}");
+    assert!(!escape.exists());
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn a_commit_holding_a_path_is_refused_before_anything_is_written() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let sandbox = Sandbox::new();
+    server.forge_commit("../../../escaped");
+    let error = sandbox.model(&server).fetch(&mut ()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::HubInvalidAnswer {
+                header: "X-Repo-Commit",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!sandbox.root.path().join("escaped").exists());
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn a_stalled_download_gives_up_after_hf_hub_download_timeout_and_resumes() {
+    const STALLED: &str = "vae/diffusion_pytorch_model.safetensors";
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    server.fault_once(STALLED, Fault::Stall);
+    let sandbox = Sandbox::new();
+    let root = sandbox.root.path().to_str().unwrap().to_string();
+    let cache = sandbox.cache().to_str().unwrap().to_string();
+    let vars = [
+        ("HF_ENDPOINT", server.endpoint.as_str()),
+        ("HF_HOME", root.as_str()),
+        ("HF_HUB_CACHE", cache.as_str()),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "1"),
+    ];
+    let mut settings =
+        HubSettings::from_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.into()));
+    assert_eq!(settings.download_timeout, Duration::from_secs(1));
+    settings.retries = 0;
+    let model = HubModel::new(MODEL).with_settings(settings);
+
+    // The server stalls for a minute: the client gives up after a second.
+    let started = Instant::now();
+    let error = model.fetch(&mut ()).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up only after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, Error::Download { ref file, .. } if file == STALLED),
+        "{error:?}"
+    );
+    // What came before the stall is kept and resumed.
+    let partial = partial_files_in(&sandbox.cache());
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert_holds(&snapshot, &FULL_FILES);
+    assert!(server
+        .requests()
+        .iter()
+        .any(|request| request.status == 206 && request.range.as_deref() != Some("bytes=0-0")));
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+fn partial_files_in(cache: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cache.join("models--tiny--sd/blobs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "part"))
+        .collect()
+}
+
+/// A small file whose next transfer goes wrong this way fails the run
+/// without entering the cache, and the next run gets it right.
+fn a_bad_small_file_is_never_kept(fault: Fault, expected: &str) {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    server.fault_once(CONFIG, fault);
+    let sandbox = Sandbox::new();
+    let model = sandbox.model(&server);
+    let error = model.fetch(&mut ()).unwrap_err();
+    assert!(
+        matches!(error, Error::Download { ref file, .. } if file == CONFIG),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(expected), "{error}");
+    let bytes = &fixture_files()[CONFIG];
+    assert!(!blob_of(&sandbox.cache(), &git_blob_sha1(bytes)).exists());
+    assert_eq!(model.cached(), None);
+
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert_holds(&snapshot, &FULL_FILES);
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn a_short_body_is_never_kept() {
+    a_bad_small_file_is_never_kept(Fault::Short, "announced");
+}
+
+#[test]
+fn a_long_body_is_never_kept() {
+    a_bad_small_file_is_never_kept(Fault::Long, "announced");
+}
+
+#[test]
+fn a_cut_small_file_is_never_kept() {
+    a_bad_small_file_is_never_kept(Fault::Cut, "stopped after");
+}
+
+#[test]
+fn a_garbled_small_file_fails_its_git_blob_sha1() {
+    a_bad_small_file_is_never_kept(Fault::Garble, "git SHA-1");
+}
+
+#[test]
+fn a_range_request_answered_whole_restarts_the_file() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    server.cut_once(CONFIG);
+    let sandbox = Sandbox::new();
+    let model = sandbox.model(&server);
+    model.fetch(&mut ()).unwrap_err();
+    let kept = std::fs::metadata(&partial_files_in(&sandbox.cache())[0])
+        .unwrap()
+        .len();
+    assert!(kept > 0);
+
+    server.fault_once(CONFIG, Fault::IgnoreRange);
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert_holds(&snapshot, &FULL_FILES);
+    let resumed = format!("bytes={kept}-");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|request| request.range.as_deref() == Some(resumed.as_str())
+                && request.status == 200),
+        "the resumption was not answered 200"
+    );
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn plain_http_to_another_machine_is_refused_unless_allowed() {
+    let sandbox = Sandbox::new();
+    // TEST-NET-1: an address of another machine that nothing answers.
+    let mut model = HubModel::new(MODEL).with_settings(HubSettings {
+        endpoint: "http://192.0.2.1".to_string(),
+        etag_timeout: Duration::from_millis(500),
+        ..sandbox.model(&HubServer::start(Vec::new())).settings
+    });
+    let error = model.fetch(&mut ()).unwrap_err();
+    assert!(
+        matches!(error, Error::HubInsecureUrl { ref url, .. } if url.starts_with("http://192.0.2.1")),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("DIFFSEG_HUB_ALLOW_HTTP"),
+        "{error}"
+    );
+    // Allowed, it is asked (and here, does not answer).
+    model.settings.allow_http = true;
+    let error = model.fetch(&mut ()).unwrap_err();
+    assert!(matches!(error, Error::Download { .. }), "{error:?}");
+}
+
+#[test]
+fn a_revision_that_could_leave_the_cache_is_refused() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let sandbox = Sandbox::new();
+    let model = sandbox.model(&server).with_revision("../../escaped");
+    assert_eq!(model.cached(), None);
+    let error = model.fetch(&mut ()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::UnknownName {
+                what: "revision",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(server.requests().is_empty());
+    sandbox.assert_nothing_outside_the_cache();
+}
+
+#[test]
+fn debug_output_never_shows_the_token() {
+    let server = HubServer::start(Vec::new());
+    let sandbox = Sandbox::new();
+    let mut model = sandbox.model(&server);
+    model.settings.token = Some("hf_do_not_print".into());
+    let builder = diffseg::Segmenter::builder().hub(model.settings.clone());
+    for shown in [
+        format!("{:?}", model.settings),
+        format!("{model:?}"),
+        format!("{builder:?}"),
+        format!("{:#?}", model.settings),
+    ] {
+        assert!(!shown.contains("hf_do_not_print"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+}
+
+#[test]
+fn a_revisions_weights_carry_its_own_commit_not_mains() {
+    assert!(
+        std::env::var_os(WEIGHTS_ENV).is_none(),
+        "unset {WEIGHTS_ENV} to run this test: it would be used instead of the cache"
+    );
+    let server = HubServer::start(Vec::new());
+    let sandbox = Sandbox::new();
+    // `main` and the tag `v1` both cached, at different commits.
+    let repo = sandbox.cache().join("models--tiny--sd");
+    let main = "1111111111111111111111111111111111111111";
+    let tagged = "2222222222222222222222222222222222222222";
+    for (revision, commit) in [("main", main), ("v1", tagged)] {
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join(revision), commit).unwrap();
+        for (file, bytes) in fixture_files() {
+            let path = repo.join("snapshots").join(commit).join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    let builder = |revision: &str| {
+        diffseg::Segmenter::builder()
+            .model(MODEL)
+            .revision(revision)
+            .hub(sandbox.model(&server).settings)
+    };
+    let located = builder("v1").locate_weights().unwrap().unwrap();
+    assert_eq!(located.commit(), Some(tagged));
+    assert_eq!(located.found().origin, WeightsOrigin::HuggingFaceCache);
+    // What a resumed run compares its results with.
+    let settings = diffseg::SegmentSettings::new(
+        located.found(),
+        MODEL,
+        diffseg::Precision::F32,
+        diffseg::Fit::Pad,
+        &diffseg::MergeOptions::default(),
+    );
+    assert_eq!(settings.revision.as_deref(), Some(tagged));
+    assert_eq!(
+        builder("main").locate_weights().unwrap().unwrap().commit(),
+        Some(main)
+    );
+    // Nothing cached at `v2`: to be downloaded, and no request to find that out.
+    assert!(builder("v2").locate_weights().unwrap().is_none());
+    assert!(server.requests().is_empty());
+
+    // The model loads from the weights located, at the tagged commit.
+    let segmenter = builder("v1").build_with(located).unwrap();
+    assert!(segmenter.weights().path.ends_with(tagged));
 }

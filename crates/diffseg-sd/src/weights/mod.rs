@@ -49,6 +49,7 @@ mod network;
 use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 
@@ -124,27 +125,7 @@ impl WeightsSource {
     /// single diffusers component files are refused with an error saying
     /// what to do instead.
     pub fn detect(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let metadata = std::fs::metadata(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            error: source,
-        })?;
-        if metadata.is_dir() {
-            return if diffusers::is_pipeline_folder(path) {
-                Ok(Self::Diffusers {
-                    root: path.to_path_buf(),
-                    variant: Variant::default(),
-                })
-            } else {
-                Err(Error::UnrecognisedSource {
-                    path: path.to_path_buf(),
-                    reason: "a folder without model_index.json, unet/, vae/ or text_encoder/"
-                        .into(),
-                })
-            };
-        }
-        open_single_file(path)?;
-        Ok(Self::SingleFile(path.to_path_buf()))
+        detect_and_open(path.as_ref()).map(|(source, _)| source)
     }
 
     /// The same source with another preferred precision variant (no effect
@@ -249,6 +230,81 @@ impl WeightsSource {
     }
 }
 
+/// [`WeightsSource::detect`], keeping a single file it opened to check it.
+fn detect_and_open(path: &Path) -> Result<(WeightsSource, Option<LayoutFile>), Error> {
+    let metadata = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        error: source,
+    })?;
+    if metadata.is_dir() {
+        return if diffusers::is_pipeline_folder(path) {
+            Ok((
+                WeightsSource::Diffusers {
+                    root: path.to_path_buf(),
+                    variant: Variant::default(),
+                },
+                None,
+            ))
+        } else {
+            Err(Error::UnrecognisedSource {
+                path: path.to_path_buf(),
+                reason: "a folder without model_index.json, unet/, vae/ or text_encoder/".into(),
+            })
+        };
+    }
+    let file = open_single_file(path)?;
+    Ok((WeightsSource::SingleFile(path.to_path_buf()), Some(file)))
+}
+
+/// A [`WeightsSource`] opened for loading: the networks' architectures read,
+/// and a single-file checkpoint mapped with its header parsed and checked
+/// once, here, for [`StableDiffusion::load_opened`] (detecting, reading the
+/// architecture and loading a single file otherwise parse its header three
+/// times).
+#[derive(Debug, Clone)]
+pub struct OpenedWeights {
+    source: WeightsSource,
+    config: StableDiffusionConfig,
+    /// The mapped single file; a diffusers folder's files are opened per
+    /// network as it loads.
+    single_file: Option<Arc<LayoutFile>>,
+}
+
+impl OpenedWeights {
+    /// Classifies `path` as [`WeightsSource::detect`] does (a diffusers
+    /// folder read with `variant` preferred) and opens it, with the
+    /// architectures `config`, or without one those [`WeightsSource::config`]
+    /// finds.
+    pub fn open(
+        path: impl AsRef<Path>,
+        variant: Variant,
+        config: Option<StableDiffusionConfig>,
+    ) -> Result<Self, Error> {
+        let (source, single_file) = detect_and_open(path.as_ref())?;
+        let source = source.with_variant(variant);
+        let config = match (config, &single_file) {
+            (Some(config), _) => config,
+            (None, Some(file)) => sd_v1_preset_for(&file.file)?,
+            (None, None) => source.config()?,
+        };
+        Ok(Self {
+            source,
+            config,
+            single_file: single_file.map(Arc::new),
+        })
+    }
+
+    /// What was opened.
+    pub fn source(&self) -> &WeightsSource {
+        &self.source
+    }
+
+    /// The networks' architectures.
+    pub fn config(&self) -> &StableDiffusionConfig {
+        &self.config
+    }
+}
+
 impl<B: Backend> StableDiffusion<B> {
     /// Loads all three networks with the architectures `config`, or without
     /// one those [`WeightsSource::config`] finds. A single file is mapped
@@ -289,12 +345,7 @@ impl<B: Backend> StableDiffusion<B> {
                     Some(config) => Cow::Borrowed(config),
                     None => Cow::Owned(sd_v1_preset_for(&file.file)?),
                 };
-                Ok(Self {
-                    vae: apply::load(&config.vae, &file, device)?,
-                    text_encoder: apply::load(&config.text_encoder, &file, device)?,
-                    unet: apply::load(&config.unet, &file, device)?,
-                    mapped_files: vec![file.file.mapped().clone()],
-                })
+                Self::from_single_file(&file, &config, device)
             }
         }
     }
@@ -312,6 +363,31 @@ impl<B: Backend> StableDiffusion<B> {
             .iter()
             .try_for_each(MappedFile::check_unchanged)
     }
+
+    /// Loads all three networks from weights opened before, without
+    /// opening a single file again.
+    pub fn load_opened(weights: &OpenedWeights, device: &B::Device) -> Result<Self, Error> {
+        match &weights.single_file {
+            Some(file) => {
+                weights.config.validate()?;
+                Self::from_single_file(file, &weights.config, device)
+            }
+            None => Self::load(&weights.source, Some(&weights.config), device),
+        }
+    }
+
+    fn from_single_file(
+        file: &LayoutFile,
+        config: &StableDiffusionConfig,
+        device: &B::Device,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            vae: apply::load(&config.vae, file, device)?,
+            text_encoder: apply::load(&config.text_encoder, file, device)?,
+            unet: apply::load(&config.unet, file, device)?,
+            mapped_files: vec![file.file.mapped().clone()],
+        })
+    }
 }
 
 /// Key layout of a weights file.
@@ -324,6 +400,7 @@ pub enum Layout {
 }
 
 /// A weights file whose keys were checked to be in `layout`.
+#[derive(Debug)]
 struct LayoutFile {
     file: SafetensorsFile,
     layout: Layout,

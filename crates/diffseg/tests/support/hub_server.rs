@@ -12,19 +12,35 @@
 //!   repository without its token; 403 for a gated one;
 //! - `Range: bytes=a-` / `bytes=a-b` answer `206`.
 //!
-//! Every request is logged, so tests can tell that a run made none. A file
-//! can be set to have its first transfer cut midway (headers promise the
-//! whole file, half comes, the connection closes) or garbled, to test resuming
-//! and the checksum. One request per connection (`Connection: close`).
+//! Every request is logged, so tests can tell that a run made none. Small
+//! files are named by their git blob SHA-1, as on the Hub.
+//!
+//! Hostile modes, to test that the client trusts nothing:
+//!
+//! - per file, its next content transfer ([`Fault`]): cut midway (headers
+//!   promise the whole file, half comes, the connection closes), garbled,
+//!   stalled midway, short or long (a body consistent with its own
+//!   `Content-Length`, not with the file), or a `200` with the whole file
+//!   answered to a range request;
+//! - every answer's ETag or commit replaced ([`HubServer::forge_etag`],
+//!   [`HubServer::forge_commit`]), e.g. by a path;
+//! - the content store on a second listener under another host name
+//!   (`localhost` rather than `127.0.0.1`; [`HubServer::start_with_content_host`]),
+//!   as the Hub redirects to another host.
+//!
+//! One request per connection (`Connection: close`).
 
 #![allow(dead_code)] // Each test binary uses a part of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 /// The tiny random-weight model in the diffusers layout.
@@ -116,6 +132,8 @@ impl ServedRepo {
 /// A request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Logged {
+    /// The `Host` header (`127.0.0.1:port` or `localhost:port`).
+    pub host: String,
     pub path: String,
     pub range: Option<String>,
     pub authorization: Option<String>,
@@ -128,10 +146,29 @@ struct State {
     /// LFS content by SHA-256, as the content store serves it: (repo file, bytes).
     blobs: HashMap<String, (String, Vec<u8>)>,
     log: Mutex<Vec<Logged>>,
-    /// Repository files whose next body transfer is cut midway.
-    cut: Mutex<HashSet<String>>,
-    /// Repository files whose next body transfer is garbled.
-    garble: Mutex<HashSet<String>>,
+    /// Repository files whose next body transfer goes wrong, and how.
+    faults: Mutex<HashMap<String, Fault>>,
+    /// Replaces the `ETag` and `X-Linked-Etag` of every answer.
+    forged_etag: Mutex<Option<String>>,
+    /// Replaces the `X-Repo-Commit` of every answer.
+    forged_commit: Mutex<Option<String>>,
+}
+
+/// How a file's next content transfer goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Half the promised bytes, then the connection closes.
+    Cut,
+    /// Every byte changed, the length kept.
+    Garble,
+    /// Half the promised bytes, then nothing for a minute.
+    Stall,
+    /// Half the file, with a `Content-Length` of half.
+    Short,
+    /// The file and 100 bytes more, with a `Content-Length` of all of it.
+    Long,
+    /// A range request answered `200` with the whole file.
+    IgnoreRange,
 }
 
 /// The running server (its threads live as long as the test process).
@@ -143,8 +180,23 @@ pub struct HubServer {
 
 impl HubServer {
     pub fn start(repos: Vec<ServedRepo>) -> HubServer {
+        HubServer::start_on(repos, None)
+    }
+
+    /// With the content store on a second listener, redirected to as
+    /// `http://localhost:<port>`: another host than the endpoint's 127.0.0.1.
+    pub fn start_with_content_host(repos: Vec<ServedRepo>) -> HubServer {
+        let content = TcpListener::bind("127.0.0.1:0").unwrap();
+        HubServer::start_on(repos, Some(content))
+    }
+
+    fn start_on(repos: Vec<ServedRepo>, content: Option<TcpListener>) -> HubServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let content_base = match &content {
+            Some(content) => format!("http://localhost:{}", content.local_addr().unwrap().port()),
+            None => endpoint.clone(),
+        };
         let blobs = repos
             .iter()
             .flat_map(|repo| &repo.files)
@@ -156,15 +208,17 @@ impl HubServer {
             blobs,
             ..State::default()
         });
-        let served = Arc::clone(&state);
-        let base = endpoint.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let state = Arc::clone(&served);
-                let base = base.clone();
-                std::thread::spawn(move || serve(stream, &state, &base));
-            }
-        });
+        for listener in std::iter::once(listener).chain(content) {
+            let served = Arc::clone(&state);
+            let base = content_base.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let state = Arc::clone(&served);
+                    let base = base.clone();
+                    std::thread::spawn(move || serve(stream, &state, &base));
+                }
+            });
+        }
         HubServer { endpoint, state }
     }
 
@@ -175,13 +229,40 @@ impl HubServer {
 
     /// Cuts the next transfer of `file`'s content midway.
     pub fn cut_once(&self, file: &str) {
-        self.state.cut.lock().unwrap().insert(file.to_string());
+        self.fault_once(file, Fault::Cut);
     }
 
     /// Garbles the next transfer of `file`'s content (same length).
     pub fn garble_once(&self, file: &str) {
-        self.state.garble.lock().unwrap().insert(file.to_string());
+        self.fault_once(file, Fault::Garble);
     }
+
+    /// Makes the next transfer of `file`'s content go wrong this way.
+    pub fn fault_once(&self, file: &str, fault: Fault) {
+        self.state
+            .faults
+            .lock()
+            .unwrap()
+            .insert(file.to_string(), fault);
+    }
+
+    /// Every answer names its content by `etag` from now on.
+    pub fn forge_etag(&self, etag: &str) {
+        *self.state.forged_etag.lock().unwrap() = Some(etag.to_string());
+    }
+
+    /// Every answer names `commit` as the revision's from now on.
+    pub fn forge_commit(&self, commit: &str) {
+        *self.state.forged_commit.lock().unwrap() = Some(commit.to_string());
+    }
+}
+
+/// The git blob SHA-1 the Hub names a small file by.
+pub fn git_blob_sha1(bytes: &[u8]) -> String {
+    let mut hasher = Sha1::new();
+    hasher.update(format!("blob {}\0", bytes.len()).as_bytes());
+    hasher.update(bytes);
+    format!("{:x}", hasher.finalize())
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -222,6 +303,8 @@ struct Response {
     body: Vec<u8>,
     /// Send only this many bytes of the body, then close.
     cut_at: Option<usize>,
+    /// After `cut_at`, wait this long before closing.
+    stall: Option<Duration>,
 }
 
 impl Response {
@@ -231,6 +314,7 @@ impl Response {
             headers: Vec::new(),
             body: Vec::new(),
             cut_at: None,
+            stall: None,
         }
     }
 
@@ -255,8 +339,9 @@ fn serve(mut stream: TcpStream, state: &State, base: &str) {
     let Some(request) = read_request(&stream) else {
         return;
     };
-    let response = respond(&request, state, base);
+    let response = forge(respond(&request, state, base), state);
     state.log.lock().unwrap().push(Logged {
+        host: request.headers.get("host").cloned().unwrap_or_default(),
         path: request.path.clone(),
         range: request.headers.get("range").cloned(),
         authorization: request.headers.get("authorization").cloned(),
@@ -274,7 +359,24 @@ fn serve(mut stream: TcpStream, state: &State, base: &str) {
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body);
     let _ = stream.flush();
+    if let Some(stall) = response.stall {
+        std::thread::sleep(stall);
+    }
     let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The answer with the forged ETag and commit, if any.
+fn forge(mut response: Response, state: &State) -> Response {
+    let etag = state.forged_etag.lock().unwrap().clone();
+    let commit = state.forged_commit.lock().unwrap().clone();
+    for (name, value) in &mut response.headers {
+        match (*name, &etag, &commit) {
+            ("ETag" | "X-Linked-Etag", Some(etag), _) => *value = format!("\"{etag}\""),
+            ("X-Repo-Commit", _, Some(commit)) => *value = commit.clone(),
+            _ => {}
+        }
+    }
+    response
 }
 
 fn respond(request: &Request, state: &State, base: &str) -> Response {
@@ -344,11 +446,9 @@ fn respond(request: &Request, state: &State, base: &str) -> Response {
             .header("X-Linked-Etag", format!("\"{sha}\""))
             .header("X-Linked-Size", bytes.len().to_string())
     } else {
-        // Small files are named by their git hash on the Hub; any stable
-        // 40-digit hash of the content stands in for it here.
         content(request, state, file, bytes)
             .header("X-Repo-Commit", repo.commit.clone())
-            .header("ETag", format!("\"{}\"", &sha256(bytes)[..40]))
+            .header("ETag", format!("\"{}\"", git_blob_sha1(bytes)))
     }
 }
 
@@ -373,6 +473,14 @@ fn content(request: &Request, state: &State, file: &str, bytes: &[u8]) -> Respon
         };
         (start, end)
     });
+    // A transfer of content, not the one-byte probe for the headers.
+    let probe = request.headers.get("range").map(String::as_str) == Some("bytes=0-0");
+    let fault = if probe {
+        None
+    } else {
+        state.faults.lock().unwrap().remove(file)
+    };
+    let range = range.filter(|_| fault != Some(Fault::IgnoreRange));
     let mut response = match range {
         Some((start, _)) if start >= total => {
             return Response::hub_error(416, "", "Range Not Satisfiable")
@@ -390,16 +498,20 @@ fn content(request: &Request, state: &State, file: &str, bytes: &[u8]) -> Respon
             response
         }
     };
-    // A transfer of content, not the one-byte probe for the headers.
-    if response.body.len() > 1 {
-        if state.cut.lock().unwrap().remove(file) {
+    match fault {
+        Some(Fault::Cut) => response.cut_at = Some(response.body.len() / 2),
+        Some(Fault::Stall) => {
             response.cut_at = Some(response.body.len() / 2);
+            response.stall = Some(Duration::from_secs(60));
         }
-        if state.garble.lock().unwrap().remove(file) {
+        Some(Fault::Garble) => {
             for byte in &mut response.body {
                 *byte ^= 0x5a;
             }
         }
+        Some(Fault::Short) => response.body.truncate(response.body.len() / 2),
+        Some(Fault::Long) => response.body.extend_from_slice(&[b' '; 100]),
+        Some(Fault::IgnoreRange) | None => {}
     }
     response.header("Accept-Ranges", "bytes")
 }
