@@ -125,7 +125,7 @@ impl<B: Backend> Pipeline<B> {
             .map_err(|error| Error::Model(error.to_string()))?;
         Ok(Self {
             model,
-            weights: source.path().to_path_buf(),
+            weights: path.to_path_buf(),
             empty_prompt,
             device,
             input_size,
