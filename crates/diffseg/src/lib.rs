@@ -63,7 +63,10 @@ pub use attention::{SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
-pub use input::{open_image, open_image_allowing_damage, Fit, Placement, MAX_IMAGE_SIDE};
+pub use input::{
+    open_image, open_image_allowing_damage, Fit, ImageLimits, Placement, DEFAULT_MAX_PIXELS,
+    MAX_IMAGE_SIDE,
+};
 pub use output::{write_json_atomically, CocoRle, SegmentRecord, SegmentSettings, SegmentsFile};
 pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
