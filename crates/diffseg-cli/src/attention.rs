@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let image = diffseg::open_image(&args.image)?;
+    let image = args.model.image_limits().open(&args.image)?;
     // Merging options do not affect the attention: the defaults only satisfy the builder.
     let segmenter = args
         .model
