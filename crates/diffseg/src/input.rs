@@ -574,7 +574,7 @@ mod tests {
             })),
             DynamicImage::ImageRgb16(ImageBuffer::from_fn(width, height, |x, y| {
                 Rgb([
-                    value(x, y, 0) as u16 * 257 + 100,
+                    value(x, y, 0) as u16 * 256 + 37,
                     value(x, y, 1) as u16 * 250,
                     value(x, y, 2) as u16 * 3,
                 ])
