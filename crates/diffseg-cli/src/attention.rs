@@ -33,7 +33,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "a self-attention file",
         diffseg::is_diffseg_attention,
     )?;
-    let image = diffseg::open_image(&args.image)?;
+    let image = args.model.image_limits().open(&args.image)?;
     // Merging options do not affect the attention: the defaults only satisfy the builder.
     let segmenter = args
         .model

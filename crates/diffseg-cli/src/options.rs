@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use diffseg::weights::{FileVariant, DEFAULT_MODEL, DEFAULT_REVISION};
-use diffseg::{BackendKind, Fit, MergeOptions, Precision, SegmenterBuilder};
+use diffseg::{BackendKind, Fit, ImageLimits, MergeOptions, Precision, SegmenterBuilder};
 
 /// Where the model runs and which weights it loads.
 #[derive(clap::Args, Debug, Clone)]
@@ -33,6 +33,11 @@ pub struct ModelArgs {
     /// Never download weights; fail with a list of the files needed instead.
     #[arg(long)]
     pub offline: bool,
+    /// The most pixels (width × height) an image may have; larger ones are refused from
+    /// their header, before decoding (an image costs memory in proportion to its pixels:
+    /// decoded, and its label map at its own size). Default: 64 megapixels (67108864).
+    #[arg(long, default_value_t = diffseg::DEFAULT_MAX_PIXELS, value_name = "N")]
+    pub max_pixels: u64,
 }
 
 /// The merging options of docs/method.md §5 (the paper's values by default).
@@ -85,6 +90,7 @@ impl ModelArgs {
             .precision(self.precision)
             .fit(self.fit)
             .allow_download(!self.offline)
+            .max_pixels(self.max_pixels)
             .merge_options(merge.to_options());
         if let Some(variant) = self.hub.variant {
             builder = builder.variant(variant);
@@ -93,6 +99,11 @@ impl ModelArgs {
             builder = builder.weights(weights);
         }
         builder
+    }
+
+    /// The limits `--max-pixels` sets, for opening images before a segmenter exists.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits::default().with_max_pixels(self.max_pixels)
     }
 }
 

@@ -469,10 +469,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let mut batch: Vec<(&Job, DynamicImage)> = Vec::with_capacity(chunk.len());
             let decoding = Instant::now();
             for job in chunk {
+                let limits = segmenter.image_limits();
                 let opened = if args.allow_truncated {
-                    diffseg::open_image_allowing_damage(&job.input)
+                    limits.open_allowing_damage(&job.input)
                 } else {
-                    diffseg::open_image(&job.input).map(|image| (image, None))
+                    limits.open(&job.input).map(|image| (image, None))
                 };
                 match opened {
                     Ok((image, damage)) => {

@@ -40,6 +40,7 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         Error::ImageRead { .. } | Error::Write { .. } => PyOSError::new_err(message),
         Error::ImageDecode { .. }
         | Error::ImageTooLarge { .. }
+        | Error::TooManyPixels { .. }
         | Error::ImageDamaged { .. }
         | Error::EmptyImage
         | Error::InvalidInputSize(_)

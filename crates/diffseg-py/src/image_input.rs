@@ -41,18 +41,29 @@ impl ImageSource {
 
     /// The decoded image (a file is opened and decoded here: call it without the GIL).
     pub fn load(self) -> Result<DynamicImage, diffseg::Error> {
+        self.load_within(&diffseg::ImageLimits::default())
+    }
+
+    /// [`ImageSource::load`], a file refused from its header when larger than `limits`.
+    pub fn load_within(
+        self,
+        limits: &diffseg::ImageLimits,
+    ) -> Result<DynamicImage, diffseg::Error> {
         match self {
             ImageSource::Pixels(image) => Ok(image),
-            ImageSource::File(path) => diffseg::open_image(&path),
+            ImageSource::File(path) => limits.open(&path),
         }
     }
 }
 
-/// Loads a list of sources (files decoded in order; the first error stops).
-pub fn load_all(sources: Vec<ImageSource>) -> PyResult<Vec<DynamicImage>> {
+/// Loads a list of sources within `limits` (files decoded in order; the first error stops).
+pub fn load_all(
+    sources: Vec<ImageSource>,
+    limits: &diffseg::ImageLimits,
+) -> PyResult<Vec<DynamicImage>> {
     sources
         .into_iter()
-        .map(|source| source.load().map_err(to_py_err))
+        .map(|source| source.load_within(limits).map_err(to_py_err))
         .collect()
 }
 

@@ -72,6 +72,7 @@ impl PySegmenter {
         anchors = 16,
         refine = false,
         allow_download = true,
+        max_pixels = diffseg::DEFAULT_MAX_PIXELS,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -86,6 +87,7 @@ impl PySegmenter {
         anchors: usize,
         refine: bool,
         allow_download: bool,
+        max_pixels: u64,
     ) -> PyResult<Self> {
         let name_error = |error: diffseg::Error| value_error(error.to_string());
         let backend: BackendKind = backend.parse().map_err(name_error)?;
@@ -97,7 +99,8 @@ impl PySegmenter {
             .precision(precision)
             .fit(fit)
             .merge_options(merge_options(tau, iterations, anchors, refine)?)
-            .allow_download(allow_download);
+            .allow_download(allow_download)
+            .max_pixels(max_pixels);
         if let Some(weights) = weights {
             builder = builder.weights(weights);
         }
@@ -110,7 +113,9 @@ impl PySegmenter {
     fn segment(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<PySegmentation> {
         let source = ImageSource::extract(image)?;
         let segmentation = py.detach(|| {
-            let image = source.load().map_err(to_py_err)?;
+            let image = source
+                .load_within(&self.inner.image_limits())
+                .map_err(to_py_err)?;
             self.inner.segment(&image).map_err(to_py_err)
         })?;
         PySegmentation::new(py, segmentation)
@@ -128,7 +133,7 @@ impl PySegmenter {
             .map(|image| ImageSource::extract(&image?))
             .collect::<PyResult<Vec<_>>>()?;
         let segmentations = py.detach(|| {
-            let images = load_all(sources)?;
+            let images = load_all(sources, &self.inner.image_limits())?;
             self.inner.segment_batch(&images).map_err(to_py_err)
         })?;
         let results = segmentations
@@ -148,7 +153,9 @@ impl PySegmenter {
     ) -> PyResult<Bound<'py, PyDict>> {
         let source = ImageSource::extract(image)?;
         let attention = py.detach(|| {
-            let image = source.load().map_err(to_py_err)?;
+            let image = source
+                .load_within(&self.inner.image_limits())
+                .map_err(to_py_err)?;
             self.inner.attention(&image).map_err(to_py_err)
         })?;
         attention_to_dict(py, attention)
@@ -200,6 +207,12 @@ impl PySegmenter {
     #[getter]
     fn anchors(&self) -> usize {
         self.inner.merge_options().anchors
+    }
+
+    /// The most pixels (width × height) an image may have.
+    #[getter]
+    fn max_pixels(&self) -> u64 {
+        self.inner.image_limits().max_pixels()
     }
 
     /// Whether the k-means refinement runs.

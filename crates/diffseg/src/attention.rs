@@ -10,7 +10,7 @@ use diffseg_core::{merge_attention, AttentionMaps, MergeOptions};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::input::Placement;
+use crate::input::{ImageLimits, Placement};
 use crate::output::write_atomically;
 use crate::pipeline::ROW_SUM_TOLERANCE;
 use crate::segmentation::Segmentation;
@@ -136,7 +136,22 @@ impl SelfAttention {
     /// safetensors file of `self_attn.{side}` / `self_attn.{h}x{w}` tensors,
     /// f32 or f16, shaped `[cells, cells]` or `[heads, cells, cells]` (heads
     /// are averaged). Every row must be a distribution.
+    ///
+    /// Every size in the file is bounded before it is used: a grid has at most
+    /// [`MAX_GRID_CELLS`] cells, and the placement's image at most the default
+    /// [`ImageLimits`] pixels (its labels are made at that size); see
+    /// [`SelfAttention::load_safetensors_with_limits`] to raise that.
     pub fn load_safetensors(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::load_safetensors_with_limits(path, &ImageLimits::default())
+    }
+
+    /// [`SelfAttention::load_safetensors`] with the placement's image held to
+    /// `limits` (as the images of a [`crate::Segmenter`] built with
+    /// [`crate::SegmenterBuilder::max_pixels`] are).
+    pub fn load_safetensors_with_limits(
+        path: impl AsRef<Path>,
+        limits: &ImageLimits,
+    ) -> Result<Self, Error> {
         let path = path.as_ref();
         let problem = |reason: String| Error::Attention {
             path: path.to_path_buf(),
@@ -155,11 +170,19 @@ impl SelfAttention {
         let data = &bytes[HEADER_SIZE_BYTES + header_len..];
         let mut grids = BTreeMap::new();
         for (name, info) in header.tensors() {
-            if let Some((height, width)) = grid_of(&name) {
-                grids.insert(
-                    std::cmp::Reverse((height * width, height, width)),
-                    (name, info),
-                );
+            match grid_of(&name) {
+                Grid::Cells(height, width) => {
+                    grids.insert(
+                        std::cmp::Reverse((height * width, height, width)),
+                        (name, info),
+                    );
+                }
+                Grid::TooLarge => {
+                    return Err(problem(format!(
+                        "tensor {name}: a grid of more than {MAX_GRID_CELLS} cells"
+                    )))
+                }
+                Grid::NotAttention => {}
             }
         }
         if grids.is_empty() {
@@ -185,28 +208,7 @@ impl SelfAttention {
             .collect::<Result<Vec<_>, Error>>()?;
         let placement = match header.metadata() {
             Some(metadata) if PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key)) => {
-                let value = |key: &str| -> Result<i64, Error> {
-                    metadata[key].parse().map_err(|_| {
-                        problem(format!(
-                            "metadata {key} = {:?} is not an integer",
-                            metadata[key]
-                        ))
-                    })
-                };
-                let placement = Placement {
-                    image_width: value("image_width")?.try_into().unwrap_or(0),
-                    image_height: value("image_height")?.try_into().unwrap_or(0),
-                    top: value("top")?,
-                    left: value("left")?,
-                    side: value("side")?.try_into().unwrap_or(0),
-                };
-                if placement.image_width == 0 || placement.image_height == 0 || placement.side == 0
-                {
-                    return Err(problem(format!(
-                        "metadata holds an empty image: {placement:?}"
-                    )));
-                }
-                Some(placement)
+                Some(read_placement(metadata, limits).map_err(problem)?)
             }
             _ => None,
         };
@@ -268,6 +270,11 @@ impl SelfAttention {
         device: &B::Device,
         side: usize,
     ) -> Result<Segmentation, Error> {
+        if let Some(placement) = &self.placement {
+            check_placement(placement).map_err(|reason| {
+                diffseg_core::Error::Size(format!("attention placement: {reason}"))
+            })?;
+        }
         let maps = self.to_maps::<B>(device)?;
         // merge_attention validates the options before any work.
         let proposals = merge_attention(&maps, options)?;
@@ -302,31 +309,129 @@ impl SelfAttention {
     }
 }
 
-/// Checks that `map` holds `(h*w)²` values of a non-empty grid.
-fn check_shape(map: &SelfAttentionMap) -> Result<(), Error> {
-    let cells = map.height * map.width;
-    if cells == 0 || map.probs.len() != cells * cells {
-        return Err(diffseg_core::Error::Shape {
-            tensor: map.tensor_name(),
-            expected: format!("{} values of a non-empty grid", cells * cells),
-            actual: vec![map.probs.len()],
-        }
-        .into());
-    }
-    Ok(())
+/// The placement in a file's metadata (all of [`PLACEMENT_KEYS`] present),
+/// bounded: an image within `limits` and a square [`check_placement`] accepts.
+fn read_placement(
+    metadata: &std::collections::HashMap<String, String>,
+    limits: &ImageLimits,
+) -> Result<Placement, String> {
+    let value = |key: &str| -> Result<i64, String> {
+        metadata[key]
+            .parse()
+            .map_err(|_| format!("metadata {key} = {:?} is not an integer", metadata[key]))
+    };
+    let size = |key: &str| -> Result<u32, String> {
+        let number = value(key)?;
+        u32::try_from(number).map_err(|_| {
+            format!(
+                "metadata {key} = {number} is not a size of 0 to {}",
+                u32::MAX
+            )
+        })
+    };
+    let placement = Placement {
+        image_width: size("image_width")?,
+        image_height: size("image_height")?,
+        top: value("top")?,
+        left: value("left")?,
+        side: size("side")?,
+    };
+    check_placement(&placement).map_err(|reason| format!("metadata: {reason}"))?;
+    limits
+        .check(placement.image_width, placement.image_height)
+        .map_err(|error| format!("metadata: {error}"))?;
+    Ok(placement)
 }
 
-/// `(rows, columns)` of a `self_attn.{side}` or `self_attn.{h}x{w}` name.
-fn grid_of(name: &str) -> Option<(usize, usize)> {
-    let grid = name.strip_prefix("self_attn.")?;
-    let (height, width) = match grid.split_once('x') {
-        Some((height, width)) => (height.parse().ok()?, width.parse().ok()?),
-        None => {
-            let side = grid.parse().ok()?;
-            (side, side)
+/// Checks that a placement describes a square a [`crate::Fit`] could make: a
+/// non-empty image, a square no larger than its longer side, starting within a
+/// side of it. Labels are mapped back through it: outside those bounds that
+/// would need offsets nothing here makes.
+fn check_placement(placement: &Placement) -> Result<(), String> {
+    let Placement {
+        image_width,
+        image_height,
+        top,
+        left,
+        side,
+    } = *placement;
+    let longer = image_width.max(image_height);
+    let offsets = -(side as i64)..=longer as i64;
+    if image_width == 0 || image_height == 0 || side == 0 {
+        Err(format!("an empty image or square: {placement:?}"))
+    } else if side > longer {
+        Err(format!(
+            "a {side}-pixel square is larger than the {image_width}×{image_height} image"
+        ))
+    } else if !offsets.contains(&top) || !offsets.contains(&left) {
+        Err(format!(
+            "the {side}-pixel square at top {top}, left {left} is off the \
+             {image_width}×{image_height} image"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The most cells (rows × columns) a saved attention grid may have: 128×128, the
+/// largest grid of a 1024-pixel model input; its map is `cells²` = 2²⁸ values,
+/// 1 GiB in f32.
+pub const MAX_GRID_CELLS: usize = 128 * 128;
+
+/// Checks that `map` holds `(h*w)²` values of a non-empty grid of at most
+/// [`MAX_GRID_CELLS`] cells.
+fn check_shape(map: &SelfAttentionMap) -> Result<(), Error> {
+    let cells = map
+        .height
+        .checked_mul(map.width)
+        .filter(|&cells| cells > 0 && cells <= MAX_GRID_CELLS);
+    match cells {
+        Some(cells) if map.probs.len() == cells * cells => Ok(()),
+        _ => Err(diffseg_core::Error::Shape {
+            tensor: map.tensor_name(),
+            expected: match cells {
+                Some(cells) => format!("{} values of a non-empty grid", cells * cells),
+                None => format!(
+                    "a grid of 1 to {MAX_GRID_CELLS} cells, not {}×{}",
+                    map.height, map.width
+                ),
+            },
+            actual: vec![map.probs.len()],
         }
+        .into()),
+    }
+}
+
+/// What a tensor's name says about it.
+#[derive(Debug, PartialEq, Eq)]
+enum Grid {
+    /// `self_attn.{side}` or `self_attn.{h}x{w}` of a grid of 1 to
+    /// [`MAX_GRID_CELLS`] cells: `(rows, columns)`.
+    Cells(usize, usize),
+    /// The name of a grid with more than [`MAX_GRID_CELLS`] cells.
+    TooLarge,
+    /// Not a self-attention map's name.
+    NotAttention,
+}
+
+/// The grid a `self_attn.{side}` or `self_attn.{h}x{w}` name gives.
+fn grid_of(name: &str) -> Grid {
+    let Some(grid) = name.strip_prefix("self_attn.") else {
+        return Grid::NotAttention;
     };
-    (height > 0 && width > 0).then_some((height, width))
+    let sides: Option<(usize, usize)> = match grid.split_once('x') {
+        Some((height, width)) => height.parse().ok().zip(width.parse().ok()),
+        None => grid.parse().ok().map(|side| (side, side)),
+    };
+    match sides {
+        Some((height, width)) if height > 0 && width > 0 => {
+            match usize::checked_mul(height, width) {
+                Some(cells) if cells <= MAX_GRID_CELLS => Grid::Cells(height, width),
+                _ => Grid::TooLarge,
+            }
+        }
+        _ => Grid::NotAttention,
+    }
 }
 
 /// One stored map averaged over its heads, checked: finite, non-negative,

@@ -43,6 +43,22 @@ pub enum Error {
         /// The limit that was hit.
         reason: String,
     },
+    /// An image with more pixels than the limit ([`crate::ImageLimits`],
+    /// [`crate::SegmenterBuilder::max_pixels`]); a file is reported as
+    /// [`Error::ImageTooLarge`] naming it.
+    #[error(
+        "a {width}×{height} image has {} pixels, more than the limit of {max_pixels} \
+         (raise it with max_pixels, or --max-pixels on the command line)",
+        *width as u64 * *height as u64
+    )]
+    TooManyPixels {
+        /// The image's width.
+        width: u32,
+        /// The image's height.
+        height: u32,
+        /// The limit.
+        max_pixels: u64,
+    },
     /// An image with no pixels.
     #[error("the image has no pixels")]
     EmptyImage,

@@ -11,7 +11,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use crate::Error;
 
@@ -55,24 +55,159 @@ pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// 16384×16384 RGB image, and a header that claims more fails before allocating.
 pub(crate) const MAX_DECODE_BYTES: u64 = 1 << 30;
 
+/// The most pixels (width × height) an image may have by default: 64 megapixels
+/// (e.g. 8192×8192). What the model sees costs the same for any image, but two
+/// things grow with its pixels: the decoded image (3 bytes a pixel in RGB8, up to 8
+/// in 16-bit RGBA) and the label map returned at its own size (4 bytes a pixel, up
+/// to three such arrays while the labels are renumbered). At 64 megapixels that is
+/// about 1 GiB for an 8-bit RGB image (192 MiB + 768 MiB); at the decoders' largest,
+/// 16384×16384, it would be 4 GiB. Raise it with
+/// [`ImageLimits::with_max_pixels`], [`crate::SegmenterBuilder::max_pixels`],
+/// `diffseg segment --max-pixels N` or `Segmenter(max_pixels=N)` in Python.
+pub const DEFAULT_MAX_PIXELS: u64 = 64 << 20;
+
+/// The size limits of an image taken in: at most [`MAX_IMAGE_SIDE`] pixels a side
+/// (a fixed bound of the decoders here) and at most `max_pixels` pixels in all
+/// ([`DEFAULT_MAX_PIXELS`] unless raised). Files are checked from their header,
+/// before anything is decoded.
+///
+/// ```no_run
+/// # fn main() -> Result<(), diffseg::Error> {
+/// // A 100-megapixel scan: above the default limit.
+/// let limits = diffseg::ImageLimits::default().with_max_pixels(100_000_000);
+/// let image = limits.open("scan.tiff")?;
+/// # let _ = image; Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// These limits with at most `max_pixels` pixels (width × height) an image.
+    pub fn with_max_pixels(self, max_pixels: u64) -> Self {
+        Self { max_pixels }
+    }
+
+    /// The most pixels (width × height) an image may have.
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
+    }
+
+    /// [`open_image`] with these limits.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<DynamicImage, Error> {
+        let path = path.as_ref();
+        match self.open_allowing_damage(path)? {
+            (image, None) => Ok(image),
+            (_, Some(reason)) => Err(Error::ImageDamaged {
+                path: path.to_path_buf(),
+                reason,
+            }),
+        }
+    }
+
+    /// [`open_image_allowing_damage`] with these limits.
+    pub fn open_allowing_damage(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<(DynamicImage, Option<String>), Error> {
+        let path = path.as_ref();
+        let read_error = |source| Error::ImageRead {
+            path: path.to_path_buf(),
+            error: source,
+        };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > MAX_DECODE_BYTES {
+            return Err(Error::ImageTooLarge {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "a {} MiB file (at most {} MiB)",
+                    size >> 20,
+                    MAX_DECODE_BYTES >> 20
+                ),
+            });
+        }
+        // Read whole: the damage checks below read the bytes a second time.
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let mut reader = ImageReader::new(Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(read_error)?;
+        let Some(format) = reader.format() else {
+            return Err(Error::ImageDecode {
+                path: path.to_path_buf(),
+                reason: "not an image in a supported format (PNG, JPEG, TIFF, WebP, BMP)".into(),
+            });
+        };
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        limits.max_alloc = Some(MAX_DECODE_BYTES);
+        reader.limits(limits.clone());
+        let decode_error = |error| image_error(path, error);
+        // The decoder reads the header only; the pixels are decoded after the size checks.
+        let decoder = reader.into_decoder().map_err(decode_error)?;
+        let (width, height) = decoder.dimensions();
+        self.check_file(path, width, height)?;
+        limits
+            .reserve(decoder.total_bytes())
+            .map_err(decode_error)?;
+        let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+        if image.width() == 0 || image.height() == 0 {
+            return Err(Error::EmptyImage);
+        }
+        let damage = match format {
+            ImageFormat::Jpeg => jpeg_damage(&bytes),
+            ImageFormat::Png => png_damage(&bytes),
+            // The WebP, TIFF and BMP decoders fail on a truncated file themselves.
+            _ => None,
+        };
+        Ok((image, damage))
+    }
+
+    /// Checks an image already in memory (or about to be: a placement read back)
+    /// against the pixel limit.
+    pub(crate) fn check(&self, width: u32, height: u32) -> Result<(), Error> {
+        let pixels = width as u64 * height as u64;
+        if pixels > self.max_pixels {
+            return Err(Error::TooManyPixels {
+                width,
+                height,
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`ImageLimits::check`] for the file at `path`, as [`Error::ImageTooLarge`].
+    fn check_file(&self, path: &Path, width: u32, height: u32) -> Result<(), Error> {
+        self.check(width, height)
+            .map_err(|error| Error::ImageTooLarge {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            })
+    }
+}
+
 /// Opens and decodes an image file of any format the `image` crate reads here
 /// (PNG, JPEG including CMYK, TIFF, WebP, BMP), with decoding limits so that a
 /// header claiming a huge size gives [`Error::ImageTooLarge`] instead of
-/// exhausting memory.
+/// exhausting memory: the default [`ImageLimits`] (at most [`MAX_IMAGE_SIDE`]
+/// pixels a side and [`DEFAULT_MAX_PIXELS`] in all, checked from the header).
 ///
 /// A damaged file is refused with [`Error::ImageDamaged`]: decoders fill in
 /// what they cannot read (a truncated JPEG decodes with its missing part grey),
 /// and a segmentation of that would look like a result. To accept such images
 /// with a warning, use [`open_image_allowing_damage`].
 pub fn open_image(path: impl AsRef<Path>) -> Result<DynamicImage, Error> {
-    let path = path.as_ref();
-    match open_image_allowing_damage(path)? {
-        (image, None) => Ok(image),
-        (_, Some(reason)) => Err(Error::ImageDamaged {
-            path: path.to_path_buf(),
-            reason,
-        }),
-    }
+    ImageLimits::default().open(path)
 }
 
 /// Like [`open_image`], but an image that decodes despite damage is returned
@@ -81,39 +216,13 @@ pub fn open_image(path: impl AsRef<Path>) -> Result<DynamicImage, Error> {
 pub fn open_image_allowing_damage(
     path: impl AsRef<Path>,
 ) -> Result<(DynamicImage, Option<String>), Error> {
-    let path = path.as_ref();
-    let read_error = |source| Error::ImageRead {
-        path: path.to_path_buf(),
-        error: source,
-    };
-    let size = std::fs::metadata(path).map_err(read_error)?.len();
-    if size > MAX_DECODE_BYTES {
-        return Err(Error::ImageTooLarge {
-            path: path.to_path_buf(),
-            reason: format!(
-                "a {} MiB file (at most {} MiB)",
-                size >> 20,
-                MAX_DECODE_BYTES >> 20
-            ),
-        });
-    }
-    // Read whole: the damage checks below read the bytes a second time.
-    let bytes = std::fs::read(path).map_err(read_error)?;
-    let mut reader = ImageReader::new(Cursor::new(bytes.as_slice()))
-        .with_guessed_format()
-        .map_err(read_error)?;
-    let Some(format) = reader.format() else {
-        return Err(Error::ImageDecode {
-            path: path.to_path_buf(),
-            reason: "not an image in a supported format (PNG, JPEG, TIFF, WebP, BMP)".into(),
-        });
-    };
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let image = reader.decode().map_err(|error| match error {
+    ImageLimits::default().open_allowing_damage(path)
+}
+
+/// A decoder's error on the file at `path`: a limit hit is [`Error::ImageTooLarge`],
+/// anything else [`Error::ImageDecode`].
+fn image_error(path: &Path, error: image::ImageError) -> Error {
+    match error {
         image::ImageError::Limits(limit) => Error::ImageTooLarge {
             path: path.to_path_buf(),
             reason: format!(
@@ -125,17 +234,7 @@ pub fn open_image_allowing_damage(
             path: path.to_path_buf(),
             reason: other.to_string(),
         },
-    })?;
-    if image.width() == 0 || image.height() == 0 {
-        return Err(Error::EmptyImage);
     }
-    let damage = match format {
-        ImageFormat::Jpeg => jpeg_damage(&bytes),
-        ImageFormat::Png => png_damage(&bytes),
-        // The WebP, TIFF and BMP decoders fail on a truncated file themselves.
-        _ => None,
-    };
-    Ok((image, damage))
 }
 
 /// What a strict JPEG decode finds wrong with a file that `image` decoded.
@@ -222,6 +321,10 @@ pub(crate) struct ModelInput {
     pub placement: Placement,
 }
 
+/// Mid-grey (0 after scaling to [-1, 1]) for the padding: no colour that a
+/// segment could share with real content edges more than another.
+const PAD_VALUE: f32 = 127.5;
+
 /// docs/method.md §1 for one image: fit the image into a square (crop or pad), resize it
 /// to `size`×`size` with TF2 bilinear semantics (half-pixel centres, no
 /// antialiasing, float output) and scale pixels to [-1, 1] (`x / 127.5 − 1`).
@@ -229,6 +332,12 @@ pub(crate) struct ModelInput {
 /// Any colour type or bit depth is first converted as `image` converts to RGB8
 /// (16-bit scaled to 8-bit, grey replicated, alpha dropped), which is what the
 /// reference's PIL `convert("RGB")` does.
+///
+/// The fitted square is never built: its side is the image's longer side (pad),
+/// 16384 for a 16384×1 image, and the resize reads at most two of its rows and
+/// columns per output pixel. Those source pixels are read straight from the image
+/// (the pad value where the square lies outside it), so the cost is bounded by
+/// `size`, not by the image.
 pub(crate) fn prepare_image(
     image: &DynamicImage,
     size: usize,
@@ -241,32 +350,17 @@ pub(crate) fn prepare_image(
     if size == 0 {
         return Err(Error::InvalidInputSize(size));
     }
-    let rgb = image.to_rgb8();
     let placement = Placement::new(width, height, fit);
-    let side = placement.side as usize;
-    // Mid-grey (0 after scaling to [-1, 1]) for the padding: no colour that a
-    // segment could share with real content edges more than another.
-    const PAD_VALUE: f32 = 127.5;
-    let mut square = vec![PAD_VALUE; 3 * side * side];
-    for y in 0..side {
-        let source_y = y as i64 + placement.top;
-        if source_y < 0 || source_y >= height as i64 {
-            continue;
-        }
-        for x in 0..side {
-            let source_x = x as i64 + placement.left;
-            if source_x < 0 || source_x >= width as i64 {
-                continue;
-            }
-            let pixel = rgb.get_pixel(source_x as u32, source_y as u32);
-            for channel in 0..3 {
-                square[channel * side * side + y * side + x] = pixel[channel] as f32;
-            }
-        }
-    }
+    // The square's rows and columns share their taps: it is square.
+    let taps = half_pixel_taps(placement.side as usize, size);
+    let rows = SourceTaps::new(&taps, placement.top, height);
+    let columns = SourceTaps::new(&taps, placement.left, width);
+    let samples = SourceSamples::read(image, &rows.lines, &columns.lines);
     let mut pixels = Vec::with_capacity(3 * size * size);
-    for channel in square.chunks_exact(side * side) {
-        let resized = resize_bilinear_half_pixel(channel, side, side, size, size);
+    for channel in 0..3 {
+        let resized = resize_half_pixel(&rows.taps, &columns.taps, |row, column| {
+            samples.value(row, column, channel)
+        });
         pixels.extend(resized.into_iter().map(|value| value / 127.5 - 1.0));
     }
     Ok(ModelInput {
@@ -274,6 +368,86 @@ pub(crate) fn prepare_image(
         size,
         placement,
     })
+}
+
+/// One axis of the resize of a fitted square, in the image's own lines: the
+/// distinct image rows (or columns) the taps read, in increasing order, and each
+/// tap with its two square lines replaced by their index in that list (`None`
+/// where the square lies outside the image: padding).
+struct SourceTaps {
+    lines: Vec<u32>,
+    taps: Vec<(Option<usize>, Option<usize>, f32)>,
+}
+
+impl SourceTaps {
+    /// The taps of the square's lines `taps`, the square starting at image line
+    /// `offset` (negative when padded) of an image `extent` lines long.
+    fn new(taps: &[(usize, usize, f32)], offset: i64, extent: u32) -> Self {
+        let to_image = |line: usize| {
+            u32::try_from(line as i64 + offset)
+                .ok()
+                .filter(|&line| line < extent)
+        };
+        let mut lines: Vec<u32> = taps
+            .iter()
+            .flat_map(|&(low, high, _)| [low, high])
+            .filter_map(to_image)
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        let index = |line: usize| {
+            to_image(line).map(|line| {
+                lines
+                    .binary_search(&line)
+                    .expect("every line read is listed")
+            })
+        };
+        let taps = taps
+            .iter()
+            .map(|&(low, high, weight)| (index(low), index(high), weight))
+            .collect();
+        Self { lines, taps }
+    }
+}
+
+/// The RGB8 values of the image pixels a resize reads: the crossings of some rows
+/// and some columns, converted row by row as [`DynamicImage::to_rgb8`] converts.
+struct SourceSamples {
+    /// `[rows, columns, 3]`, row-major.
+    rgb: Vec<u8>,
+    columns: usize,
+}
+
+impl SourceSamples {
+    /// Reads the pixels of `image` at every row of `rows` and column of `columns`
+    /// (both increasing), converting one row span at a time.
+    fn read(image: &DynamicImage, rows: &[u32], columns: &[u32]) -> Self {
+        let mut rgb = Vec::with_capacity(rows.len() * columns.len() * 3);
+        if let (Some(&first), Some(&last)) = (columns.first(), columns.last()) {
+            let span = last - first + 1;
+            for &row in rows {
+                let line = image.crop_imm(first, row, span, 1).to_rgb8();
+                for &column in columns {
+                    rgb.extend_from_slice(&line.get_pixel(column - first, 0).0);
+                }
+            }
+        }
+        Self {
+            rgb,
+            columns: columns.len(),
+        }
+    }
+
+    /// Channel `channel` at the crossing of read row `row` and read column
+    /// `column`, as a float; the pad value outside the image.
+    fn value(&self, row: Option<usize>, column: Option<usize>, channel: usize) -> f32 {
+        match (row, column) {
+            (Some(row), Some(column)) => {
+                self.rgb[(row * self.columns + column) * 3 + channel] as f32
+            }
+            _ => PAD_VALUE,
+        }
+    }
 }
 
 /// One axis of a half-pixel bilinear resize: for each output index, the two
@@ -292,27 +466,23 @@ fn half_pixel_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-/// Bilinear resize of one row-major `[in_h, in_w]` plane to `[out_h, out_w]`
-/// with half-pixel centres and no antialiasing: TF2 `tf.image.resize(...,
-/// "bilinear")` and PyTorch `interpolate(mode="bilinear", align_corners=False,
-/// antialias=False)`. Values stay in float.
-pub(crate) fn resize_bilinear_half_pixel(
-    plane: &[f32],
-    in_h: usize,
-    in_w: usize,
-    out_h: usize,
-    out_w: usize,
+/// Bilinear interpolation with half-pixel centres and no antialiasing (TF2
+/// `tf.image.resize(..., "bilinear")`, PyTorch `interpolate(mode="bilinear",
+/// align_corners=False, antialias=False)`), values kept in float: for each pair of
+/// a row tap and a column tap (from [`half_pixel_taps`]), the source values come
+/// from `sample(row, column)`. Row-major `[row_taps, column_taps]` out.
+fn resize_half_pixel<R: Copy, C: Copy>(
+    row_taps: &[(R, R, f32)],
+    column_taps: &[(C, C, f32)],
+    sample: impl Fn(R, C) -> f32,
 ) -> Vec<f32> {
-    assert_eq!(plane.len(), in_h * in_w, "plane is not {in_h}×{in_w}");
-    let rows = half_pixel_taps(in_h, out_h);
-    let columns = half_pixel_taps(in_w, out_w);
-    let mut output = Vec::with_capacity(out_h * out_w);
-    for &(top, bottom, row_weight) in &rows {
-        let top_row = &plane[top * in_w..(top + 1) * in_w];
-        let bottom_row = &plane[bottom * in_w..(bottom + 1) * in_w];
-        for &(left, right, column_weight) in &columns {
-            let upper = top_row[left] + (top_row[right] - top_row[left]) * column_weight;
-            let lower = bottom_row[left] + (bottom_row[right] - bottom_row[left]) * column_weight;
+    let mut output = Vec::with_capacity(row_taps.len() * column_taps.len());
+    for &(top, bottom, row_weight) in row_taps {
+        for &(left, right, column_weight) in column_taps {
+            let (top_left, top_right) = (sample(top, left), sample(top, right));
+            let (bottom_left, bottom_right) = (sample(bottom, left), sample(bottom, right));
+            let upper = top_left + (top_right - top_left) * column_weight;
+            let lower = bottom_left + (bottom_right - bottom_left) * column_weight;
             output.push(upper + (lower - upper) * row_weight);
         }
     }
@@ -322,7 +492,137 @@ pub(crate) fn resize_bilinear_half_pixel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageBuffer, Luma, Rgb};
+    use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+
+    /// The resize kernel [`prepare_image`] uses, on a row-major `[in_h, in_w]` plane.
+    fn resize_bilinear_half_pixel(
+        plane: &[f32],
+        in_h: usize,
+        in_w: usize,
+        out_h: usize,
+        out_w: usize,
+    ) -> Vec<f32> {
+        assert_eq!(plane.len(), in_h * in_w, "plane is not {in_h}×{in_w}");
+        let rows = half_pixel_taps(in_h, out_h);
+        let columns = half_pixel_taps(in_w, out_w);
+        resize_half_pixel(&rows, &columns, |row, column| plane[row * in_w + column])
+    }
+
+    /// The algorithm [`prepare_image`] replaced, kept as its oracle: the whole
+    /// fitted square built in float, then each channel resized.
+    fn prepare_image_via_square(image: &DynamicImage, size: usize, fit: Fit) -> Vec<f32> {
+        let (width, height) = (image.width(), image.height());
+        let rgb = image.to_rgb8();
+        let placement = Placement::new(width, height, fit);
+        let side = placement.side as usize;
+        let mut square = vec![PAD_VALUE; 3 * side * side];
+        for y in 0..side {
+            let source_y = y as i64 + placement.top;
+            if source_y < 0 || source_y >= height as i64 {
+                continue;
+            }
+            for x in 0..side {
+                let source_x = x as i64 + placement.left;
+                if source_x < 0 || source_x >= width as i64 {
+                    continue;
+                }
+                let pixel = rgb.get_pixel(source_x as u32, source_y as u32);
+                for channel in 0..3 {
+                    square[channel * side * side + y * side + x] = pixel[channel] as f32;
+                }
+            }
+        }
+        let mut pixels = Vec::with_capacity(3 * size * size);
+        for plane in square.chunks_exact(side * side) {
+            let rows = half_pixel_taps(side, size);
+            let mut resized = Vec::with_capacity(size * size);
+            for &(top, bottom, row_weight) in &rows {
+                let top_row = &plane[top * side..(top + 1) * side];
+                let bottom_row = &plane[bottom * side..(bottom + 1) * side];
+                for &(left, right, column_weight) in &rows {
+                    let upper = top_row[left] + (top_row[right] - top_row[left]) * column_weight;
+                    let lower =
+                        bottom_row[left] + (bottom_row[right] - bottom_row[left]) * column_weight;
+                    resized.push(upper + (lower - upper) * row_weight);
+                }
+            }
+            pixels.extend(resized.into_iter().map(|value| value / 127.5 - 1.0));
+        }
+        pixels
+    }
+
+    /// Pixels that differ from their neighbours in every channel, in several colour types.
+    fn odd_images(width: u32, height: u32) -> Vec<DynamicImage> {
+        let value = |x: u32, y: u32, channel: u32| ((x * 37 + y * 101 + channel * 59) % 256) as u8;
+        vec![
+            DynamicImage::ImageRgb8(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgb([value(x, y, 0), value(x, y, 1), value(x, y, 2)])
+            })),
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(width, height, |x, y| {
+                Luma([value(x, y, 0)])
+            })),
+            DynamicImage::ImageLumaA8(ImageBuffer::from_fn(width, height, |x, y| {
+                LumaA([value(x, y, 1), value(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba8(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgba([
+                    value(x, y, 0),
+                    value(x, y, 1),
+                    value(x, y, 2),
+                    value(x, y, 3),
+                ])
+            })),
+            DynamicImage::ImageRgb16(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgb([
+                    value(x, y, 0) as u16 * 256 + 37,
+                    value(x, y, 1) as u16 * 250,
+                    value(x, y, 2) as u16 * 3,
+                ])
+            })),
+            DynamicImage::ImageRgb32F(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgb([value(x, y, 0) as f32 / 255.0, -0.5, 1.5])
+            })),
+        ]
+    }
+
+    #[test]
+    fn prepared_pixels_match_the_full_square_bit_for_bit() {
+        let shapes = [
+            (1, 1),
+            (1, 37),
+            (37, 1),
+            (1, 300),
+            (300, 1),
+            (7, 5),
+            (5, 7),
+            (13, 29),
+            (29, 13),
+            (64, 64),
+            (200, 17),
+            (17, 200),
+            (255, 128),
+        ];
+        for (width, height) in shapes {
+            for image in odd_images(width, height) {
+                for size in [1, 8, 15, 16, 64] {
+                    for fit in [Fit::Pad, Fit::CenterCrop] {
+                        let ours = prepare_image(&image, size, fit).unwrap().pixels;
+                        let oracle = prepare_image_via_square(&image, size, fit);
+                        let same = ours.len() == oracle.len()
+                            && ours
+                                .iter()
+                                .zip(&oracle)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{width}×{height} {:?} to {size} with {fit}",
+                            image.color()
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn upsampling_uses_half_pixel_centres() {

@@ -64,7 +64,10 @@ pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
-pub use input::{open_image, open_image_allowing_damage, Fit, Placement, MAX_IMAGE_SIDE};
+pub use input::{
+    open_image, open_image_allowing_damage, Fit, ImageLimits, Placement, DEFAULT_MAX_PIXELS,
+    MAX_IMAGE_SIDE,
+};
 pub use output::{
     check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
     refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,

@@ -2,14 +2,14 @@
 //! users call.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
 use diffseg_core::MergeOptions;
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
-use crate::input::Fit;
+use crate::input::{Fit, ImageLimits, DEFAULT_MAX_PIXELS};
 use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
@@ -80,43 +80,106 @@ impl BackendTask for Load<'_> {
     }
 }
 
-/// Handles on one loaded model, one per thread using it at a time: Burn
-/// modules are `Send` but not `Sync`, and their clones share the weights, so
-/// concurrent callers each take a handle (cloning one when all are busy)
-/// instead of queueing behind a lock.
+/// Handles on one loaded model, one per run in progress, at most `max_runs`:
+/// Burn modules are `Send` but not `Sync`, and their clones share the weights,
+/// so concurrent callers each take a handle (a fresh clone of the template while
+/// fewer than `max_runs` exist). Each run holds its own activations, so callers
+/// beyond the cap wait for a handle instead of allocating another set.
 struct PipelinePool {
-    idle: Mutex<Vec<Box<dyn LoadedPipeline>>>,
+    handles: Mutex<Handles>,
+    /// Signalled whenever a handle comes back (or is dropped after a panic).
+    returned: Condvar,
+    max_runs: usize,
     input_size: usize,
 }
 
+/// The pool's handles behind its lock.
+struct Handles {
+    /// Never lent: cloned for each new handle, and read for the shared stage times.
+    template: Box<dyn LoadedPipeline>,
+    /// Handles not in use.
+    idle: Vec<Box<dyn LoadedPipeline>>,
+    /// Handles that exist (idle or lent), at most `max_runs`.
+    count: usize,
+}
+
 impl PipelinePool {
-    fn new(pipeline: Box<dyn LoadedPipeline>) -> Self {
+    fn new(pipeline: Box<dyn LoadedPipeline>, max_runs: usize) -> Self {
         Self {
             input_size: pipeline.input_size(),
-            idle: Mutex::new(vec![pipeline]),
+            handles: Mutex::new(Handles {
+                template: pipeline,
+                idle: Vec::new(),
+                count: 0,
+            }),
+            returned: Condvar::new(),
+            max_runs,
         }
     }
 
-    /// Runs `work` on an idle handle, or a fresh clone of one when every
-    /// handle is busy (an idle list is never empty between calls: a handle is
-    /// only taken out while it is in use).
+    /// Runs `work` on an idle handle, a new one while fewer than `max_runs`
+    /// exist, or else the first one returned (waiting for it).
     fn with<R>(&self, work: impl FnOnce(&dyn LoadedPipeline) -> R) -> R {
-        let pipeline = {
-            let mut idle = self.idle();
-            match idle.len() {
-                1 => idle[0].clone_box(),
-                _ => idle.pop().expect("the idle list keeps one handle"),
-            }
+        let lent = Lent {
+            pool: self,
+            pipeline: Some(self.take()),
         };
-        let output = work(pipeline.as_ref());
-        self.idle().push(pipeline);
-        output
+        let pipeline = lent.pipeline.as_deref().expect("held until dropped");
+        work(pipeline)
     }
 
-    /// The idle handles (a poisoned lock only means a panic in another
-    /// caller's work, which held no handle borrowed from the list).
-    fn idle(&self) -> MutexGuard<'_, Vec<Box<dyn LoadedPipeline>>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn take(&self) -> Box<dyn LoadedPipeline> {
+        let mut handles = self.handles();
+        loop {
+            if let Some(pipeline) = handles.idle.pop() {
+                return pipeline;
+            }
+            if handles.count < self.max_runs {
+                handles.count += 1;
+                return handles.template.clone_box();
+            }
+            handles = self
+                .returned
+                .wait(handles)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The handles (a poisoned lock only means a panic in another caller while
+    /// it held the lock, which never happens mid-update of the list).
+    fn handles(&self) -> MutexGuard<'_, Handles> {
+        self.handles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A handle lent by the pool, given back when dropped, also when the work
+/// panicked (then it is dropped and its place freed: it may be mid-run).
+struct Lent<'a> {
+    pool: &'a PipelinePool,
+    pipeline: Option<Box<dyn LoadedPipeline>>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let pipeline = self.pipeline.take();
+        let mut handles = self.pool.handles();
+        match pipeline {
+            Some(pipeline) if !std::thread::panicking() => handles.idle.push(pipeline),
+            _ => handles.count -= 1,
+        }
+        drop(handles);
+        self.pool.returned.notify_one();
+    }
+}
+
+/// The default of [`SegmenterBuilder::max_concurrent_runs`] on `backend`: one on
+/// the CPU, whose kernels already use every core (a second run only doubles the
+/// memory), two on a GPU (one run's CPU work, preparing the image and labelling,
+/// overlaps the other's device work).
+fn default_max_concurrent_runs(backend: BackendKind) -> usize {
+    match backend {
+        BackendKind::Cpu => 1,
+        _ => 2,
     }
 }
 
@@ -134,8 +197,18 @@ impl PipelinePool {
 ///
 /// A `Segmenter` is `Send + Sync`: share one (e.g. in an `Arc`) between
 /// threads and call it from all of them at once; the weights are loaded once.
+/// At most [`SegmenterBuilder::max_concurrent_runs`] calls run at a time (one on
+/// the CPU by default, two on a GPU); the others wait for one to finish, so
+/// memory stays that of that many runs however many threads call.
+///
+/// Images are held to [`ImageLimits`] ([`crate::DEFAULT_MAX_PIXELS`] unless
+/// raised with [`SegmenterBuilder::max_pixels`]): a larger image gives
+/// [`Error::TooManyPixels`] before any work, as its label map alone would take
+/// 4 bytes a pixel. Open files with [`Segmenter::image_limits`] to hold them to
+/// the same limit before decoding.
 pub struct Segmenter {
     pipelines: PipelinePool,
+    limits: ImageLimits,
     weights: FoundWeights,
     backend: BackendKind,
     precision: Precision,
@@ -152,6 +225,8 @@ impl std::fmt::Debug for Segmenter {
             .field("fit", &self.fit)
             .field("options", &self.options)
             .field("input_size", &self.pipelines.input_size)
+            .field("limits", &self.limits)
+            .field("max_concurrent_runs", &self.pipelines.max_runs)
             .finish()
     }
 }
@@ -199,20 +274,40 @@ impl Segmenter {
     /// The image's self-attention averaged over heads and layers per
     /// resolution (docs/method.md §3), before any merging.
     pub fn attention(&self, image: &DynamicImage) -> Result<SelfAttention, Error> {
+        self.check_size(std::slice::from_ref(image))?;
         self.pipelines
             .with(|pipeline| pipeline.attention(image, self.fit))
     }
 
     fn run(&self, images: &[DynamicImage], target: Target) -> Result<Vec<Segmentation>, Error> {
+        self.check_size(images)?;
         self.pipelines
             .with(|pipeline| pipeline.segment(images, self.fit, &self.options, target))
+    }
+
+    /// Checks every image against the pixel limit, before waiting for a handle.
+    fn check_size(&self, images: &[DynamicImage]) -> Result<(), Error> {
+        images
+            .iter()
+            .try_for_each(|image| self.limits.check(image.width(), image.height()))
     }
 
     /// Wall time per stage since the model was loaded (loading included),
     /// summed over every call from every thread: what a run spent where.
     pub fn stage_times(&self) -> StageTimes {
-        // The totals are shared by every handle: read an idle one, no need to take it.
-        self.pipelines.idle()[0].stage_times()
+        // The totals are shared by every handle: read the template's.
+        self.pipelines.handles().template.stage_times()
+    }
+
+    /// The size limits images are held to; [`ImageLimits::open`] opens a file
+    /// with them, refusing one too large from its header.
+    pub fn image_limits(&self) -> ImageLimits {
+        self.limits
+    }
+
+    /// The most calls that run at once; more wait.
+    pub fn max_concurrent_runs(&self) -> usize {
+        self.pipelines.max_runs
     }
 
     /// The side of the model's square input in pixels (512 for SD 1.x).
@@ -275,6 +370,8 @@ pub struct SegmenterBuilder {
     fit: Fit,
     options: MergeOptions,
     allow_download: bool,
+    max_pixels: u64,
+    max_concurrent_runs: Option<usize>,
 }
 
 impl Default for SegmenterBuilder {
@@ -290,6 +387,8 @@ impl Default for SegmenterBuilder {
             fit: Fit::default(),
             options: MergeOptions::default(),
             allow_download: true,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_concurrent_runs: None,
         }
     }
 }
@@ -359,6 +458,23 @@ impl SegmenterBuilder {
         self
     }
 
+    /// The most pixels (width × height) an image may have (default
+    /// [`DEFAULT_MAX_PIXELS`], which says why): larger images are refused with a
+    /// typed error before any work.
+    pub fn max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The most calls of the [`Segmenter`] that run at once, each with its own
+    /// activations; callers beyond it wait for one to finish.
+    /// Default: 1 on the CPU, whose kernels already use every core, 2 on a GPU
+    /// (one run's CPU work overlaps the other's device work). At least 1.
+    pub fn max_concurrent_runs(mut self, runs: usize) -> Self {
+        self.max_concurrent_runs = Some(runs);
+        self
+    }
+
     /// The file variant read and downloaded: the one asked for, else the
     /// compute precision's.
     fn file_variant(&self) -> FileVariant {
@@ -410,16 +526,152 @@ impl SegmenterBuilder {
     /// looking them up or opening them again.
     pub fn build_with(self, weights: ResolvedWeights) -> Result<Segmenter, Error> {
         self.options.validate()?;
+        let max_runs = self
+            .max_concurrent_runs
+            .unwrap_or(default_max_concurrent_runs(self.backend));
+        if max_runs == 0 {
+            return Err(diffseg_core::Error::Options(
+                "max_concurrent_runs must be at least 1".into(),
+            )
+            .into());
+        }
         let pipeline = self
             .backend
             .run_in(self.precision, Load { weights: &weights })??;
         Ok(Segmenter {
-            pipelines: PipelinePool::new(pipeline),
+            pipelines: PipelinePool::new(pipeline, max_runs),
+            limits: ImageLimits::default().with_max_pixels(self.max_pixels),
             weights: weights.found().clone(),
             backend: self.backend,
             precision: self.precision,
             fit: self.fit,
             options: self.options,
         })
+    }
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// What a pool did with its handles.
+    #[derive(Default)]
+    struct Counts {
+        clones: AtomicUsize,
+        running: AtomicUsize,
+        most_running: AtomicUsize,
+    }
+
+    /// A real pipeline whose clones and concurrent runs are counted.
+    struct Counting {
+        inner: Box<dyn LoadedPipeline>,
+        counts: Arc<Counts>,
+    }
+
+    impl LoadedPipeline for Counting {
+        fn input_size(&self) -> usize {
+            self.inner.input_size()
+        }
+
+        fn segment(
+            &self,
+            images: &[DynamicImage],
+            fit: Fit,
+            options: &MergeOptions,
+            target: Target,
+        ) -> Result<Vec<Segmentation>, Error> {
+            let running = self.counts.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.counts
+                .most_running
+                .fetch_max(running, Ordering::SeqCst);
+            // Long enough that every thread arrives while runs are in progress.
+            std::thread::sleep(Duration::from_millis(50));
+            let output = self.inner.segment(images, fit, options, target);
+            self.counts.running.fetch_sub(1, Ordering::SeqCst);
+            output
+        }
+
+        fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error> {
+            self.inner.attention(image, fit)
+        }
+
+        fn stage_times(&self) -> StageTimes {
+            self.inner.stage_times()
+        }
+
+        fn clone_box(&self) -> Box<dyn LoadedPipeline> {
+            self.counts.clones.fetch_add(1, Ordering::SeqCst);
+            Box::new(Counting {
+                inner: self.inner.clone_box(),
+                counts: self.counts.clone(),
+            })
+        }
+    }
+
+    /// The tiny test model, its clones and runs counted.
+    fn counted_tiny_pipeline(counts: Arc<Counts>) -> Box<dyn LoadedPipeline> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../diffseg-sd/tests/fixtures/tiny"
+        );
+        let source = WeightsSource::detect(path).unwrap();
+        let pipeline = Pipeline::<crate::backend::Cpu>::load(&source, Default::default()).unwrap();
+        Box::new(Counting {
+            inner: Box::new(pipeline),
+            counts,
+        })
+    }
+
+    /// Issue 19: N threads on one pool never hold more than its cap of handles
+    /// (nor run more at once); the others wait, and every call completes.
+    #[test]
+    fn concurrent_runs_are_capped() {
+        for cap in [1, 2] {
+            let counts = Arc::new(Counts::default());
+            let pool = PipelinePool::new(counted_tiny_pipeline(counts.clone()), cap);
+            let image = DynamicImage::new_rgb8(24, 16);
+            let options = MergeOptions::default();
+            std::thread::scope(|scope| {
+                for _ in 0..6 {
+                    scope.spawn(|| {
+                        pool.with(|pipeline| {
+                            pipeline.segment(
+                                std::slice::from_ref(&image),
+                                Fit::Pad,
+                                &options,
+                                Target::Image,
+                            )
+                        })
+                        .unwrap()
+                    });
+                }
+            });
+            let clones = counts.clones.load(Ordering::SeqCst);
+            let most = counts.most_running.load(Ordering::SeqCst);
+            assert!(clones <= cap, "cap {cap}: {clones} handles made");
+            assert!(most <= cap, "cap {cap}: {most} runs at once");
+            assert_eq!(
+                pool.handles().idle.len(),
+                clones,
+                "cap {cap}: a handle not returned"
+            );
+        }
+    }
+
+    /// A run that panics frees its place: later callers still get a handle.
+    #[test]
+    fn a_panicking_run_frees_its_handle() {
+        let counts = Arc::new(Counts::default());
+        let pool = PipelinePool::new(counted_tiny_pipeline(counts.clone()), 1);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.with(|_| panic!("a failing run"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(pool.handles().count, 0);
+        assert_eq!(pool.with(|pipeline| pipeline.input_size()), 128);
     }
 }

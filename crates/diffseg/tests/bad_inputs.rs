@@ -347,3 +347,467 @@ fn a_single_file_of_unknown_architecture_is_refused() {
     let (path, _) = load_error(&file);
     assert_eq!(path, file);
 }
+
+/// Issue 19: a header within the 16384-pixel sides but over the pixel limit is
+/// refused before decoding, naming the file, its size and the limit; the limit
+/// can be raised.
+#[test]
+fn images_over_the_pixel_limit_are_refused_from_their_header() {
+    let folder = tempfile::tempdir().unwrap();
+    // 10000×10000 = 100 megapixels: over the default 64, each side under 16384.
+    let path = write(folder.path(), "big.png", &png_claiming(10_000, 10_000));
+    match diffseg::open_image(&path) {
+        Err(Error::ImageTooLarge {
+            path: named,
+            reason,
+        }) => {
+            assert_eq!(named, path);
+            assert!(reason.contains("10000×10000"), "{reason}");
+            assert!(
+                reason.contains(&diffseg::DEFAULT_MAX_PIXELS.to_string()),
+                "{reason}"
+            );
+        }
+        other => panic!("expected ImageTooLarge, got {other:?}"),
+    }
+    // Raised: the size passes, and the file fails for what it is (one pixel of data).
+    let raised = diffseg::ImageLimits::default().with_max_pixels(100_000_000);
+    match raised.open(&path) {
+        Err(Error::ImageDecode { path: named, .. }) => assert_eq!(named, path),
+        other => panic!("expected ImageDecode, got {other:?}"),
+    }
+    // Lowered below a real image.
+    let small = write(
+        folder.path(),
+        "small.png",
+        &encode(&gradient(40, 30), ImageFormat::Png),
+    );
+    let lowered = diffseg::ImageLimits::default().with_max_pixels(1_000);
+    assert!(matches!(
+        lowered.open(&small),
+        Err(Error::ImageTooLarge { .. })
+    ));
+    assert!(diffseg::ImageLimits::default()
+        .with_max_pixels(1_200)
+        .open(&small)
+        .is_ok());
+}
+
+fn tiny_segmenter(builder: diffseg::SegmenterBuilder) -> Segmenter {
+    builder
+        .backend(BackendKind::Cpu)
+        .weights(tiny_weights())
+        .allow_download(false)
+        .build()
+        .unwrap()
+}
+
+/// Issue 19: the segmenter holds images in memory to its pixel limit too, before any work.
+#[test]
+fn the_segmenter_refuses_images_over_its_pixel_limit() {
+    let segmenter = tiny_segmenter(Segmenter::builder().max_pixels(1_000));
+    assert_eq!(segmenter.image_limits().max_pixels(), 1_000);
+    match segmenter.segment(&gradient(40, 30)) {
+        Err(Error::TooManyPixels {
+            width: 40,
+            height: 30,
+            max_pixels: 1_000,
+        }) => {}
+        other => panic!("expected TooManyPixels, got {other:?}"),
+    }
+    assert!(matches!(
+        segmenter.attention(&gradient(40, 30)),
+        Err(Error::TooManyPixels { .. })
+    ));
+    assert!(segmenter.segment(&gradient(40, 25)).is_ok());
+}
+
+/// Issue 19: a 16384×1 image costs what the model's input costs (the bench
+/// `peak_memory` measures it); here it must segment to its own size.
+#[test]
+fn one_pixel_thin_images_segment_at_their_size() {
+    let segmenter = tiny_segmenter(Segmenter::builder());
+    for (width, height) in [(16_384, 1), (1, 16_384)] {
+        let segmentation = segmenter.segment(&gradient(width, height)).unwrap();
+        assert_eq!(
+            (segmentation.width(), segmentation.height()),
+            (width as usize, height as usize)
+        );
+    }
+}
+
+/// A safetensors file from its raw parts: `tensors` as (name, dtype, shape,
+/// bytes), laid out one after another, and string metadata.
+fn raw_safetensors(
+    tensors: &[(&str, &str, Vec<u64>, Vec<u8>)],
+    metadata: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [data.len(), data.len() + bytes.len()],
+            }),
+        );
+        data.extend_from_slice(bytes);
+    }
+    if !metadata.is_empty() {
+        let metadata: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(key, value)| (key.to_string(), serde_json::Value::from(*value)))
+            .collect();
+        header.insert("__metadata__".into(), metadata.into());
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&data);
+    file
+}
+
+/// One f32 value 1.0: a 1-cell grid's map.
+fn one_cell() -> Vec<u8> {
+    1f32.to_le_bytes().to_vec()
+}
+
+/// The placement metadata of a `width`×`height` image padded to a square.
+fn placement_metadata(width: &str, height: &str, side: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("image_width", width.to_string()),
+        ("image_height", height.to_string()),
+        ("top", "0".to_string()),
+        ("left", "0".to_string()),
+        ("side", side.to_string()),
+    ]
+}
+
+fn load_attention(
+    folder: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<diffseg::SelfAttention, Error> {
+    let path = write(folder, name, bytes);
+    diffseg::SelfAttention::load_safetensors(&path)
+}
+
+/// Issue 19: saved attention whose placement said 100000×100000 aborted on the
+/// label map's allocation; now every size in the file is bounded first.
+#[test]
+fn saved_attention_with_a_huge_placement_is_refused() {
+    let folder = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "huge",
+            placement_metadata("100000", "100000", "100000"),
+            "pixels",
+        ),
+        (
+            "negative",
+            placement_metadata("-5", "10", "10"),
+            "image_width",
+        ),
+        (
+            "too-wide",
+            placement_metadata("99999999999", "1", "1"),
+            "image_width",
+        ),
+        (
+            "square-larger",
+            placement_metadata("10", "10", "11"),
+            "larger",
+        ),
+        ("empty", placement_metadata("0", "10", "10"), "empty"),
+    ];
+    for (name, metadata, expected) in cases {
+        let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let bytes = raw_safetensors(&[("self_attn.1", "F32", vec![1, 1], one_cell())], &metadata);
+        match load_attention(folder.path(), name, &bytes) {
+            Err(Error::Attention { reason, .. }) => {
+                assert!(reason.contains(expected), "{name}: {reason}")
+            }
+            other => panic!("{name}: expected an attention error, got {other:?}"),
+        }
+    }
+    // An offset far off the image.
+    let mut metadata = placement_metadata("10", "10", "10");
+    metadata[2].1 = i64::MIN.to_string();
+    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bytes = raw_safetensors(&[("self_attn.1", "F32", vec![1, 1], one_cell())], &metadata);
+    assert!(matches!(
+        load_attention(folder.path(), "offset", &bytes),
+        Err(Error::Attention { .. })
+    ));
+    // Raised limits take the large image.
+    let metadata = placement_metadata("10000", "10000", "10000");
+    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bytes = raw_safetensors(&[("self_attn.1", "F32", vec![1, 1], one_cell())], &metadata);
+    let path = write(folder.path(), "raised", &bytes);
+    assert!(diffseg::SelfAttention::load_safetensors(&path).is_err());
+    let limits = diffseg::ImageLimits::default().with_max_pixels(100_000_000);
+    let attention = diffseg::SelfAttention::load_safetensors_with_limits(&path, &limits).unwrap();
+    assert_eq!(attention.placement.unwrap().image_width, 10_000);
+}
+
+/// Issue 19: a grid name whose h·w overflows (3 × the inverse of 3 modulo 2⁶⁴ is 1)
+/// matched a [1, 1] tensor and panicked in Burn's reshape; grids too large to hold
+/// are refused by name.
+#[test]
+fn saved_attention_with_overflowing_grid_names_is_refused() {
+    let folder = tempfile::tempdir().unwrap();
+    for name in [
+        "self_attn.3x12297829382473034411",
+        "self_attn.4294967296",
+        "self_attn.129x128",
+        "self_attn.18446744073709551615x2",
+    ] {
+        let bytes = raw_safetensors(&[(name, "F32", vec![1, 1], one_cell())], &[]);
+        match load_attention(folder.path(), "overflow.safetensors", &bytes) {
+            Err(Error::Attention { reason, .. }) => {
+                assert!(reason.contains(name), "{name}: {reason}")
+            }
+            other => panic!("{name}: expected an attention error, got {other:?}"),
+        }
+    }
+    // The same tensor under a plain name reads.
+    let bytes = raw_safetensors(&[("self_attn.1", "F32", vec![1, 1], one_cell())], &[]);
+    let attention = load_attention(folder.path(), "one.safetensors", &bytes).unwrap();
+    assert_eq!((attention.maps[0].height, attention.maps[0].width), (1, 1));
+}
+
+/// Hand-built attention is held to the same bounds before any tensor is made.
+#[test]
+fn hand_built_attention_with_overflowing_sizes_is_refused() {
+    let attention = diffseg::SelfAttention {
+        maps: vec![diffseg::SelfAttentionMap {
+            height: 3,
+            width: 12_297_829_382_473_034_411,
+            probs: vec![1.0],
+        }],
+        placement: None,
+    };
+    assert!(attention.check().is_err());
+    assert!(attention
+        .merge(&diffseg::MergeOptions::default(), BackendKind::Cpu)
+        .is_err());
+    let attention = diffseg::SelfAttention {
+        maps: vec![diffseg::SelfAttentionMap {
+            height: 1,
+            width: 1,
+            probs: vec![1.0],
+        }],
+        placement: Some(diffseg::Placement {
+            image_width: 10,
+            image_height: 10,
+            top: i64::MIN,
+            left: 0,
+            side: 10,
+        }),
+    };
+    assert!(attention
+        .merge(&diffseg::MergeOptions::default(), BackendKind::Cpu)
+        .is_err());
+}
+
+mod readers {
+    //! Property tests of the readers of outside bytes this crate owns: images and
+    //! saved attention. Whatever the bytes, a typed error or a value, never a panic
+    //! (an abort on a huge allocation ends the test binary: also a failure).
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// Few cases: each writes a file and decodes it; they run in a few seconds.
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 96,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Opens `bytes` as an image file: a value or one of the image errors.
+    fn open(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let folder = tempfile::tempdir().unwrap();
+        let path = write(folder.path(), "case", bytes);
+        match diffseg::open_image_allowing_damage(&path) {
+            Ok((image, _)) => {
+                prop_assert!(image.width() > 0 && image.height() > 0);
+                prop_assert!(
+                    image.width() as u64 * image.height() as u64 <= diffseg::DEFAULT_MAX_PIXELS
+                );
+            }
+            Err(
+                Error::ImageDecode { path: named, .. }
+                | Error::ImageRead { path: named, .. }
+                | Error::ImageDamaged { path: named, .. }
+                | Error::ImageTooLarge { path: named, .. },
+            ) => prop_assert_eq!(named, path),
+            Err(Error::EmptyImage) => {}
+            Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// The openings of each format `image` guesses from, so random bytes reach the decoders.
+    const MAGIC: [&[u8]; 6] = [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff\xd8\xff",
+        b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+        b"II*\x00",
+        b"BM",
+    ];
+
+    /// `bytes` with `edits` (position, new value) applied and then cut at `cut`.
+    fn mutate(mut bytes: Vec<u8>, edits: &[(Index, u8)], cut: Option<Index>) -> Vec<u8> {
+        for (position, value) in edits {
+            let position = position.index(bytes.len());
+            bytes[position] = *value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_image_reader(
+            magic in 0..MAGIC.len(),
+            tail in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut bytes = MAGIC[magic].to_vec();
+            bytes.extend(tail);
+            open(&bytes)?;
+        }
+
+        #[test]
+        fn mutated_png_and_jpeg_never_panic_the_image_reader(
+            jpeg in any::<bool>(),
+            edits in proptest::collection::vec((any::<Index>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<Index>()),
+        ) {
+            let format = if jpeg { ImageFormat::Jpeg } else { ImageFormat::Png };
+            let bytes = encode(&gradient(24, 16), format);
+            open(&mutate(bytes, &edits, cut))?;
+        }
+    }
+
+    /// Loads `bytes` as saved attention: a checked value or an attention error.
+    fn load(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let folder = tempfile::tempdir().unwrap();
+        let path = write(folder.path(), "case.safetensors", bytes);
+        match diffseg::SelfAttention::load_safetensors(&path) {
+            Ok(attention) => {
+                prop_assert!(attention.check().is_ok(), "{:?}", attention.check());
+                if let Some(placement) = attention.placement {
+                    let pixels = placement.image_width as u64 * placement.image_height as u64;
+                    prop_assert!(pixels <= diffseg::DEFAULT_MAX_PIXELS);
+                }
+            }
+            Err(Error::Attention { path: named, .. }) => prop_assert_eq!(named, path),
+            Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// A valid saved file: uniform 2×2 and 1×2 maps and a placement.
+    fn valid_attention() -> Vec<u8> {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("valid.safetensors");
+        let uniform = |height: usize, width: usize| {
+            let cells = height * width;
+            diffseg::SelfAttentionMap {
+                height,
+                width,
+                probs: vec![1.0 / cells as f32; cells * cells],
+            }
+        };
+        diffseg::SelfAttention {
+            maps: vec![uniform(2, 2), uniform(1, 2)],
+            placement: Some(diffseg::Placement::new(40, 30, diffseg::Fit::Pad)),
+        }
+        .save_safetensors(&path)
+        .unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    /// A grid name: plain, small, huge or overflowing sides.
+    fn grid_name() -> impl Strategy<Value = String> {
+        let side = prop_oneof![0u64..5, any::<u64>(), Just(12_297_829_382_473_034_411u64)];
+        prop_oneof![
+            side.clone().prop_map(|side| format!("self_attn.{side}")),
+            (side.clone(), side).prop_map(|(h, w)| format!("self_attn.{h}x{w}")),
+            Just("other".to_string()),
+        ]
+    }
+
+    /// A metadata value: a small or any integer, or not one.
+    fn metadata_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (-50i64..50).prop_map(|v| v.to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            Just("x".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_attention_reader(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            load(&bytes)?;
+        }
+
+        #[test]
+        fn mutated_attention_files_never_panic_the_reader(
+            edits in proptest::collection::vec((any::<Index>(), any::<u8>()), 1..6),
+            cut in proptest::option::of(any::<Index>()),
+        ) {
+            load(&mutate(valid_attention(), &edits, cut))?;
+        }
+
+        #[test]
+        fn crafted_attention_headers_never_panic_the_reader(
+            tensors in proptest::collection::vec(
+                (
+                    grid_name(),
+                    prop::sample::select(vec!["F32", "F16", "BF16", "I32"]),
+                    proptest::collection::vec(0u64..5, 0..4),
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                ),
+                1..4,
+            ),
+            metadata in proptest::collection::vec(metadata_value(), 5),
+        ) {
+            // Each tensor's data is its shape's size where that is small (so the
+            // header is consistent and the reader gets past safetensors' checks).
+            let tensors: Vec<(String, &str, Vec<u64>, Vec<u8>)> = tensors
+                .into_iter()
+                .map(|(name, dtype, shape, mut data)| {
+                    let width = if dtype == "F32" || dtype == "I32" { 4 } else { 2 };
+                    let size = shape.iter().product::<u64>() as usize * width;
+                    data.resize(size, 0x3c);
+                    (name, dtype, shape, data)
+                })
+                .collect();
+            let tensors: Vec<(&str, &str, Vec<u64>, Vec<u8>)> = tensors
+                .iter()
+                .map(|(name, dtype, shape, data)| (name.as_str(), *dtype, shape.clone(), data.clone()))
+                .collect();
+            let keys = ["image_width", "image_height", "top", "left", "side"];
+            let metadata: Vec<(&str, &str)> =
+                keys.iter().zip(&metadata).map(|(key, value)| (*key, value.as_str())).collect();
+            load(&raw_safetensors(&tensors, &metadata))?;
+        }
+    }
+}

@@ -102,6 +102,7 @@ class Segmenter:
         anchors: int = 16,
         refine: bool = False,
         allow_download: bool = True,
+        max_pixels: int = 67108864,
     ) -> "Segmenter":
         """Finds (or downloads) the weights and loads the model.
 
@@ -109,6 +110,8 @@ class Segmenter:
         weights: a diffusers folder or single-file .safetensors checkpoint; by default
         $DIFFSEG_WEIGHTS, then the Hugging Face cache of `model`, then a download
         (unless allow_download is False: then WeightsNotFoundError).
+        max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
+        default; a larger image (a file: from its header, before decoding) raises ValueError.
         """
     def segment(self, image: _ImageInput) -> Segmentation:
         """Segments one image; the result has the image's size."""
@@ -131,6 +134,8 @@ class Segmenter:
     @property
     def weights(self) -> pathlib.Path:
         """Where the weights were loaded from."""
+    @property
+    def max_pixels(self) -> int: ...
     @property
     def tau(self) -> List[float]: ...
     @property
