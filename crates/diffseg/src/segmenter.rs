@@ -618,7 +618,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../diffseg-sd/tests/fixtures/tiny"
         );
-        let source = WeightsSource::detect(path).unwrap();
+        let source = diffseg_sd::WeightsSource::detect(path).unwrap();
         let pipeline = Pipeline::<crate::backend::Cpu>::load(&source, Default::default()).unwrap();
         Box::new(Counting {
             inner: Box::new(pipeline),
