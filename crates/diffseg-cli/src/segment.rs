@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
-use diffseg::{check_result, write_json_atomically, ResultState, SegmentSettings, SegmenterBuilder};
+use diffseg::{
+    check_result, write_json_atomically, ResultState, SegmentSettings, SegmenterBuilder,
+};
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
