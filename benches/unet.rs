@@ -35,7 +35,9 @@ impl<B: Backend> AttentionSink<B> for SummingSink<B> {
 
 fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();
-    let unet = UNet2DConditionModelConfig::sd_v1_5().init::<B>(&device);
+    let unet = UNet2DConditionModelConfig::sd_v1_5()
+        .init::<B>(&device)
+        .expect("the SD 1.5 preset is a valid config");
     let latent = Tensor::<B, 4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 0.2), &device);
     let context = Tensor::<B, 3>::random([1, 77, 768], Distribution::Normal(0.0, 1.0), &device);
     let mut group = c.benchmark_group("unet_capture_sd15_64x64");
