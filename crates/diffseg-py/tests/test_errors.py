@@ -1,5 +1,8 @@
 """Every bad input raises a Python exception of the right type with the project's message."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -76,6 +79,30 @@ def test_weights_that_are_not_a_model(tmp_path):
     with pytest.raises(diffseg.ModelError) as raised:
         diffseg.Segmenter(weights=tmp_path, allow_download=False)
     assert str(tmp_path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "component, field, value",
+    [
+        ("unet", "norm_num_groups", 0),
+        ("unet", "layers_per_block", 100_000_000),
+        ("unet", "sample_size", 100_000),
+        ("text_encoder", "num_attention_heads", 0),
+        ("text_encoder", "num_hidden_layers", 1_000_000_000),
+    ],
+)
+def test_absurd_configs_raise_instead_of_killing_the_interpreter(tmp_path, component, field, value):
+    # Issue 19: these panicked, aborted or were killed for memory, taking Python with them.
+    weights = tmp_path / "tiny"
+    shutil.copytree(TINY_WEIGHTS, weights)
+    config_path = weights / component / "config.json"
+    config = json.loads(config_path.read_text())
+    config[field] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(diffseg.ModelError) as raised:
+        diffseg.Segmenter(weights=weights, allow_download=False)
+    assert field in str(raised.value)
+    assert "config.json" in str(raised.value)
 
 
 @pytest.mark.parametrize(
