@@ -514,17 +514,9 @@ impl SegmenterBuilder {
         ResolvedWeights::open(found, self.file_variant())
     }
 
-    /// Finds (or downloads) the weights and loads the model on the backend.
-    pub fn build(self) -> Result<Segmenter, Error> {
-        self.options.validate()?;
-        let weights = self.resolve_weights()?;
-        self.build_with(weights)
-    }
-
-    /// Loads the model on the backend from weights resolved before (by
-    /// [`Self::locate_weights`] or [`Self::resolve_weights`]), without
-    /// looking them up or opening them again.
-    pub fn build_with(self, weights: ResolvedWeights) -> Result<Segmenter, Error> {
+    /// The cap on concurrent runs, after checking it and the merge options:
+    /// the settings that need no model.
+    fn max_runs(&self) -> Result<usize, Error> {
         self.options.validate()?;
         let max_runs = self
             .max_concurrent_runs
@@ -535,6 +527,22 @@ impl SegmenterBuilder {
             )
             .into());
         }
+        Ok(max_runs)
+    }
+
+    /// Finds (or downloads) the weights and loads the model on the backend.
+    pub fn build(self) -> Result<Segmenter, Error> {
+        // Checked before any download, and again by `build_with` for its own callers.
+        self.max_runs()?;
+        let weights = self.resolve_weights()?;
+        self.build_with(weights)
+    }
+
+    /// Loads the model on the backend from weights resolved before (by
+    /// [`Self::locate_weights`] or [`Self::resolve_weights`]), without
+    /// looking them up or opening them again.
+    pub fn build_with(self, weights: ResolvedWeights) -> Result<Segmenter, Error> {
+        let max_runs = self.max_runs()?;
         let pipeline = self
             .backend
             .run_in(self.precision, Load { weights: &weights })??;

@@ -811,3 +811,15 @@ mod readers {
         }
     }
 }
+
+/// A zero cap on concurrent runs is refused before the weights are looked up
+/// (so before any download), not after.
+#[test]
+fn a_zero_run_cap_is_refused_before_the_weights_are_looked_up() {
+    let error = Segmenter::builder()
+        .weights("/nonexistent/diffseg-weights")
+        .max_concurrent_runs(0)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("max_concurrent_runs"), "{error}");
+}
