@@ -1,28 +1,30 @@
 //! Segments one image with the `diffseg` library and prints the number of segments.
 //!
 //! ```text
-//! diffseg-consumer WEIGHTS IMAGE
+//! diffseg-consumer WEIGHTS IMAGE [cpu|wgpu]
 //! ```
 //! WEIGHTS: a Stable Diffusion 1.x folder (diffusers layout) or checkpoint file.
-//! Built with the `wgpu` feature it runs on WGPU, otherwise on the CPU.
+//! The backend is the CPU unless `wgpu` is asked for, which needs the `wgpu` feature:
+//! one build with that feature checks both backends as a user's project would.
 
 use std::process::ExitCode;
 
 use diffseg::{BackendKind, Segmenter};
 
-const BACKEND: BackendKind = if cfg!(feature = "wgpu") {
-    BackendKind::Wgpu
-} else {
-    BackendKind::Cpu
-};
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [weights, image] = args.as_slice() else {
-        eprintln!("usage: diffseg-consumer WEIGHTS IMAGE");
-        return ExitCode::from(2);
+    let (weights, image, backend) = match args.as_slice() {
+        [weights, image] => (weights, image, BackendKind::Cpu),
+        [weights, image, backend] if backend == "cpu" => (weights, image, BackendKind::Cpu),
+        [weights, image, backend] if backend == "wgpu" && cfg!(feature = "wgpu") => {
+            (weights, image, BackendKind::Wgpu)
+        }
+        _ => {
+            eprintln!("usage: diffseg-consumer WEIGHTS IMAGE [cpu|wgpu]  (wgpu needs the `wgpu` feature)");
+            return ExitCode::from(2);
+        }
     };
-    match segment_count(weights, image) {
+    match segment_count(weights, image, backend) {
         Ok(count) => {
             println!("segments: {count}");
             ExitCode::SUCCESS
@@ -34,9 +36,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn segment_count(weights: &str, image: &str) -> Result<usize, diffseg::Error> {
+fn segment_count(weights: &str, image: &str, backend: BackendKind) -> Result<usize, diffseg::Error> {
     let segmenter = Segmenter::builder()
-        .backend(BACKEND)
+        .backend(backend)
         .weights(weights)
         .allow_download(false)
         .build()?;
