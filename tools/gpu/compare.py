@@ -10,11 +10,11 @@ attention: the `self_attn.*` maps `diffseg attention` writes (f32, f16 or bf16),
 tensor by tensor: max |OTHER - REF| and the largest |REF| (for scale). A tensor missing on
 either side, or of another shape, is an error.
 
-labels: label PNGs as `diffseg segment`/`merge` write them (8- or 16-bit greyscale, pixel =
-segment index). Per pair: the segment counts, the share of pixels with the same label
-(`raw`), and the share after matching each REF segment to at most one OTHER segment, largest
-overlaps first (`matched`; greedy, so a lower bound of the best one-to-one matching: the two
-label maps are numbered independently, and one segment split in two renumbers the rest).
+labels: label PNGs as `diffseg segment`/`merge` write them (8-bit palette or 8/16-bit
+greyscale, pixel = segment index). Per pair: the segment counts, the share of pixels with the
+same label (`raw`), and the share after matching each REF segment to at most one OTHER segment,
+largest overlaps first (`matched`; greedy, so a lower bound of the best one-to-one matching: the
+two label maps are numbered independently, and one segment split in two renumbers the rest).
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def unfilter(path: Path, raw: bytes, width: int, height: int, bytes_per_pixel: i
 
 
 def read_label_png(path: Path) -> tuple[int, int, list[int]]:
-    """(width, height, labels) of an 8- or 16-bit greyscale PNG."""
+    """(width, height, labels) of a label PNG: 8-bit palette (the indices are the labels),
+    8- or 16-bit greyscale."""
     data = path.read_bytes()
     header, compressed = None, bytearray()
     for kind, payload in png_chunks(path, data):
@@ -144,8 +145,11 @@ def read_label_png(path: Path) -> tuple[int, int, list[int]]:
     if header is None:
         raise CompareError(f"{path}: PNG without IHDR")
     width, height, depth, colour, _, _, interlace = header
-    if colour != 0 or depth not in (8, 16) or interlace != 0:
-        raise CompareError(f"{path}: not an 8/16-bit greyscale non-interlaced PNG (colour {colour}, depth {depth})")
+    grey, palette = colour == 0 and depth in (8, 16), colour == 3 and depth == 8
+    if not (grey or palette) or interlace != 0:
+        raise CompareError(
+            f"{path}: not an 8-bit palette or 8/16-bit greyscale non-interlaced PNG (colour {colour}, depth {depth})"
+        )
     pixels = unfilter(path, zlib.decompress(bytes(compressed)), width, height, depth // 8)
     if depth == 8:
         return width, height, list(pixels)

@@ -20,7 +20,7 @@ use crate::options::{MergeArgs, ModelArgs};
 /// its label PNG is kept in the `--cache` folder, so an interrupted evaluation
 /// resumes where it stopped.
 ///
-/// Predictions are label PNGs (8- or 16-bit greyscale, pixel = segment index)
+/// Predictions are label PNGs (8-bit palette or 8/16-bit greyscale, pixel = segment index)
 /// named `<image stem>.png`: `000000000139.png` for COCO,
 /// `frankfurt_000000_000294_leftImg8bit.png` for Cityscapes (directly in the
 /// folder, or in `<city>/`), as `diffseg segment` names them. Exact protocol:

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{diffseg_subcommand, path_str};
+use common::{diffseg_subcommand, path_str, read_labels};
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
@@ -92,7 +92,7 @@ fn merges_into_four_segments() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let labels = image::open(&out).unwrap().to_luma8();
+    let labels = read_labels(&out);
     assert_eq!(labels.dimensions(), (128, 128));
     assert_eq!(
         [

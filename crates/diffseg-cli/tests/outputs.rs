@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{diffseg, diffseg_subcommand, path_str, stderr_of, text, tiny_weights};
+use common::{diffseg, diffseg_subcommand, path_str, read_labels, stderr_of, text, tiny_weights};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -80,9 +80,7 @@ fn assert_whole(out: &Path, stem: &str) {
             format!("{:x}", Sha256::digest(&content))
         );
     }
-    let labels = image::open(out.join(format!("{stem}.png")))
-        .unwrap()
-        .to_luma16();
+    let labels = read_labels(&out.join(format!("{stem}.png")));
     assert_eq!(labels.width() as u64, json["width"].as_u64().unwrap());
     assert_eq!(labels.height() as u64, json["height"].as_u64().unwrap());
     let segments = json["segments"].as_array().unwrap().len() as u16;

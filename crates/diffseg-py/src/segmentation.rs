@@ -166,8 +166,9 @@ impl PySegmentation {
         Ok(PyArray3::from_owned_array(py, pixels))
     }
 
-    /// Writes the label map as a grey PNG (pixel value = label; 8-bit up to
-    /// 256 segments, else 16-bit), atomically: what `diffseg segment` writes.
+    /// Writes the label map as a PNG whose pixel values are the labels (an
+    /// 8-bit palette PNG in the overlay's colours up to 256 segments, else
+    /// 16-bit grey), atomically: what `diffseg segment` writes.
     fn save_labels(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         py.detach(|| self.inner.save_label_png(&path))
             .map_err(to_py_err)

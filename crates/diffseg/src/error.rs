@@ -319,8 +319,9 @@ pub enum Error {
         /// The size or sizes accepted, and why.
         expected: String,
     },
-    /// A prediction PNG that is not a single-channel 8- or 16-bit label map.
-    #[error("prediction {path} is {found}: expected a greyscale 8- or 16-bit PNG whose pixels are segment indices")]
+    /// A prediction PNG that is not a label map (8-bit palette or greyscale,
+    /// 16-bit greyscale).
+    #[error("prediction {path} is {found}: expected an 8-bit palette, 8-bit greyscale or 16-bit greyscale PNG whose pixels are segment indices")]
     PredictionFormat {
         /// The prediction file.
         path: PathBuf,

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use image::{ColorType, DynamicImage, ImageFormat};
+use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -484,10 +484,37 @@ pub(crate) fn encode_png(path: &Path, image: &DynamicImage) -> Result<Vec<u8>, E
             other.to_rgba8().into_raw().into(),
         ),
     };
+    let pixels = PngPixels {
+        width: image.width(),
+        height: image.height(),
+        colour,
+        depth,
+        palette: None,
+        data: &data,
+    };
+    encode_marked_png(path, &pixels)
+}
+
+/// Raw PNG pixels: rows of samples as the format stores them.
+struct PngPixels<'a> {
+    width: u32,
+    height: u32,
+    colour: png::ColorType,
+    depth: png::BitDepth,
+    /// RGB triples, for an indexed PNG.
+    palette: Option<Vec<u8>>,
+    data: &'a [u8],
+}
+
+/// `pixels` encoded as a PNG carrying diffseg's mark.
+fn encode_marked_png(path: &Path, pixels: &PngPixels) -> Result<Vec<u8>, Error> {
     let mut bytes = Vec::new();
-    let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
-    encoder.set_color(colour);
-    encoder.set_depth(depth);
+    let mut encoder = png::Encoder::new(&mut bytes, pixels.width, pixels.height);
+    encoder.set_color(pixels.colour);
+    encoder.set_depth(pixels.depth);
+    if let Some(palette) = &pixels.palette {
+        encoder.set_palette(palette.as_slice());
+    }
     let encoded = encoder
         .add_text_chunk(
             PNG_MARK_KEYWORD.into(),
@@ -495,25 +522,75 @@ pub(crate) fn encode_png(path: &Path, image: &DynamicImage) -> Result<Vec<u8>, E
         )
         .and_then(|()| encoder.write_header())
         .and_then(|mut writer| {
-            writer.write_image_data(&data)?;
+            writer.write_image_data(pixels.data)?;
             writer.finish()
         });
     encoded.map_err(|error| write_error(path, format!("cannot encode the PNG: {error}")))?;
     Ok(bytes)
 }
 
-/// A row-major label map encoded as a greyscale PNG, pixel value = label
-/// (8-bit when every label fits a byte, else 16-bit). The label-PNG codec's
-/// writer.
+/// The most labels a palette label PNG holds; a label map with more is
+/// written as 16-bit greyscale.
+pub(crate) const PALETTE_LABELS: u32 = 256;
+
+/// A row-major label map encoded as a PNG whose pixel values are the labels
+/// (the label-PNG codec's writer): up to [`PALETTE_LABELS`] labels an 8-bit
+/// palette PNG whose colours are the overlay's, so viewers show the segments;
+/// above, 16-bit greyscale (a palette holds 256 colours at most).
 pub(crate) fn encode_label_png(
     path: &Path,
     labels: &[u32],
     width: u32,
     height: u32,
 ) -> Result<Vec<u8>, Error> {
-    let image = crate::segmentation::label_image(labels, width, height)
-        .map_err(|error| write_error(path, error.to_string()))?;
-    encode_png(path, &image)
+    if labels.len() as u64 != u64::from(width) * u64::from(height) {
+        return Err(write_error(
+            path,
+            format!(
+                "{} labels do not fill a {width}x{height} label map",
+                labels.len()
+            ),
+        ));
+    }
+    let largest = labels.iter().copied().max().unwrap_or(0);
+    let (colour, depth, palette, data) = if largest < PALETTE_LABELS {
+        let palette = (0..=largest)
+            .flat_map(crate::segmentation::palette_colour)
+            .collect();
+        let data = labels.iter().map(|&label| label as u8).collect::<Vec<u8>>();
+        (
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            Some(palette),
+            data,
+        )
+    } else if largest <= u32::from(u16::MAX) {
+        // PNG samples are big-endian.
+        let data = labels
+            .iter()
+            .flat_map(|&label| (label as u16).to_be_bytes())
+            .collect();
+        (
+            png::ColorType::Grayscale,
+            png::BitDepth::Sixteen,
+            None,
+            data,
+        )
+    } else {
+        return Err(write_error(
+            path,
+            format!("label {largest} does not fit a 16-bit label PNG"),
+        ));
+    };
+    let pixels = PngPixels {
+        width,
+        height,
+        colour,
+        depth,
+        palette,
+        data: &data,
+    };
+    encode_marked_png(path, &pixels)
 }
 
 /// Whether `path` is a PNG that diffseg wrote (it carries diffseg's mark).
@@ -532,35 +609,93 @@ pub fn is_diffseg_png(path: &Path) -> bool {
     })
 }
 
-/// Reads a label PNG (8- or 16-bit greyscale, pixel value = label) as
-/// row-major labels, width and height: the reader of what
-/// [`crate::Segmentation::save_label_png`] writes. Anything else, damaged or
-/// too large (the limits of [`crate::open_image`]) is a typed error.
+/// Reads a label PNG as row-major labels, width and height: the reader of
+/// what [`crate::Segmentation::save_label_png`] writes (8-bit palette, 16-bit
+/// greyscale) and of what diffseg wrote before (8-bit greyscale); the pixel
+/// value is the label, whatever the palette's colours. Anything else, damaged
+/// or too large (the limits of [`crate::open_image`]) is a typed error.
 pub fn read_label_png(path: impl AsRef<Path>) -> Result<(Vec<u32>, u32, u32), Error> {
     let path = path.as_ref();
-    let decode_error = |reason: String| Error::ImageDecode {
-        path: path.to_path_buf(),
-        reason,
-    };
     let bytes = std::fs::read(path).map_err(|error| Error::ImageRead {
         path: path.to_path_buf(),
         error,
     })?;
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), ImageFormat::Png);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(crate::MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(crate::MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(crate::input::MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|error| decode_error(error.to_string()))?;
-    let (width, height) = (image.width(), image.height());
-    let labels = label_values(image).map_err(|colour| {
-        decode_error(format!(
-            "a label PNG is 8- or 16-bit greyscale, this one is {colour:?}"
-        ))
-    })?;
+    decode_label_png(&bytes).map_err(|error| Error::ImageDecode {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
+/// Why bytes are not a label PNG.
+#[derive(Debug)]
+pub(crate) enum LabelPngError {
+    /// Not a PNG, damaged, or too large.
+    Damaged(String),
+    /// A PNG of another kind: its colour type and bit depth.
+    Kind(String),
+}
+
+impl std::fmt::Display for LabelPngError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelPngError::Damaged(reason) => formatter.write_str(reason),
+            LabelPngError::Kind(kind) => write!(
+                formatter,
+                "a label PNG is 8-bit palette, 8-bit greyscale or 16-bit greyscale, this one is {kind}"
+            ),
+        }
+    }
+}
+
+/// Decodes label PNG bytes (8-bit palette or greyscale, 16-bit greyscale)
+/// without any colour conversion: the raw sample of each pixel is its label.
+pub(crate) fn decode_label_png(bytes: &[u8]) -> Result<(Vec<u32>, u32, u32), LabelPngError> {
+    let damaged = |error: png::DecodingError| LabelPngError::Damaged(error.to_string());
+    let limits = png::Limits {
+        bytes: usize::try_from(crate::input::MAX_DECODE_BYTES).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
+    // Palette indices and 16-bit samples as stored, not expanded to colours.
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let mut reader = decoder.read_info().map_err(damaged)?;
+    let info = reader.info();
+    let (width, height) = (info.width, info.height);
+    if width > crate::MAX_IMAGE_SIDE || height > crate::MAX_IMAGE_SIDE {
+        return Err(LabelPngError::Damaged(format!(
+            "{width}x{height} pixels: a side is larger than {}",
+            crate::MAX_IMAGE_SIDE
+        )));
+    }
+    let sixteen_bit = match (info.color_type, info.bit_depth) {
+        (png::ColorType::Grayscale | png::ColorType::Indexed, png::BitDepth::Eight) => false,
+        (png::ColorType::Grayscale, png::BitDepth::Sixteen) => true,
+        (colour, depth) => {
+            return Err(LabelPngError::Kind(format!(
+                "{colour:?} at {} bits",
+                depth as u8
+            )))
+        }
+    };
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| LabelPngError::Damaged("too large to decode".into()))?;
+    let mut buffer = vec![0u8; size];
+    let frame = reader.next_frame(&mut buffer).map_err(damaged)?;
+    buffer.truncate(frame.buffer_size());
+    let labels: Vec<u32> = if sixteen_bit {
+        buffer
+            .chunks_exact(2)
+            .map(|sample| u32::from(u16::from_be_bytes([sample[0], sample[1]])))
+            .collect()
+    } else {
+        buffer.iter().map(|&sample| u32::from(sample)).collect()
+    };
+    if labels.len() as u64 != u64::from(width) * u64::from(height) {
+        return Err(LabelPngError::Damaged(format!(
+            "{} pixels decoded for {width}x{height}",
+            labels.len()
+        )));
+    }
     Ok((labels, width, height))
 }
 
@@ -814,16 +949,6 @@ pub fn is_json_of<T: serde::de::DeserializeOwned>(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| serde_json::from_slice::<T>(&bytes).is_ok())
 }
 
-/// The labels of a decoded label image, or its colour type when it is not 8-
-/// or 16-bit greyscale. The label-PNG codec's reader.
-pub(crate) fn label_values(image: DynamicImage) -> Result<Vec<u32>, ColorType> {
-    match image {
-        DynamicImage::ImageLuma8(buffer) => Ok(buffer.iter().map(|&v| v as u32).collect()),
-        DynamicImage::ImageLuma16(buffer) => Ok(buffer.iter().map(|&v| v as u32).collect()),
-        other => Err(other.color()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -909,6 +1034,91 @@ mod tests {
         ] {
             assert!(read(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    /// The colour type, bit depth and palette of PNG `bytes`, as stored.
+    fn png_kind(bytes: &[u8]) -> (png::ColorType, png::BitDepth, Option<Vec<u8>>) {
+        let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let info = reader.info();
+        let palette = info.palette.as_ref().map(|palette| palette.to_vec());
+        (info.color_type, info.bit_depth, palette)
+    }
+
+    #[test]
+    fn label_pngs_up_to_256_labels_are_palettes_of_the_overlay_colours() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("labels.png");
+        // Every label of a full palette, in a 16x16 map, and a small one.
+        let full: Vec<u32> = (0..256).rev().collect();
+        for (labels, width, height) in [(vec![2, 0, 0, 1, 2, 2], 3, 2), (full, 16, 16)] {
+            let bytes = encode_label_png(&path, &labels, width, height).unwrap();
+            let (colour, depth, palette) = png_kind(&bytes);
+            assert_eq!(
+                (colour, depth),
+                (png::ColorType::Indexed, png::BitDepth::Eight)
+            );
+            let largest = *labels.iter().max().unwrap();
+            let overlay_colours: Vec<u8> = (0..=largest)
+                .flat_map(crate::segmentation::palette_colour)
+                .collect();
+            assert_eq!(palette.unwrap(), overlay_colours);
+            write_atomically(&path, &bytes).unwrap();
+            assert!(is_diffseg_png(&path));
+            assert_eq!(
+                read_label_png(&path).unwrap(),
+                (labels.clone(), width, height)
+            );
+            // What a viewer shows: each pixel in its segment's overlay colour.
+            let shown = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            for (pixel, &label) in shown.pixels().zip(&labels) {
+                assert_eq!(pixel.0, crate::segmentation::palette_colour(label));
+            }
+        }
+    }
+
+    #[test]
+    fn label_pngs_above_256_labels_are_16_bit_grey() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("labels.png");
+        let labels: Vec<u32> = (0..257).chain([1000, 65535, 3]).collect();
+        let bytes = encode_label_png(&path, &labels, 20, 13).unwrap();
+        assert_eq!(
+            png_kind(&bytes),
+            (png::ColorType::Grayscale, png::BitDepth::Sixteen, None)
+        );
+        write_atomically(&path, &bytes).unwrap();
+        assert!(is_diffseg_png(&path));
+        assert_eq!(read_label_png(&path).unwrap(), (labels, 20, 13));
+        let too_many: Vec<u32> = vec![0, 65536];
+        let error = encode_label_png(&path, &too_many, 2, 1).unwrap_err();
+        assert!(error.to_string().contains("labels.png"), "{error}");
+    }
+
+    #[test]
+    fn label_pngs_of_earlier_versions_still_read() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("old.png");
+        // 8-bit greyscale, pixel = label: what diffseg wrote before palettes.
+        let grey = DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(3, 2, vec![1, 0, 0, 1, 4, 0]).unwrap(),
+        );
+        write_atomically(&path, &encode_png(&path, &grey).unwrap()).unwrap();
+        assert_eq!(
+            read_label_png(&path).unwrap(),
+            (vec![1, 0, 0, 1, 4, 0], 3, 2)
+        );
+        // Another program's 8-bit grey label map, without diffseg's mark.
+        grey.save(&path).unwrap();
+        assert_eq!(read_label_png(&path).unwrap().0, [1, 0, 0, 1, 4, 0]);
+        // Colour images are no label maps: the error names the file and the kind.
+        DynamicImage::new_rgb8(2, 2).save(&path).unwrap();
+        let error = read_label_png(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("old.png") && error.contains("Rgb"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1061,7 +1271,10 @@ mod tests {
         std::fs::remove_file(&paths.json).unwrap();
         let mut photo = Vec::new();
         DynamicImage::new_rgb8(2, 2)
-            .write_to(&mut std::io::Cursor::new(&mut photo), ImageFormat::Png)
+            .write_to(
+                &mut std::io::Cursor::new(&mut photo),
+                image::ImageFormat::Png,
+            )
             .unwrap();
         std::fs::write(&paths.labels, &photo).unwrap();
         assert!(!is_diffseg_png(&paths.labels));

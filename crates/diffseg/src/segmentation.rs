@@ -170,7 +170,11 @@ impl Segmentation {
         )
     }
 
-    /// Writes [`Segmentation::label_image`] as a PNG, durably and atomically.
+    /// Writes the label map as a PNG whose pixel values are the labels,
+    /// durably and atomically: up to 256 segments an 8-bit palette PNG whose
+    /// colours are the overlay's (viewers show the segments, tools reading the
+    /// values get the labels), else 16-bit greyscale. [`crate::read_label_png`]
+    /// reads it back.
     pub fn save_label_png(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let path = path.as_ref();
         write_atomically(path, &self.encode_label_png(path)?)
@@ -208,7 +212,7 @@ impl Segmentation {
         write_result(paths, &labels, &overlay, description)
     }
 
-    /// [`Segmentation::label_image`] encoded as PNG, to stage with
+    /// The label PNG's bytes ([`Segmentation::save_label_png`]), to stage with
     /// [`crate::stage_file`] among other files (`path`, the file it is for, is
     /// named in errors).
     pub fn encode_label_png(&self, path: &Path) -> Result<Vec<u8>, Error> {
@@ -270,8 +274,9 @@ fn blend(pixel: u8, colour: u8, opacity: f32) -> u8 {
     (pixel as f32 * (1.0 - opacity) + colour as f32 * opacity).round() as u8
 }
 
-/// A distinct, saturated colour per label (hues a golden angle apart).
-fn palette_colour(label: u32) -> [u8; 3] {
+/// A distinct, saturated colour per label (hues a golden angle apart): the
+/// overlay's tint and the label PNG's palette.
+pub(crate) fn palette_colour(label: u32) -> [u8; 3] {
     let hue = (label as f32 * 137.507_77) % 360.0;
     let sector = hue / 60.0;
     let rising = (255.0 * (1.0 - (sector % 2.0 - 1.0).abs())) as u8;
@@ -285,9 +290,9 @@ fn palette_colour(label: u32) -> [u8; 3] {
     }
 }
 
-/// A row-major label map as a greyscale image (the label-PNG codec's encoder):
-/// 8-bit when every label fits a byte, else 16-bit.
-pub(crate) fn label_image(labels: &[u32], width: u32, height: u32) -> Result<DynamicImage, Error> {
+/// A row-major label map as a greyscale image: 8-bit when every label fits a
+/// byte, else 16-bit.
+fn label_image(labels: &[u32], width: u32, height: u32) -> Result<DynamicImage, Error> {
     let largest = labels.iter().copied().max().unwrap_or(0);
     let image = if largest <= u8::MAX as u32 {
         let pixels = labels.iter().map(|&label| label as u8).collect();

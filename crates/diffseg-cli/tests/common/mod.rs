@@ -61,3 +61,15 @@ pub fn stderr_of(output: &Output) -> String {
 pub fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
+
+/// A label PNG (palette or greyscale) as an image of its labels, read the way
+/// diffseg reads it back: pixel value = label, whatever the palette's colours.
+pub fn read_labels(path: &Path) -> image::ImageBuffer<image::Luma<u16>, Vec<u16>> {
+    let (labels, width, height) =
+        diffseg::read_label_png(path).unwrap_or_else(|error| panic!("{error}"));
+    let labels = labels
+        .into_iter()
+        .map(|label| u16::try_from(label).expect("a 16-bit label"))
+        .collect();
+    image::ImageBuffer::from_raw(width, height, labels).expect("one label per pixel")
+}

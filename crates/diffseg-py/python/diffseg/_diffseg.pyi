@@ -84,7 +84,8 @@ class Segmentation:
         and outlined (None: no outline), uint8 RGB [H, W, 3]; the defaults draw the CLI's
         .overlay.png."""
     def save_labels(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Writes the label map as a grey PNG (8-bit up to 256 segments, else 16-bit), atomically."""
+        """Writes the label map as a PNG whose pixel values are the labels (an 8-bit palette PNG
+        in the overlay's colours up to 256 segments, else 16-bit grey), atomically."""
 
 @final
 class Segmenter:

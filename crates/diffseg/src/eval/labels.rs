@@ -5,6 +5,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 
+use crate::output::LabelPngError;
 use crate::Error;
 
 /// The side of the square that images, labels and predictions are compared at.
@@ -119,25 +120,31 @@ pub struct PredictionImage {
     pub segments: Vec<u16>,
 }
 
-/// Decodes a predicted label map of any size: a greyscale 8- or 16-bit PNG whose
-/// pixel values are segment indices.
+/// Decodes a predicted label map of any size: a PNG whose pixel values are
+/// segment indices, as `diffseg segment` writes them (8-bit palette, 16-bit
+/// greyscale) or 8-bit greyscale.
 pub fn decode_prediction_png(path: impl AsRef<Path>) -> Result<PredictionImage, Error> {
     let path = path.as_ref();
-    let decoded = image::open(path).map_err(|source| Error::png(path, source))?;
-    let (width, height) = (decoded.width(), decoded.height());
-    let segments = crate::output::label_values(decoded)
-        .map_err(|colour| Error::PredictionFormat {
-            path: path.to_path_buf(),
-            found: format!("{colour:?}"),
-        })?
-        .into_iter()
-        // 8- and 16-bit greyscale values: all fit.
-        .map(|label| label as u16)
-        .collect();
+    let bytes = std::fs::read(path).map_err(|error| Error::ImageRead {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let (labels, width, height) =
+        crate::output::decode_label_png(&bytes).map_err(|error| match error {
+            LabelPngError::Kind(found) => Error::PredictionFormat {
+                path: path.to_path_buf(),
+                found,
+            },
+            LabelPngError::Damaged(reason) => Error::ImageDecode {
+                path: path.to_path_buf(),
+                reason,
+            },
+        })?;
     Ok(PredictionImage {
         width,
         height,
-        segments,
+        // At most 16-bit samples: all fit.
+        segments: labels.into_iter().map(|label| label as u16).collect(),
     })
 }
 
@@ -190,5 +197,17 @@ mod tests {
         }
         // Only the two PNGs: no temporary file left behind.
         assert_eq!(std::fs::read_dir(folder.path()).unwrap().count(), 2);
+        // 8-bit greyscale, as diffseg wrote label PNGs before palettes.
+        let grey = folder.path().join("grey.png");
+        image::GrayImage::from_raw(2, 1, vec![3, 7])
+            .unwrap()
+            .save(&grey)
+            .unwrap();
+        assert_eq!(decode_prediction_png(&grey).unwrap().segments, [3, 7]);
+        // RGB is no label map.
+        let rgb = folder.path().join("rgb.png");
+        image::RgbImage::new(2, 1).save(&rgb).unwrap();
+        let error = decode_prediction_png(&rgb).unwrap_err();
+        assert!(matches!(error, Error::PredictionFormat { .. }), "{error}");
     }
 }
