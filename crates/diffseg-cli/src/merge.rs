@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
-use diffseg::{BackendKind, BackendTask, MergeOptions, Segmentation, SegmentsFile, SelfAttention};
+use diffseg::{
+    BackendKind, BackendTask, JsonStyle, MergeOptions, Segmentation, SegmentsFile, SelfAttention,
+};
 
 use crate::options::MergeArgs;
 
@@ -21,12 +23,16 @@ pub struct Args {
     /// `diffseg attention` writes (f32, f16 or bf16; `[cells, cells]`, or
     /// `[heads, cells, cells]` with heads averaged). Any grid sizes.
     pub attention: PathBuf,
-    /// Label PNG to write (pixel value = segment index; 8-bit up to 256 segments, else 16-bit).
+    /// Label PNG to write (pixel value = segment index; an 8-bit palette PNG in the overlay's
+    /// colours up to 256 segments, else 16-bit grey).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write segment count, areas and bounding boxes as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Indent the `--json` file for reading by eye (by default it is compact, one line).
+    #[arg(long, requires = "json")]
+    pub pretty: bool,
     #[command(flatten)]
     pub merge: MergeArgs,
     /// Label a SIZE×SIZE square instead. Without it the labels cover the image
@@ -56,7 +62,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         options,
         side: args.size.unwrap_or(DEFAULT_SIDE),
     })??;
-    write_outputs(&segmentation, &args.out, args.json.as_deref())?;
+    let json_style = if args.pretty {
+        JsonStyle::Pretty
+    } else {
+        JsonStyle::Compact
+    };
+    write_outputs(&segmentation, &args.out, args.json.as_deref(), json_style)?;
     println!(
         "{}: {} segments, {}x{} labels",
         args.out.display(),
@@ -94,13 +105,14 @@ fn write_outputs(
     segmentation: &Segmentation,
     out: &Path,
     json: Option<&Path>,
+    json_style: JsonStyle,
 ) -> anyhow::Result<()> {
     let mut staged = vec![diffseg::stage_file(
         out,
         &segmentation.encode_label_png(out)?,
     )?];
     if let Some(json) = json {
-        let description = serde_json::to_vec_pretty(&segmentation.describe(None))?;
+        let description = json_style.encode(&segmentation.describe(None))?;
         staged.push(diffseg::stage_file(json, &description)?);
     }
     Ok(diffseg::commit_in_order(staged)?)

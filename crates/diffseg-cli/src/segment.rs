@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
 use diffseg::{
-    check_result, write_json_atomically, ResultState, SegmentSettings, SegmenterBuilder,
+    check_result, write_json_atomically, JsonStyle, ResultState, SegmentSettings, SegmenterBuilder,
 };
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
@@ -83,6 +83,12 @@ pub struct Args {
     /// Write the wall time of each stage (seconds, JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
+    /// Indent the JSON files this run writes (each image's `<stem>.json`, the
+    /// summary, the timings) for reading by eye. By default they are compact,
+    /// one line each: several times smaller, and what programs read anyway
+    /// (`python -m json.tool FILE` or `jq . FILE` indents one later).
+    #[arg(long)]
+    pub pretty: bool,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -282,12 +288,19 @@ pub fn write_results(
     image: &DynamicImage,
     segmentation: &Segmentation,
     settings: &SegmentSettings,
+    json_style: JsonStyle,
 ) -> Result<(), diffseg::Error> {
     let name = job
         .input
         .file_name()
         .map(|name| name.to_string_lossy().into_owned());
-    segmentation.save_result(image, &job.result_paths(), name, Some(settings.clone()))
+    segmentation.save_result(
+        image,
+        &job.result_paths(),
+        name,
+        Some(settings.clone()),
+        json_style,
+    )
 }
 
 /// The `--timings` report: seconds per stage, summed over the run.
@@ -307,6 +320,11 @@ struct Timings {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let json_style = if args.pretty {
+        JsonStyle::Pretty
+    } else {
+        JsonStyle::Compact
+    };
     let (mut decode, mut outputs) = (Duration::ZERO, Duration::ZERO);
     let mut stages = StageTimes::default();
     let note = |text: String| {
@@ -515,7 +533,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(segmentations) => {
                     let writing = Instant::now();
                     for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
-                        match write_results(job, image, segmentation, &settings) {
+                        match write_results(job, image, segmentation, &settings, json_style) {
                             Ok(()) => done.push(job.input.clone()),
                             Err(error) => {
                                 progress
@@ -559,7 +577,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             outputs: seconds(outputs),
             total: seconds(started.elapsed()),
         };
-        write_json_atomically(path, &report)
+        write_json_atomically(path, &report, json_style)
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
     note(format!(
@@ -596,7 +614,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             failed,
             seconds,
         };
-        write_json_atomically(path, &summary)
+        write_json_atomically(path, &summary, json_style)
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(exit)

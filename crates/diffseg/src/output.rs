@@ -437,15 +437,47 @@ fn write_error(path: &Path, reason: String) -> Error {
     }
 }
 
-/// `value` as pretty JSON.
-pub(crate) fn encode_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec_pretty(value).map_err(|error| write_error(path, error.to_string()))
+/// How a JSON file is laid out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JsonStyle {
+    /// One line without spaces: the smallest file, for programs (the default).
+    #[default]
+    Compact,
+    /// Indented, one value per line: for reading by eye.
+    Pretty,
 }
 
-/// Writes `value` as pretty JSON to `path`, durably and atomically.
-pub fn write_json_atomically<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<(), Error> {
+impl JsonStyle {
+    /// `value` as JSON in this style, ending with a newline.
+    pub fn encode<T: Serialize>(self, value: &T) -> serde_json::Result<Vec<u8>> {
+        let mut bytes = match self {
+            JsonStyle::Compact => serde_json::to_vec(value)?,
+            JsonStyle::Pretty => serde_json::to_vec_pretty(value)?,
+        };
+        bytes.push(b'\n');
+        Ok(bytes)
+    }
+}
+
+/// `value` as JSON in `style` (`path`, the file it is for, is named in errors).
+pub(crate) fn encode_json<T: Serialize>(
+    path: &Path,
+    value: &T,
+    style: JsonStyle,
+) -> Result<Vec<u8>, Error> {
+    style
+        .encode(value)
+        .map_err(|error| write_error(path, error.to_string()))
+}
+
+/// Writes `value` as JSON in `style` to `path`, durably and atomically.
+pub fn write_json_atomically<T: Serialize>(
+    path: impl AsRef<Path>,
+    value: &T,
+    style: JsonStyle,
+) -> Result<(), Error> {
     let path = path.as_ref();
-    write_atomically(path, &encode_json(path, value)?)
+    write_atomically(path, &encode_json(path, value, style)?)
 }
 
 /// The `tEXt` keyword and the start of the text that mark a PNG as written by
@@ -771,12 +803,13 @@ pub(crate) fn write_result(
     labels_png: &[u8],
     overlay_png: &[u8],
     mut description: SegmentsFile,
+    style: JsonStyle,
 ) -> Result<(), Error> {
     description.files = vec![
         FileRecord::of(record_name(&paths.labels), labels_png),
         FileRecord::of(record_name(&paths.overlay), overlay_png),
     ];
-    let json = encode_json(&paths.json, &description)?;
+    let json = encode_json(&paths.json, &description, style)?;
     let staged = vec![
         stage_file(&paths.labels, labels_png)?,
         stage_file(&paths.overlay, overlay_png)?,
@@ -963,7 +996,7 @@ mod tests {
         let plain = folder.path().join("plain.txt");
         std::fs::write(&plain, "x").unwrap();
         let written = folder.path().join("out.json");
-        write_json_atomically(&written, &[1, 2]).unwrap();
+        write_json_atomically(&written, &[1, 2], JsonStyle::Compact).unwrap();
         let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&written), mode(&plain));
     }
@@ -1122,6 +1155,20 @@ mod tests {
     }
 
     #[test]
+    fn json_is_compact_unless_pretty_is_asked_for() {
+        let description = describe_labels(&[1, 0, 0, 1, 1, 0], 3, 2, Some("a.jpg".into()));
+        let compact = JsonStyle::Compact.encode(&description).unwrap();
+        let pretty = JsonStyle::Pretty.encode(&description).unwrap();
+        let lines = |bytes: &[u8]| bytes.iter().filter(|&&byte| byte == b'\n').count();
+        assert_eq!(lines(&compact), 1, "one line, newline-terminated");
+        assert!(compact.ends_with(b"}\n") && !compact.contains(&b' '));
+        assert!(lines(&pretty) > 10 && pretty.len() > compact.len());
+        let read = |bytes: &[u8]| serde_json::from_slice::<SegmentsFile>(bytes).unwrap();
+        assert_eq!(read(&compact), description);
+        assert_eq!(read(&pretty), description);
+    }
+
+    #[test]
     fn segments_have_area_and_box() {
         let labels = [1, 0, 0, 1, 1, 0];
         let file = describe_labels(&labels, 3, 2, None);
@@ -1233,7 +1280,14 @@ mod tests {
         let description = describe_labels(&labels, 3, 2, Some("a.jpg".into()));
         let label_png = encode_label_png(&paths.labels, &labels, 3, 2).unwrap();
         let overlay = encode_png(&paths.overlay, &DynamicImage::new_rgb8(3, 2)).unwrap();
-        write_result(&paths, &label_png, &overlay, description.clone()).unwrap();
+        write_result(
+            &paths,
+            &label_png,
+            &overlay,
+            description.clone(),
+            JsonStyle::Compact,
+        )
+        .unwrap();
         (paths, description)
     }
 

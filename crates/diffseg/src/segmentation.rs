@@ -8,7 +8,7 @@ use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
 
 use crate::output::{
     describe_labels, encode_label_png, encode_png, write_atomically, write_json_atomically,
-    write_result, ResultPaths, SegmentSettings, SegmentsFile,
+    write_result, JsonStyle, ResultPaths, SegmentSettings, SegmentsFile,
 };
 use crate::Error;
 
@@ -187,13 +187,20 @@ impl Segmentation {
         write_atomically(path, &self.encode_overlay(source, path)?)
     }
 
-    /// Writes [`Segmentation::describe`] as pretty JSON, durably and atomically.
-    pub fn save_json(&self, path: impl AsRef<Path>, image: Option<String>) -> Result<(), Error> {
-        write_json_atomically(path.as_ref(), &self.describe(image))
+    /// Writes [`Segmentation::describe`] as JSON in `style`, durably and
+    /// atomically.
+    pub fn save_json(
+        &self,
+        path: impl AsRef<Path>,
+        image: Option<String>,
+        style: JsonStyle,
+    ) -> Result<(), Error> {
+        write_json_atomically(path.as_ref(), &self.describe(image), style)
     }
 
     /// Writes the label PNG, the overlay of `source` and the JSON description
-    /// (with `settings`, and the other two files' lengths and SHA-256) as one
+    /// (with `settings`, and the other two files' lengths and SHA-256; laid out
+    /// in `style`) as one
     /// result: nothing is renamed into place before all three are written
     /// whole, and the JSON goes last, so [`crate::check_result`] never takes
     /// a partial result for a finished one and a failure leaves a previous
@@ -204,12 +211,13 @@ impl Segmentation {
         paths: &ResultPaths,
         image: Option<String>,
         settings: Option<SegmentSettings>,
+        style: JsonStyle,
     ) -> Result<(), Error> {
         let labels = self.encode_label_png(&paths.labels)?;
         let overlay = self.encode_overlay(source, &paths.overlay)?;
         let mut description = self.describe(image);
         description.settings = settings;
-        write_result(paths, &labels, &overlay, description)
+        write_result(paths, &labels, &overlay, description, style)
     }
 
     /// The label PNG's bytes ([`Segmentation::save_label_png`]), to stage with
@@ -422,7 +430,7 @@ mod tests {
         );
         let json = folder.path().join("labels.json");
         segmentation
-            .save_json(&json, Some("photo.jpg".into()))
+            .save_json(&json, Some("photo.jpg".into()), JsonStyle::Pretty)
             .unwrap();
         let read: SegmentsFile =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
