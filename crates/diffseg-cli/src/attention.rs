@@ -3,10 +3,10 @@
 //! f32 `[r*r, r*r]`), the input of `diffseg merge`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::exit::Exit;
 use crate::options::{MergeArgs, ModelArgs};
 
 #[derive(clap::Args)]
@@ -21,7 +21,7 @@ pub struct Args {
     pub model: ModelArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     // Before any work: never over the image, never over a file not diffseg's.
     let mut inputs = std::collections::HashMap::new();
     if let Some(real) = diffseg::resolved_path(&args.image) {
@@ -54,5 +54,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     eprintln!("wrote {}: {}", args.out.display(), shapes.join(", "));
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use diffseg::eval::{self, Dataset, EvalReport, Sample, Scores};
 use diffseg::{Fit, Segmenter};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::exit::{self, Exit};
 use crate::options::{MergeArgs, ModelArgs};
 
 /// Score segmentations with the paper's protocol.
@@ -77,7 +77,7 @@ pub struct Args {
     list: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     let mut samples = match &args.list {
         Some(list) => args.dataset.samples_from_list(&args.root, list)?,
         None => args.dataset.samples(&args.root)?,
@@ -87,7 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         samples.truncate(limit);
     }
     if samples.is_empty() {
-        anyhow::bail!("nothing to score: --limit 0");
+        return Err(exit::usage("nothing to score: --limit 0"));
     }
     eval::check_labels(&samples)?;
     let inputs = input_files(&args, &samples);
@@ -184,12 +184,12 @@ fn open_cache(folder: &Path, settings: &CacheSettings) -> anyhow::Result<()> {
             let found: CacheSettings = serde_json::from_str(&found)
                 .with_context(|| format!("reading the cache settings {}", path.display()))?;
             if &found != settings {
-                anyhow::bail!(
+                return Err(exit::usage(format!(
                     "the prediction cache {} was made with other settings ({}): \
                      pass another --cache folder, or delete this one",
                     folder.display(),
                     serde_json::to_string(&found)?
-                );
+                )));
             }
             Ok(())
         }
@@ -208,7 +208,7 @@ fn run_model(
     inputs: &HashMap<PathBuf, PathBuf>,
 ) -> anyhow::Result<(Scores, String)> {
     let merge = merge_args(args);
-    let options = merge.to_options();
+    let options = merge.checked_options()?;
     let folder = args
         .cache
         .clone()
@@ -364,7 +364,7 @@ fn running_metrics(scores: &Scores) -> String {
 }
 
 /// Writes the requested report files and prints the Markdown report.
-fn finish(args: &Args, report: &EvalReport, available: usize) -> anyhow::Result<ExitCode> {
+fn finish(args: &Args, report: &EvalReport, available: usize) -> anyhow::Result<Exit> {
     if let Some(path) = &args.out {
         report
             .write_json(path)
@@ -390,5 +390,5 @@ fn finish(args: &Args, report: &EvalReport, available: usize) -> anyhow::Result<
         args.dataset.title(),
         available
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

@@ -2,11 +2,11 @@
 //! download the weights segmentation needs into the Hugging Face cache, from
 //! the Hub or the mirror `HF_ENDPOINT` names (docs/user-guide.md).
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use diffseg::weights::{ConsoleProgress, DownloadProgress, HubModel, DEFAULT_MODEL};
 
+use crate::exit::Exit;
 use crate::options::HubArgs;
 
 #[derive(clap::Args)]
@@ -43,7 +43,7 @@ impl DownloadProgress for Counted {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     let model = HubModel::new(&args.model)
         .with_revision(&args.hub.revision)
         .with_variant(args.hub.variant.unwrap_or_default());
@@ -60,5 +60,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             snapshot.display()
         ),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

@@ -1,11 +1,11 @@
 //! `diffseg info`: the compiled-in backends, the devices found and where the
 //! weights would come from.
 
-use std::process::ExitCode;
-
 use burn::tensor::backend::Backend;
 use diffseg::weights::{cache_dir, locate_weights, DEFAULT_MODEL, PAPER_MODEL, WEIGHTS_ENV};
 use diffseg::{BackendKind, BackendTask};
+
+use crate::exit::Exit;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,7 +29,7 @@ impl BackendTask for Probe {
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     println!("diffseg {}", env!("CARGO_PKG_VERSION"));
     println!("backends compiled in:");
     for kind in BackendKind::compiled_in() {
@@ -78,5 +78,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(error) => println!("  {model}: {error}"),
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

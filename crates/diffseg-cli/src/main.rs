@@ -2,6 +2,7 @@
 
 mod attention;
 mod eval;
+mod exit;
 mod fetch;
 mod info;
 mod jobs;
@@ -18,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "diffseg", version, about, long_about = None)]
+#[command(name = "diffseg", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,11 +52,11 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
     };
     match result {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(error) => {
             // One line per cause: "error: <what> : <why>".
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            exit::for_error(&error).into()
         }
     }
 }

@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
-use anyhow::bail;
 use burn::tensor::backend::Backend;
 use diffseg::{
     BackendKind, BackendTask, JsonStyle, MergeOptions, Segmentation, SegmentsFile, SelfAttention,
 };
 
+use crate::exit::{self, Exit};
 use crate::options::MergeArgs;
 
 /// The label map's side when neither `--size` nor the file says where the
@@ -46,11 +45,10 @@ pub struct Args {
     pub backend: BackendKind,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = args.merge.to_options();
-    options.validate()?;
+pub fn run(args: Args) -> anyhow::Result<Exit> {
+    let options = args.merge.checked_options()?;
     if args.size == Some(0) {
-        bail!("--size must be at least 1");
+        return Err(exit::usage("--size must be at least 1"));
     }
     refuse_unsafe_outputs(&args)?;
     let mut attention = SelfAttention::load_safetensors(&args.attention)?;
@@ -75,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         segmentation.width(),
         segmentation.height()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 /// Refuses, before any work, outputs that are the input or each other, and
@@ -92,7 +90,10 @@ fn refuse_unsafe_outputs(args: &Args) -> anyhow::Result<()> {
         if diffseg::resolved_path(json)
             .is_some_and(|json| Some(json) == diffseg::resolved_path(&args.out))
         {
-            bail!("--out and --json are the same file {}", json.display());
+            return Err(exit::usage(format!(
+                "--out and --json are the same file {}",
+                json.display()
+            )));
         }
         diffseg::refuse_foreign(json, "a segments JSON", diffseg::is_json_of::<SegmentsFile>)?;
     }

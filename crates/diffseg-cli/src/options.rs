@@ -70,6 +70,14 @@ impl MergeArgs {
         }
     }
 
+    /// The options these arguments describe, checked: out of range they are
+    /// a usage error, found before any work.
+    pub fn checked_options(&self) -> anyhow::Result<MergeOptions> {
+        let options = self.to_options();
+        options.validate().map_err(crate::exit::usage)?;
+        Ok(options)
+    }
+
     /// The options these arguments describe.
     pub fn to_options(&self) -> MergeOptions {
         MergeOptions::default()

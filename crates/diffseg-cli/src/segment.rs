@@ -14,9 +14,9 @@
 //! failed. `--shard I/N` takes one share of the images, for running one folder
 //! on many machines.
 
+use crate::exit::Exit;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -318,7 +318,7 @@ struct Timings {
     total: f64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     let started = Instant::now();
     let json_style = if args.pretty {
         JsonStyle::Pretty
@@ -332,6 +332,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("{text}");
         }
     };
+    // Bad merge options are a usage error, reported before any listing.
+    args.merge.checked_options()?;
     let listed = match &args.files_from {
         Some(list) => read_file_list(list)
             .with_context(|| format!("cannot read the file list {}", list.display()))?,
@@ -393,9 +395,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .any(|state| matches!(state, State::Blocked(_)));
         return Ok(if failed.is_empty() && !blocked {
-            ExitCode::SUCCESS
+            Exit::Done
         } else {
-            ExitCode::FAILURE
+            Exit::InputsFailed
         });
     }
     let (mut todo, mut skipped, mut outdated_kept) = (Vec::new(), Vec::new(), Vec::new());
@@ -593,9 +595,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.out.display()
     ));
     let exit = if failed.is_empty() {
-        ExitCode::SUCCESS
+        Exit::Done
     } else {
-        ExitCode::FAILURE
+        Exit::InputsFailed
     };
     if let Some(path) = &args.summary {
         let seconds = started.elapsed().as_secs_f64();

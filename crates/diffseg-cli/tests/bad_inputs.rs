@@ -145,3 +145,63 @@ fn causes_are_printed_once() {
     let cause = "Is a directory";
     assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
 }
+
+/// Each exit status means one thing: 0 all done, 1 some inputs failed, 2 a
+/// usage error, 3 nothing could run; and the top-level help lists them.
+#[test]
+fn exit_codes_say_what_happened() {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path();
+    let good = dir.join("good.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 90]))
+        .save(&good)
+        .unwrap();
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\n not really a png").unwrap();
+    let weights = tiny_weights();
+    let (good, corrupt) = (good.to_str().unwrap(), corrupt.to_str().unwrap());
+    let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let code = |args: &[&str]| {
+        let output = diffseg(args, dir);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        (output.status.code(), stderr)
+    };
+    let with_weights = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--weights", &weights]);
+        code(&all)
+    };
+
+    let (status, stderr) = with_weights(&["segment", good, "--out", &out("all-good")]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, stderr) = with_weights(&["segment", good, corrupt, "--out", &out("one-bad")]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt.png"), "{stderr}");
+    // Usage errors: clap's, and values refused once parsed, before any work.
+    for bad in [
+        &["--batch-size", "0"][..],
+        &["--tau=-1"],
+        &["--precision", "f16"],
+        &["--outputs", "labels,thumbnail"],
+    ] {
+        let usage_out = out("usage");
+        let mut args = vec!["segment", good, "--out", &usage_out];
+        args.extend_from_slice(bad);
+        let (status, stderr) = with_weights(&args);
+        assert_eq!(status, Some(2), "{bad:?}: {stderr}");
+    }
+    // No weights anywhere, offline: nothing could run.
+    let (status, stderr) = code(&["segment", good, "--out", &out("no-weights")]);
+    assert_eq!(status, Some(3), "{stderr}");
+    assert!(stderr.contains("--weights"), "{stderr}");
+    assert!(!dir.join("usage").exists() && !dir.join("no-weights").exists());
+
+    let help = diffseg(&["--help"], dir);
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Exit status:"), "{help}");
+    for line in ["  0  ", "  1  ", "  2  ", "  3  "] {
+        assert!(help.contains(line), "`{line}` not in: {help}");
+    }
+}
