@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Component, Path, PathBuf};
 
-use diffseg::ResultPaths;
+use diffseg::{OutputKinds, ResultPaths};
 use walkdir::WalkDir;
 
 /// File extensions taken from folders (files named explicitly are always tried).
@@ -25,25 +25,29 @@ pub struct Job {
 }
 
 impl Job {
-    /// The three result files: label PNG, overlay PNG, JSON.
-    pub fn outputs(&self) -> [PathBuf; 3] {
-        let base = self.output_base.as_os_str().to_owned();
-        let with = |suffix: &str| {
-            let mut path = base.clone();
-            path.push(suffix);
-            PathBuf::from(path)
-        };
-        [with(".png"), with(".overlay.png"), with(".json")]
+    /// Where its result's files go.
+    pub fn result_paths(&self) -> ResultPaths {
+        ResultPaths::at(&self.output_base)
     }
 
-    /// The three result files as the library writes and checks them.
-    pub fn result_paths(&self) -> ResultPaths {
-        let [labels, overlay, json] = self.outputs();
-        ResultPaths {
-            labels,
-            overlay,
-            json,
-        }
+    /// The files of the `kinds` asked for, in writing order (the JSON last).
+    pub fn outputs(&self, kinds: &OutputKinds) -> Vec<PathBuf> {
+        let paths = self.result_paths();
+        kinds
+            .iter()
+            .map(|kind| paths.path(kind).to_path_buf())
+            .collect()
+    }
+
+    /// The input's path relative to the folder its results mirror
+    /// (`sub/photo.jpg` for `<out>/sub/photo.*`): what names it in a COCO file.
+    pub fn relative_name(&self, out: &Path) -> PathBuf {
+        let folder = self
+            .output_base
+            .parent()
+            .and_then(|parent| parent.strip_prefix(out).ok())
+            .unwrap_or(Path::new(""));
+        folder.join(self.input.file_name().unwrap_or(self.input.as_os_str()))
     }
 }
 
@@ -359,13 +363,20 @@ mod tests {
             ]
         );
         assert_eq!(
-            listing.jobs[2].outputs(),
+            listing.jobs[2].outputs(&OutputKinds::all()),
             [
                 out.join("b.png"),
                 out.join("b.overlay.png"),
                 out.join("b.json")
             ]
         );
+        let some: OutputKinds = "json,labels".parse().unwrap();
+        assert_eq!(
+            listing.jobs[3].outputs(&some),
+            [out.join("sub/c.png"), out.join("sub/c.json")]
+        );
+        assert_eq!(listing.jobs[3].relative_name(&out), Path::new("sub/c.webp"));
+        assert_eq!(listing.jobs[0].relative_name(&out), Path::new("a.jpg"));
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! `diffseg segment PATH... --out DIR`: segment image files and folders.
 //!
-//! For each image, in DIR (mirroring the sub-folders of a folder argument):
+//! For each image, in DIR (mirroring the sub-folders of a folder argument),
+//! the kinds of file `--outputs` asks for (all three by default):
 //! `<stem>.png` (label map), `<stem>.overlay.png` (segments tinted over the
 //! image) and `<stem>.json` (size, the settings used, segments with area, box
-//! and COCO RLE mask, and the other two files' lengths and SHA-256). The three
-//! are written whole and synced before any is renamed into place, the JSON
-//! last; an image whose files all match its JSON, which records this run's
-//! settings, is skipped unless `--overwrite`, so an interrupted run resumes
-//! where it stopped, a damaged result is redone and a run with other settings
-//! redoes it. No output may be an input (refused before any work), and a file
-//! in DIR that diffseg did not write is never replaced: that image fails. A
-//! bad image is reported and skipped; the exit status is non-zero if any
-//! failed. `--shard I/N` takes one share of the images, for running one folder
-//! on many machines.
+//! and COCO RLE mask, the kinds written and the other files' lengths and
+//! SHA-256). They are written whole and synced before any is renamed into
+//! place, the JSON last; an image whose JSON records this run's settings and
+//! kinds, and whose files match it, is skipped unless `--overwrite`, so an
+//! interrupted run resumes where it stopped, a damaged result is redone and a
+//! run with other settings or more kinds redoes it (without the JSON nothing
+//! can be resumed). No output may be an input (refused before any work), and
+//! a file in DIR that diffseg did not write is never replaced: that image
+//! fails. A bad image is reported and skipped; the exit status says whether
+//! any failed. `--shard I/N` takes one share of the images, for running one
+//! folder on many machines.
+//!
+//! A run is planned (images listed, their results checked, before any model
+//! is loaded), executed (the model loaded and the images to do segmented),
+//! then reported (tally, `--summary`, `--timings`).
 
-use crate::exit::Exit;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,11 +27,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
 use diffseg::{
-    check_result, write_json_atomically, JsonStyle, ResultState, SegmentSettings, SegmenterBuilder,
+    check_result, write_json_atomically, JsonStyle, OutputKind, OutputKinds, ResultState,
+    SegmentSettings, SegmenterBuilder,
 };
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
+use crate::exit::Exit;
 use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
 use crate::options::{MergeArgs, ModelArgs};
 use crate::progress::Progress;
@@ -62,7 +69,7 @@ pub struct Args {
     #[arg(long)]
     pub allow_truncated: bool,
     /// List the images of this run (or shard) with their state (todo, done,
-    /// outdated) on standard output and stop, loading nothing; the exit status
+    /// outdated, incomplete, damaged, blocked) on standard output and stop, loading nothing; the exit status
     /// says whether listing found problems.
     #[arg(long)]
     pub dry_run: bool,
@@ -89,6 +96,14 @@ pub struct Args {
     /// (`python -m json.tool FILE` or `jq . FILE` indents one later).
     #[arg(long)]
     pub pretty: bool,
+    /// The files to write per image, comma-separated: labels (`<stem>.png`, the label map),
+    /// overlay (`<stem>.overlay.png`, the segments tinted over the image), json (`<stem>.json`,
+    /// the segments with their masks, and the record of what was written). Resuming needs
+    /// json: an image is skipped when its JSON records these settings and every kind asked for,
+    /// and redone when a kind is missing (e.g. overlay added to an earlier labels,json run);
+    /// without json nothing records what is done, so every image is segmented on every run.
+    #[arg(long, default_value = "labels,overlay,json", value_name = "KINDS")]
+    pub outputs: OutputKinds,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -104,6 +119,9 @@ enum State {
     Done,
     /// Whole results with other or unknown settings: what differs.
     Outdated(String),
+    /// Whole results of other kinds: the kinds asked for that they lack.
+    /// Redone.
+    Incomplete(Vec<OutputKind>),
     /// Results that are not whole (a file missing, cut short or changed, no
     /// checksums): what is wrong. Redone.
     Damaged(String),
@@ -152,11 +170,17 @@ fn settings_difference(
     (!differences.is_empty()).then(|| differences.join(", "))
 }
 
-/// Whether `job` has whole results, made with `expected` settings, or a file
-/// that is not diffseg's in the way.
-fn job_state(job: &Job, expected: &SegmentSettings, revision_pending: bool) -> State {
-    match check_result(&job.result_paths()) {
+/// Whether `job` has whole results of the `kinds` asked for, made with
+/// `expected` settings, or a file that is not diffseg's in the way.
+fn job_state(
+    job: &Job,
+    kinds: &OutputKinds,
+    expected: &SegmentSettings,
+    revision_pending: bool,
+) -> State {
+    match check_result(&job.result_paths(), kinds) {
         ResultState::Missing => State::Todo,
+        ResultState::Incomplete(lacking) => State::Incomplete(lacking),
         ResultState::Damaged(reason) => State::Damaged(reason),
         ResultState::Foreign { path, reason } => {
             State::Blocked(diffseg::Error::NotOurs { path, reason }.to_string())
@@ -183,7 +207,7 @@ fn refuse_inputs_as_outputs(jobs: &[Job], args: &Args) -> anyhow::Result<()> {
     let reports = [&args.summary, &args.timings];
     let outputs = jobs
         .iter()
-        .flat_map(Job::outputs)
+        .flat_map(|job| job.outputs(&args.outputs))
         .chain(reports.into_iter().flatten().cloned());
     let refusals: Vec<String> = outputs
         .filter_map(|output| diffseg::refuse_input_as_output(&output, &inputs).err())
@@ -280,16 +304,16 @@ struct Outdated {
     difference: String,
 }
 
-/// Writes a job's three results as one: none replaces a previous one before
-/// all are written whole, and the JSON, which records the others' checksums,
-/// goes last.
+/// Writes a job's result, the kinds asked for, as one: none replaces a
+/// previous file before all are written whole, and the JSON, which records the
+/// others' checksums, goes last.
 pub fn write_results(
     job: &Job,
     image: &DynamicImage,
     segmentation: &Segmentation,
     settings: &SegmentSettings,
-    json_style: JsonStyle,
-) -> Result<(), diffseg::Error> {
+    args: &Args,
+) -> Result<SegmentsFile, diffseg::Error> {
     let name = job
         .input
         .file_name()
@@ -297,10 +321,20 @@ pub fn write_results(
     segmentation.save_result(
         image,
         &job.result_paths(),
+        &args.outputs,
         name,
         Some(settings.clone()),
-        json_style,
+        json_style(args),
     )
+}
+
+/// How the JSON files of the run are laid out (`--pretty`).
+fn json_style(args: &Args) -> JsonStyle {
+    if args.pretty {
+        JsonStyle::Pretty
+    } else {
+        JsonStyle::Compact
+    }
 }
 
 /// The `--timings` report: seconds per stage, summed over the run.
@@ -320,18 +354,67 @@ struct Timings {
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let started = Instant::now();
-    let json_style = if args.pretty {
-        JsonStyle::Pretty
+    let plan = plan(&args)?;
+    if args.dry_run {
+        return Ok(print_dry_run(&plan));
+    }
+    let counts = Counts {
+        listed: plan.listed,
+        images: plan.jobs.len(),
+    };
+    let mut tally = Tally {
+        failed: plan.failed,
+        ..Tally::default()
+    };
+    let todo = triage(&args, plan.jobs, &mut tally);
+    let mut times = RunTimes::default();
+    let settings = if todo.is_empty() {
+        plan.expected
     } else {
-        JsonStyle::Compact
+        execute(
+            &args,
+            plan.builder,
+            plan.located,
+            &todo,
+            &mut tally,
+            &mut times,
+        )?
     };
-    let (mut decode, mut outputs) = (Duration::ZERO, Duration::ZERO);
-    let mut stages = StageTimes::default();
-    let note = |text: String| {
-        if !args.quiet {
-            eprintln!("{text}");
-        }
-    };
+    report(&args, tally, settings, counts, &times, started)
+}
+
+/// How many images a run lists, and takes (its shard's share).
+struct Counts {
+    listed: usize,
+    images: usize,
+}
+
+/// Prints `note` unless `--quiet`.
+fn note(args: &Args, text: String) {
+    if !args.quiet {
+        eprintln!("{text}");
+    }
+}
+
+/// What a run will do, decided before any model is loaded.
+struct Plan {
+    /// Images listed before sharding (the same on every shard of one run).
+    listed: usize,
+    /// This run's images (this shard's share), with where each stands.
+    jobs: Vec<(Job, State)>,
+    /// Paths that could not be listed, with why.
+    failed: Vec<Failure>,
+    /// The settings results are made and compared with.
+    expected: SegmentSettings,
+    /// What loads the model, and the weights it found (`None`: still to be
+    /// downloaded).
+    builder: SegmenterBuilder,
+    located: Option<ResolvedWeights>,
+}
+
+/// Lists the images, takes this shard's share, refuses unsafe outputs and
+/// checks each image's results: everything that needs no model.
+fn plan(args: &Args) -> anyhow::Result<Plan> {
     // Bad merge options are a usage error, reported before any listing.
     args.merge.checked_options()?;
     let listed = match &args.files_from {
@@ -346,255 +429,375 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         failed.push(Failure { path, reason });
     }
     for text in listing.notes {
-        note(format!("note: {text}"));
+        note(args, format!("note: {text}"));
     }
     let listed_count = listing.jobs.len();
     let jobs = match args.shard {
         Some(shard) => {
             let share = shard.select(listing.jobs);
-            note(format!(
-                "shard {}/{}: {} of {listed_count} images",
-                shard.index,
-                shard.count,
-                share.len()
-            ));
+            note(
+                args,
+                format!(
+                    "shard {}/{}: {} of {listed_count} images",
+                    shard.index,
+                    shard.count,
+                    share.len()
+                ),
+            );
             share
         }
         None => listing.jobs,
     };
-    let images = jobs.len();
-    refuse_inputs_as_outputs(&jobs, &args)?;
+    refuse_inputs_as_outputs(&jobs, args)?;
     if let Some(path) = &args.summary {
         refuse_foreign_report(path, "a run summary", &["version", "settings", "failed"])?;
     }
     if let Some(path) = &args.timings {
         refuse_foreign_report(path, "a timings report", &["images", "total"])?;
     }
+    if !args.outputs.contains(OutputKind::Json) && !args.dry_run {
+        note(
+            args,
+            "note: --outputs without json: nothing records what is done, so every image is segmented"
+                .into(),
+        );
+    }
     let builder = args.model.builder(&args.merge);
-    let (expected, located) = expected_settings(&args, &builder)?;
+    let (expected, located) = expected_settings(args, &builder)?;
     let revision_pending = located.is_none();
-    let states: Vec<State> = jobs
-        .iter()
-        .map(|job| match job_state(job, &expected, revision_pending) {
-            State::Blocked(why) => State::Blocked(why),
-            _ if args.overwrite => State::Todo,
-            state => state,
+    let jobs = jobs
+        .into_iter()
+        .map(|job| {
+            let state = match job_state(&job, &args.outputs, &expected, revision_pending) {
+                State::Blocked(why) => State::Blocked(why),
+                _ if args.overwrite => State::Todo,
+                state => state,
+            };
+            (job, state)
         })
         .collect();
-    if args.dry_run {
-        for (job, state) in jobs.iter().zip(&states) {
-            match state {
-                State::Todo => println!("todo\t{}", job.input.display()),
-                State::Done => println!("done\t{}", job.input.display()),
-                State::Outdated(why) => println!("outdated\t{}\t{why}", job.input.display()),
-                State::Damaged(why) => println!("damaged\t{}\t{why}", job.input.display()),
-                State::Blocked(why) => println!("blocked\t{}\t{why}", job.input.display()),
-            }
+    Ok(Plan {
+        listed: listed_count,
+        jobs,
+        failed,
+        expected,
+        builder,
+        located,
+    })
+}
+
+/// `--dry-run`: each image with its state on standard output; the status
+/// says whether listing found problems.
+fn print_dry_run(plan: &Plan) -> Exit {
+    for (job, state) in &plan.jobs {
+        let input = job.input.display();
+        match state {
+            State::Todo => println!("todo\t{input}"),
+            State::Done => println!("done\t{input}"),
+            State::Outdated(why) => println!("outdated\t{input}\t{why}"),
+            State::Incomplete(lacking) => println!("incomplete\t{input}\tlacks {}", names(lacking)),
+            State::Damaged(why) => println!("damaged\t{input}\t{why}"),
+            State::Blocked(why) => println!("blocked\t{input}\t{why}"),
         }
-        let blocked = states
-            .iter()
-            .any(|state| matches!(state, State::Blocked(_)));
-        return Ok(if failed.is_empty() && !blocked {
-            Exit::Done
-        } else {
-            Exit::InputsFailed
+    }
+    let blocked = plan
+        .jobs
+        .iter()
+        .any(|(_, state)| matches!(state, State::Blocked(_)));
+    if plan.failed.is_empty() && !blocked {
+        Exit::Done
+    } else {
+        Exit::InputsFailed
+    }
+}
+
+/// Output kinds as `overlay, json`.
+fn names(kinds: &[OutputKind]) -> String {
+    let names: Vec<&str> = kinds.iter().map(|kind| kind.name()).collect();
+    names.join(", ")
+}
+
+/// What became of each image: the run's tally, summary and exit status.
+#[derive(Default)]
+struct Tally {
+    /// Segmented now.
+    done: Vec<PathBuf>,
+    /// Already segmented with these settings and kinds.
+    skipped: Vec<PathBuf>,
+    /// Kept with results of other settings (`--keep-outdated`).
+    outdated_kept: Vec<Outdated>,
+    /// Damaged results, redone: with why.
+    damaged_redone: Vec<Failure>,
+    /// Damaged images segmented anyway (`--allow-truncated`).
+    damaged_accepted: Vec<Failure>,
+    /// Images and paths that failed, with why.
+    failed: Vec<Failure>,
+}
+
+impl Tally {
+    /// Records that `path` failed for `reason`.
+    fn fail(&mut self, path: &Path, reason: String) {
+        self.failed.push(Failure {
+            path: path.to_path_buf(),
+            reason,
         });
     }
-    let (mut todo, mut skipped, mut outdated_kept) = (Vec::new(), Vec::new(), Vec::new());
-    let mut damaged_redone: Vec<Failure> = Vec::new();
+}
+
+/// Sorts the planned jobs: the ones to segment are returned, the others
+/// tallied (skipped, kept, blocked), with a note for each group.
+fn triage(args: &Args, jobs: Vec<(Job, State)>, tally: &mut Tally) -> Vec<Job> {
+    let images = jobs.len();
+    let mut todo = Vec::new();
     let mut redone = 0usize;
-    for (job, state) in jobs.into_iter().zip(states) {
+    for (job, state) in jobs {
         match state {
             State::Todo => todo.push(job),
             State::Blocked(reason) => {
                 eprintln!("error: {}: {reason}", job.input.display());
-                failed.push(Failure {
-                    path: job.input,
-                    reason,
-                });
+                tally.fail(&job.input, reason);
             }
             State::Damaged(reason) => {
-                note(format!(
-                    "note: {}: its results are damaged ({reason}); redoing them",
-                    job.input.display()
-                ));
-                damaged_redone.push(Failure {
+                note(
+                    args,
+                    format!(
+                        "note: {}: its results are damaged ({reason}); redoing them",
+                        job.input.display()
+                    ),
+                );
+                tally.damaged_redone.push(Failure {
                     path: job.input.clone(),
                     reason,
                 });
                 todo.push(job)
             }
-            State::Done => skipped.push(job.input),
-            State::Outdated(difference) if args.keep_outdated => outdated_kept.push(Outdated {
-                path: job.input,
-                difference,
-            }),
+            State::Incomplete(lacking) => {
+                note(
+                    args,
+                    format!(
+                        "note: {}: its results lack {} (asked for by --outputs); redoing them",
+                        job.input.display(),
+                        names(&lacking)
+                    ),
+                );
+                todo.push(job)
+            }
+            State::Done => tally.skipped.push(job.input),
+            State::Outdated(difference) if args.keep_outdated => {
+                tally.outdated_kept.push(Outdated {
+                    path: job.input,
+                    difference,
+                })
+            }
             State::Outdated(_) => {
                 redone += 1;
                 todo.push(job)
             }
         }
     }
-    if !skipped.is_empty() {
-        note(format!(
+    if !tally.skipped.is_empty() {
+        note(args, format!(
             "{} of {images} images already segmented with these settings in {} (skipped; --overwrite redoes them)",
-            skipped.len(),
+            tally.skipped.len(),
             args.out.display()
         ));
     }
-    if !outdated_kept.is_empty() {
-        note(format!(
+    if let Some(first) = tally.outdated_kept.first() {
+        note(args, format!(
             "{} of {images} images have results made with other settings, kept (--keep-outdated), e.g. {}: {}",
-            outdated_kept.len(),
-            outdated_kept[0].path.display(),
-            outdated_kept[0].difference
+            tally.outdated_kept.len(),
+            first.path.display(),
+            first.difference
         ));
     }
     if redone > 0 {
-        note(format!(
+        note(args, format!(
             "{redone} of {images} images have results made with other settings; redoing them (--keep-outdated keeps them)"
         ));
     }
-    let mut done: Vec<PathBuf> = Vec::new();
-    let mut damaged_accepted: Vec<Failure> = Vec::new();
-    let mut settings = expected.clone();
-    if !todo.is_empty() {
-        let weights = match &args.model.weights {
-            Some(path) => format!("weights {}", path.display()),
-            None => format!("model {}", args.model.model),
-        };
-        note(format!(
+    todo
+}
+
+/// Time spent outside the model, and the model's stages.
+#[derive(Default)]
+struct RunTimes {
+    decode: Duration,
+    outputs: Duration,
+    stages: StageTimes,
+}
+
+/// Loads the model and segments `todo`, batch by batch, writing each
+/// result as it is done. Returns the settings the results were made with
+/// (the weights' revision known once they are loaded).
+fn execute(
+    args: &Args,
+    builder: SegmenterBuilder,
+    located: Option<ResolvedWeights>,
+    todo: &[Job],
+    tally: &mut Tally,
+    times: &mut RunTimes,
+) -> anyhow::Result<SegmentSettings> {
+    let weights = match &args.model.weights {
+        Some(path) => format!("weights {}", path.display()),
+        None => format!("model {}", args.model.model),
+    };
+    note(
+        args,
+        format!(
             "loading {weights} on {} ({}); this can take a while",
             args.model.backend, args.model.precision
-        ));
-        let loading = Instant::now();
-        let segmenter = match located {
-            Some(weights) => builder.build_with(weights),
-            None => builder.build(),
-        }
-        .context("cannot load the model")?;
-        note(format!(
+        ),
+    );
+    let loading = Instant::now();
+    let segmenter = match located {
+        Some(weights) => builder.build_with(weights),
+        None => builder.build(),
+    }
+    .context("cannot load the model")?;
+    note(
+        args,
+        format!(
             "loaded {} ({}) in {:.1} s",
             segmenter.weights().path.display(),
             segmenter.weights().origin,
             loading.elapsed().as_secs_f64()
-        ));
-        settings = SegmentSettings::new(
-            segmenter.weights(),
-            &args.model.model,
-            segmenter.precision(),
-            segmenter.fit(),
-            segmenter.merge_options(),
-        );
-        let mut progress = Progress::new(todo.len(), args.log_every as usize, args.quiet);
-        for chunk in todo.chunks(args.batch_size as usize) {
-            let mut batch: Vec<(&Job, DynamicImage)> = Vec::with_capacity(chunk.len());
-            let decoding = Instant::now();
-            for job in chunk {
-                let limits = segmenter.image_limits();
-                let opened = if args.allow_truncated {
-                    limits.open_allowing_damage(&job.input)
-                } else {
-                    limits.open(&job.input).map(|image| (image, None))
-                };
-                match opened {
-                    Ok((image, damage)) => {
-                        if let Some(reason) = damage {
-                            progress.message(&format!(
-                                "warning: {}: damaged image segmented anyway (--allow-truncated): {reason}",
-                                job.input.display()
-                            ));
-                            damaged_accepted.push(Failure {
-                                path: job.input.clone(),
-                                reason,
-                            });
+        ),
+    );
+    let settings = SegmentSettings::new(
+        segmenter.weights(),
+        &args.model.model,
+        segmenter.precision(),
+        segmenter.fit(),
+        segmenter.merge_options(),
+    );
+    let mut progress = Progress::new(todo.len(), args.log_every as usize, args.quiet);
+    for chunk in todo.chunks(args.batch_size as usize) {
+        let decoding = Instant::now();
+        let batch = open_batch(args, &segmenter, chunk, tally, &mut progress);
+        times.decode += decoding.elapsed();
+        if batch.is_empty() {
+            continue;
+        }
+        let images: Vec<DynamicImage> = batch.iter().map(|(_, image)| image.clone()).collect();
+        match segmenter.segment_batch(&images) {
+            Ok(segmentations) => {
+                let writing = Instant::now();
+                for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
+                    match write_results(job, image, segmentation, &settings, args) {
+                        Ok(_) => tally.done.push(job.input.clone()),
+                        Err(error) => {
+                            progress.message(&format!("failed: {}: {error}", job.input.display()));
+                            tally.fail(&job.input, error.to_string());
                         }
-                        batch.push((job, image))
                     }
-                    Err(error) => {
-                        let hint = if matches!(error, diffseg::Error::ImageDamaged { .. }) {
-                            " (--allow-truncated segments it anyway)"
-                        } else {
-                            ""
-                        };
-                        progress.message(&format!("skipped: {error}{hint}"));
-                        failed.push(Failure {
-                            path: job.input.clone(),
-                            reason: error.to_string(),
-                        });
-                        progress.inc();
-                    }
+                    progress.inc();
                 }
+                times.outputs += writing.elapsed();
             }
-            decode += decoding.elapsed();
-            if batch.is_empty() {
-                continue;
-            }
-            let images: Vec<DynamicImage> = batch.iter().map(|(_, image)| image.clone()).collect();
-            match segmenter.segment_batch(&images) {
-                Ok(segmentations) => {
-                    let writing = Instant::now();
-                    for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
-                        match write_results(job, image, segmentation, &settings, json_style) {
-                            Ok(()) => done.push(job.input.clone()),
-                            Err(error) => {
-                                progress
-                                    .message(&format!("failed: {}: {error}", job.input.display()));
-                                failed.push(Failure {
-                                    path: job.input.clone(),
-                                    reason: error.to_string(),
-                                });
-                            }
-                        }
-                        progress.inc();
-                    }
-                    outputs += writing.elapsed();
-                }
-                Err(error) => {
-                    for (job, _) in &batch {
-                        progress.message(&format!("failed: {}: {error}", job.input.display()));
-                        failed.push(Failure {
-                            path: job.input.clone(),
-                            reason: error.to_string(),
-                        });
-                        progress.inc();
-                    }
+            Err(error) => {
+                for (job, _) in &batch {
+                    progress.message(&format!("failed: {}: {error}", job.input.display()));
+                    tally.fail(&job.input, error.to_string());
+                    progress.inc();
                 }
             }
         }
-        progress.finish();
-        stages = segmenter.stage_times();
     }
+    progress.finish();
+    times.stages = segmenter.stage_times();
+    Ok(settings)
+}
+
+/// Opens the images of one batch; the ones that cannot be opened are
+/// reported, tallied as failed and left out.
+fn open_batch<'a>(
+    args: &Args,
+    segmenter: &diffseg::Segmenter,
+    chunk: &'a [Job],
+    tally: &mut Tally,
+    progress: &mut Progress,
+) -> Vec<(&'a Job, DynamicImage)> {
+    let limits = segmenter.image_limits();
+    let mut batch = Vec::with_capacity(chunk.len());
+    for job in chunk {
+        let opened = if args.allow_truncated {
+            limits.open_allowing_damage(&job.input)
+        } else {
+            limits.open(&job.input).map(|image| (image, None))
+        };
+        match opened {
+            Ok((image, damage)) => {
+                if let Some(reason) = damage {
+                    progress.message(&format!(
+                        "warning: {}: damaged image segmented anyway (--allow-truncated): {reason}",
+                        job.input.display()
+                    ));
+                    tally.damaged_accepted.push(Failure {
+                        path: job.input.clone(),
+                        reason,
+                    });
+                }
+                batch.push((job, image))
+            }
+            Err(error) => {
+                let hint = if matches!(error, diffseg::Error::ImageDamaged { .. }) {
+                    " (--allow-truncated segments it anyway)"
+                } else {
+                    ""
+                };
+                progress.message(&format!("skipped: {error}{hint}"));
+                tally.fail(&job.input, error.to_string());
+                progress.inc();
+            }
+        }
+    }
+    batch
+}
+
+/// Writes `--timings` and `--summary`, prints the tally and says how the
+/// run ended.
+fn report(
+    args: &Args,
+    tally: Tally,
+    settings: SegmentSettings,
+    counts: Counts,
+    times: &RunTimes,
+    started: Instant,
+) -> anyhow::Result<Exit> {
     if let Some(path) = &args.timings {
         let seconds = |duration: Duration| duration.as_secs_f64();
+        let stages = &times.stages;
         let report = Timings {
             images: stages.images,
             load: seconds(stages.load),
             clip: seconds(stages.text_encoder),
-            decode: seconds(decode),
+            decode: seconds(times.decode),
             prepare: seconds(stages.prepare),
             vae: seconds(stages.vae),
             unet: seconds(stages.unet),
             merge: seconds(stages.merge),
-            outputs: seconds(outputs),
+            outputs: seconds(times.outputs),
             total: seconds(started.elapsed()),
         };
-        write_json_atomically(path, &report, json_style)
+        write_json_atomically(path, &report, json_style(args))
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
     }
-    note(format!(
-        "{} segmented, {} skipped (already done), {}{} failed; results in {}",
-        done.len(),
-        skipped.len(),
-        if outdated_kept.is_empty() {
-            String::new()
-        } else {
-            format!("{} kept with other settings, ", outdated_kept.len())
-        },
-        failed.len(),
-        args.out.display()
-    ));
-    let exit = if failed.is_empty() {
+    note(
+        args,
+        format!(
+            "{} segmented, {} skipped (already done), {}{} failed; results in {}",
+            tally.done.len(),
+            tally.skipped.len(),
+            if tally.outdated_kept.is_empty() {
+                String::new()
+            } else {
+                format!("{} kept with other settings, ", tally.outdated_kept.len())
+            },
+            tally.failed.len(),
+            args.out.display()
+        ),
+    );
+    let exit = if tally.failed.is_empty() {
         Exit::Done
     } else {
         Exit::InputsFailed
@@ -605,18 +808,18 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             version: env!("CARGO_PKG_VERSION"),
             settings,
             shard: args.shard,
-            listed: listed_count,
-            images,
-            images_per_minute: done.len() as f64 / seconds * 60.0,
-            done,
-            skipped,
-            outdated_kept,
-            damaged_redone,
-            damaged_accepted,
-            failed,
+            listed: counts.listed,
+            images: counts.images,
+            images_per_minute: tally.done.len() as f64 / seconds * 60.0,
+            done: tally.done,
+            skipped: tally.skipped,
+            outdated_kept: tally.outdated_kept,
+            damaged_redone: tally.damaged_redone,
+            damaged_accepted: tally.damaged_accepted,
+            failed: tally.failed,
             seconds,
         };
-        write_json_atomically(path, &summary, json_style)
+        write_json_atomically(path, &summary, json_style(args))
             .with_context(|| format!("cannot write the summary to {}", path.display()))?;
     }
     Ok(exit)

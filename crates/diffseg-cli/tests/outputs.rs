@@ -495,3 +495,108 @@ fn attention_and_merge_never_write_over_an_input_or_a_users_file() {
         assert!(output.status.success(), "{}", text(&output));
     }
 }
+
+/// The names of the files in `folder`, sorted.
+fn names_in(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `--outputs` writes the kinds asked for, and a rerun resumes exactly those:
+/// a result is skipped when its JSON records every kind asked for, redone when
+/// one is missing; without json nothing can be resumed.
+#[test]
+fn output_kinds_are_written_and_resumed_as_asked() {
+    let folder = tempfile::tempdir().unwrap();
+    let photo = copy_example("rocket.jpg", &folder.path().join("in"), "rocket.jpg");
+    let out = folder.path().join("out");
+    let run = |outputs: &str, out: &Path| {
+        let output = segment(&[
+            path_str(&photo),
+            "--out",
+            path_str(out),
+            "--outputs",
+            outputs,
+        ]);
+        assert!(output.status.success(), "{outputs}: {}", text(&output));
+        stderr_of(&output)
+    };
+
+    let stderr = run("labels,json", &out);
+    assert!(stderr.contains("1 segmented, 0 skipped"), "{stderr}");
+    assert_eq!(names_in(&out), ["rocket.json", "rocket.png"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("rocket.json")).unwrap()).unwrap();
+    assert_eq!(json["outputs"], serde_json::json!(["labels", "json"]));
+    let files = json["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{json}");
+    assert_eq!(files[0]["name"], "rocket.png");
+    let first = snapshot(&out);
+
+    // The same kinds again: skipped, nothing rewritten. In another order too.
+    for outputs in ["labels,json", "json,labels"] {
+        let stderr = run(outputs, &out);
+        assert!(
+            stderr.contains("0 segmented, 1 skipped"),
+            "{outputs}: {stderr}"
+        );
+        assert_eq!(snapshot(&out), first);
+    }
+    // Fewer kinds, the JSON among them: what is there covers them.
+    let stderr = run("json", &out);
+    assert!(stderr.contains("0 segmented, 1 skipped"), "{stderr}");
+
+    // The overlay added: redone, and now whole with all three.
+    let stderr = run("labels,overlay,json", &out);
+    assert!(
+        stderr.contains("lack overlay") && stderr.contains("1 segmented, 0 skipped"),
+        "{stderr}"
+    );
+    assert_whole(&out, "rocket");
+    let stderr = run("labels,overlay,json", &out);
+    assert!(stderr.contains("0 segmented, 1 skipped"), "{stderr}");
+
+    // Without json: written each time, never a JSON.
+    let bare = folder.path().join("bare");
+    for round in 0..2 {
+        let stderr = run("labels,overlay", &bare);
+        assert!(
+            stderr.contains("1 segmented, 0 skipped")
+                && stderr.contains("every image is segmented"),
+            "round {round}: {stderr}"
+        );
+        assert_eq!(names_in(&bare), ["rocket.overlay.png", "rocket.png"]);
+    }
+}
+
+/// The per-image JSON is one line unless `--pretty`, and both read the same.
+#[test]
+fn json_is_compact_unless_pretty() {
+    let folder = tempfile::tempdir().unwrap();
+    let photo = copy_example("rocket.jpg", folder.path(), "rocket.jpg");
+    let mut read = Vec::new();
+    for (out, pretty) in [("compact", false), ("pretty", true)] {
+        let out = folder.path().join(out);
+        let mut args = vec![
+            path_str(&photo),
+            "--out",
+            path_str(&out),
+            "--outputs",
+            "json",
+        ];
+        if pretty {
+            args.push("--pretty");
+        }
+        let output = segment(&args);
+        assert!(output.status.success(), "{}", text(&output));
+        let bytes = std::fs::read(out.join("rocket.json")).unwrap();
+        let lines = bytes.iter().filter(|&&byte| byte == b'\n').count();
+        assert_eq!(lines == 1, !pretty, "{lines} lines");
+        read.push(serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+    }
+    assert_eq!(read[0], read[1]);
+}

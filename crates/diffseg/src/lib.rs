@@ -71,8 +71,8 @@ pub use input::{
 pub use output::{
     check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
     refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,
-    CocoRle, FileRecord, JsonStyle, ResultPaths, ResultState, SegmentRecord, SegmentSettings,
-    SegmentsFile, StagedFile,
+    CocoRle, FileRecord, JsonStyle, OutputKind, OutputKinds, ResultPaths, ResultState,
+    SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
 };
 pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};

@@ -32,6 +32,11 @@ pub struct SegmentsFile {
     pub settings: Option<SegmentSettings>,
     /// One entry per segment, in label order.
     pub segments: Vec<SegmentRecord>,
+    /// The kinds of file the result this JSON commits was written with
+    /// (`--outputs`), itself included; `None` when it describes no result, or
+    /// for a result of an earlier version (which wrote all three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<OutputKind>>,
     /// The files of the result this JSON commits (label PNG, overlay), with
     /// their lengths and checksums; empty when it describes no files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -261,6 +266,7 @@ pub(crate) fn describe_labels(
         height,
         settings: None,
         segments,
+        outputs: None,
         files: Vec::new(),
     }
 }
@@ -761,6 +767,129 @@ fn sha256_hex(content: &[u8]) -> String {
     format!("{:x}", Sha256::digest(content))
 }
 
+/// One kind of file a segmented image's result is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// The label PNG, `<stem>.png`.
+    Labels,
+    /// The overlay PNG, `<stem>.overlay.png`.
+    Overlay,
+    /// The JSON description, `<stem>.json`: the result's commit record,
+    /// written last.
+    Json,
+}
+
+impl OutputKind {
+    /// Every kind, in writing order (the JSON last).
+    pub const ALL: [OutputKind; 3] = [OutputKind::Labels, OutputKind::Overlay, OutputKind::Json];
+
+    /// Its name in `--outputs` and in a result's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputKind::Labels => "labels",
+            OutputKind::Overlay => "overlay",
+            OutputKind::Json => "json",
+        }
+    }
+
+    /// What a result's base path (`<out>/<stem>`) is followed by in its name.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            OutputKind::Labels => ".png",
+            OutputKind::Overlay => ".overlay.png",
+            OutputKind::Json => ".json",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for OutputKind {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<OutputKind, Error> {
+        OutputKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name.trim())
+            .ok_or_else(|| {
+                Error::unknown_name(
+                    "output kind",
+                    name,
+                    "the kinds are labels, overlay and json",
+                )
+            })
+    }
+}
+
+/// The kinds of file a result is made of: at least one, each once, in
+/// writing order (the JSON last). All three by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputKinds(Vec<OutputKind>);
+
+impl OutputKinds {
+    /// Label PNG, overlay and JSON.
+    pub fn all() -> OutputKinds {
+        OutputKinds(OutputKind::ALL.to_vec())
+    }
+
+    /// These kinds (in any order, repeats ignored); `None` when there are none.
+    pub fn new(kinds: impl IntoIterator<Item = OutputKind>) -> Option<OutputKinds> {
+        let mut kinds: Vec<OutputKind> = kinds.into_iter().collect();
+        kinds.sort();
+        kinds.dedup();
+        (!kinds.is_empty()).then_some(OutputKinds(kinds))
+    }
+
+    /// Whether `kind` is one of them.
+    pub fn contains(&self, kind: OutputKind) -> bool {
+        self.0.contains(&kind)
+    }
+
+    /// The kinds, in writing order.
+    pub fn iter(&self) -> impl Iterator<Item = OutputKind> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+impl Default for OutputKinds {
+    fn default() -> OutputKinds {
+        OutputKinds::all()
+    }
+}
+
+impl std::fmt::Display for OutputKinds {
+    /// Comma-separated names: `labels,overlay,json`.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.iter().map(OutputKind::name).collect();
+        formatter.write_str(&names.join(","))
+    }
+}
+
+impl std::str::FromStr for OutputKinds {
+    type Err = Error;
+
+    /// Comma-separated names: `labels,json`.
+    fn from_str(text: &str) -> Result<OutputKinds, Error> {
+        let kinds = text
+            .split(',')
+            .filter(|name| !name.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<OutputKind>, Error>>()?;
+        OutputKinds::new(kinds).ok_or_else(|| {
+            Error::unknown_name(
+                "output kind list",
+                text,
+                "name at least one of labels, overlay and json",
+            )
+        })
+    }
+}
+
 /// Where one segmented image's files go: label PNG, overlay PNG and the JSON
 /// that describes them, all in one folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -774,14 +903,28 @@ pub struct ResultPaths {
 }
 
 impl ResultPaths {
-    /// The label and overlay PNGs: the files the JSON vouches for.
-    fn images(&self) -> [&Path; 2] {
-        [&self.labels, &self.overlay]
+    /// The files of the result at `base` (`<out>/<stem>`): `<stem>.png`,
+    /// `<stem>.overlay.png`, `<stem>.json` ([`OutputKind::suffix`]).
+    pub fn at(base: &Path) -> ResultPaths {
+        let with = |kind: OutputKind| {
+            let mut path = base.as_os_str().to_owned();
+            path.push(kind.suffix());
+            PathBuf::from(path)
+        };
+        ResultPaths {
+            labels: with(OutputKind::Labels),
+            overlay: with(OutputKind::Overlay),
+            json: with(OutputKind::Json),
+        }
     }
 
-    /// The three files, JSON last.
-    pub fn all(&self) -> [&Path; 3] {
-        [&self.labels, &self.overlay, &self.json]
+    /// The file of `kind`.
+    pub fn path(&self, kind: OutputKind) -> &Path {
+        match kind {
+            OutputKind::Labels => &self.labels,
+            OutputKind::Overlay => &self.overlay,
+            OutputKind::Json => &self.json,
+        }
     }
 }
 
@@ -792,30 +935,39 @@ fn record_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Writes one result: the label PNG and overlay are staged (written whole and
-/// synced), then `description`, completed with their lengths and checksums,
-/// is staged as JSON; only then are they renamed into place, JSON last. A
-/// failure before the renames leaves a previous result untouched; one during
-/// them leaves a JSON whose checksums no longer match, which [`check_result`]
-/// reports as damaged, never as done.
+/// Writes one result of the `kinds` asked for: each file but the JSON is
+/// encoded by `encode` and staged (written whole and synced), then
+/// `description`, completed with the kinds and the other files' lengths and
+/// checksums, is staged as JSON (if asked for); only then are they renamed
+/// into place, JSON last. A failure before the renames leaves a previous
+/// result untouched; one during them leaves a JSON whose checksums no longer
+/// match, which [`check_result`] reports as damaged, never as done. Returns
+/// the description as completed.
 pub(crate) fn write_result(
     paths: &ResultPaths,
-    labels_png: &[u8],
-    overlay_png: &[u8],
+    kinds: &OutputKinds,
+    mut encode: impl FnMut(OutputKind, &Path) -> Result<Vec<u8>, Error>,
     mut description: SegmentsFile,
     style: JsonStyle,
-) -> Result<(), Error> {
-    description.files = vec![
-        FileRecord::of(record_name(&paths.labels), labels_png),
-        FileRecord::of(record_name(&paths.overlay), overlay_png),
-    ];
-    let json = encode_json(&paths.json, &description, style)?;
-    let staged = vec![
-        stage_file(&paths.labels, labels_png)?,
-        stage_file(&paths.overlay, overlay_png)?,
-        stage_file(&paths.json, &json)?,
-    ];
-    commit_in_order(staged)
+) -> Result<SegmentsFile, Error> {
+    description.outputs = Some(kinds.iter().collect());
+    description.files = Vec::new();
+    let mut staged = Vec::new();
+    for kind in kinds.iter() {
+        let path = paths.path(kind);
+        let bytes = if kind == OutputKind::Json {
+            encode_json(path, &description, style)?
+        } else {
+            let bytes = encode(kind, path)?;
+            description
+                .files
+                .push(FileRecord::of(record_name(path), &bytes));
+            bytes
+        };
+        staged.push(stage_file(path, &bytes)?);
+    }
+    commit_in_order(staged)?;
+    Ok(description)
 }
 
 /// What a result's files on disk are worth.
@@ -827,6 +979,8 @@ pub enum ResultState {
     Missing,
     /// The JSON and every file it records are whole: the description read.
     Whole(Box<SegmentsFile>),
+    /// A whole result of other kinds: it lacks these, asked for now. Redo it.
+    Incomplete(Vec<OutputKind>),
     /// A result of diffseg's that cannot be trusted (a file missing, cut
     /// short or changed, or no checksums recorded): why. Redo it.
     Damaged(String),
@@ -839,54 +993,86 @@ pub enum ResultState {
     },
 }
 
-/// Checks the result at `paths`: the JSON must be diffseg's and record every
-/// file of the result with the length and SHA-256 found on disk. A file in the
-/// way that diffseg did not write (no JSON of diffseg's naming it, no diffseg
-/// mark) is reported as [`ResultState::Foreign`].
-pub fn check_result(paths: &ResultPaths) -> ResultState {
+/// Checks the result at `paths` for the `kinds` asked for: the JSON must be
+/// diffseg's, have been written with every kind asked for, and record each of
+/// their files with the length and SHA-256 found on disk. A file in the way of
+/// a kind asked for that diffseg did not write (no JSON of diffseg's naming
+/// it, no diffseg mark) is reported as [`ResultState::Foreign`]. Without
+/// [`OutputKind::Json`] among the kinds nothing records what is done: the
+/// result is [`ResultState::Missing`] (unless a file is in the way).
+pub fn check_result(paths: &ResultPaths, kinds: &OutputKinds) -> ResultState {
+    let wants_json = kinds.contains(OutputKind::Json);
     let description = match std::fs::read(&paths.json) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => {
+        Err(error) if wants_json => {
             return ResultState::Damaged(format!("{}: cannot read: {error}", paths.json.display()))
         }
+        Err(_) => None,
         Ok(bytes) => match serde_json::from_slice::<SegmentsFile>(&bytes) {
             Ok(description) => Some(description),
-            Err(error) => {
+            Err(error) if wants_json => {
                 return ResultState::Foreign {
                     path: paths.json.clone(),
                     reason: format!("not a diffseg result JSON ({error})"),
                 }
             }
+            // Not diffseg's, but not to be written either: left alone.
+            Err(_) => None,
         },
     };
-    if let Some(foreign) = foreign_image(paths, description.as_ref()) {
+    if let Some(foreign) = foreign_image(paths, kinds, description.as_ref()) {
         return foreign;
     }
-    let Some(description) = description else {
+    let Some(description) = description.filter(|_| wants_json) else {
         return ResultState::Missing;
     };
-    match damage(paths, &description) {
+    let written = recorded_kinds(&description);
+    let lacking: Vec<OutputKind> = kinds
+        .iter()
+        .filter(|kind| !written.contains(kind))
+        .collect();
+    if !lacking.is_empty() {
+        return ResultState::Incomplete(lacking);
+    }
+    match damage(paths, kinds, &description) {
         Some(reason) => ResultState::Damaged(reason),
         None => ResultState::Whole(Box::new(description)),
     }
 }
 
-/// The first of the result's PNGs in the way that is not diffseg's: neither
-/// recorded by its JSON (a JSON of an older diffseg, without records, vouches
-/// for both) nor carrying diffseg's mark.
-fn foreign_image(paths: &ResultPaths, description: Option<&SegmentsFile>) -> Option<ResultState> {
+/// The kinds a result's JSON was written with: an earlier version's, which
+/// records none, wrote all three.
+fn recorded_kinds(description: &SegmentsFile) -> Vec<OutputKind> {
+    description
+        .outputs
+        .clone()
+        .unwrap_or_else(|| OutputKind::ALL.to_vec())
+}
+
+/// The PNG kinds among `kinds`: the files a result's JSON vouches for.
+fn image_kinds(kinds: &OutputKinds) -> impl Iterator<Item = OutputKind> + '_ {
+    kinds.iter().filter(|kind| *kind != OutputKind::Json)
+}
+
+/// The first of the result's PNGs of the `kinds` asked for that is in the way
+/// and not diffseg's: neither recorded by its JSON (a JSON of an older
+/// diffseg, without records, vouches for both) nor carrying diffseg's mark.
+fn foreign_image(
+    paths: &ResultPaths,
+    kinds: &OutputKinds,
+    description: Option<&SegmentsFile>,
+) -> Option<ResultState> {
     let vouched = |path: &Path| {
         description.is_some_and(|description| {
-            description.files.is_empty()
+            (description.outputs.is_none() && description.files.is_empty())
                 || description
                     .files
                     .iter()
                     .any(|record| record.name == record_name(path))
         })
     };
-    paths
-        .images()
-        .into_iter()
+    image_kinds(kinds)
+        .map(|kind| paths.path(kind))
         .find(|path| path.symlink_metadata().is_ok() && !vouched(path) && !is_diffseg_png(path))
         .map(|path| ResultState::Foreign {
             path: path.to_path_buf(),
@@ -894,16 +1080,17 @@ fn foreign_image(paths: &ResultPaths, description: Option<&SegmentsFile>) -> Opt
         })
 }
 
-/// Why the result `description` records is not whole, or `None` when every
-/// one of its files is there with the recorded length and checksum.
-fn damage(paths: &ResultPaths, description: &SegmentsFile) -> Option<String> {
-    if description.files.is_empty() {
+/// Why the result `description` records is not whole for the `kinds` asked
+/// for, or `None` when each of their files is there with the recorded length
+/// and checksum.
+fn damage(paths: &ResultPaths, kinds: &OutputKinds, description: &SegmentsFile) -> Option<String> {
+    if description.outputs.is_none() && description.files.is_empty() {
         return Some(format!(
             "{}: no checksums recorded (an older diffseg's result)",
             paths.json.display()
         ));
     }
-    for path in paths.images() {
+    for path in image_kinds(kinds).map(|kind| paths.path(kind)) {
         let name = record_name(path);
         let Some(record) = description.files.iter().find(|record| record.name == name) else {
             return Some(format!("{}: does not record {name}", paths.json.display()));
@@ -1280,14 +1467,14 @@ mod tests {
         let description = describe_labels(&labels, 3, 2, Some("a.jpg".into()));
         let label_png = encode_label_png(&paths.labels, &labels, 3, 2).unwrap();
         let overlay = encode_png(&paths.overlay, &DynamicImage::new_rgb8(3, 2)).unwrap();
-        write_result(
-            &paths,
-            &label_png,
-            &overlay,
-            description.clone(),
-            JsonStyle::Compact,
-        )
-        .unwrap();
+        let bytes = |kind: OutputKind, _: &Path| {
+            Ok(match kind {
+                OutputKind::Labels => label_png.clone(),
+                _ => overlay.clone(),
+            })
+        };
+        let all = OutputKinds::all();
+        write_result(&paths, &all, bytes, description.clone(), JsonStyle::Compact).unwrap();
         (paths, description)
     }
 
@@ -1295,8 +1482,8 @@ mod tests {
     fn results_are_done_only_when_every_file_matches_its_record() {
         let folder = tempfile::tempdir().unwrap();
         let (paths, description) = written_result(folder.path());
-        let ResultState::Whole(read) = check_result(&paths) else {
-            panic!("{:?}", check_result(&paths));
+        let ResultState::Whole(read) = check_result(&paths, &OutputKinds::all()) else {
+            panic!("{:?}", check_result(&paths, &OutputKinds::all()));
         };
         assert_eq!(read.segments, description.segments);
         assert_eq!(read.files.len(), 2);
@@ -1307,13 +1494,111 @@ mod tests {
         *changed.last_mut().unwrap() ^= 1;
         for bad in [changed, good[..good.len() - 1].to_vec()] {
             std::fs::write(&paths.overlay, bad).unwrap();
-            assert!(matches!(check_result(&paths), ResultState::Damaged(_)));
+            assert!(matches!(
+                check_result(&paths, &OutputKinds::all()),
+                ResultState::Damaged(_)
+            ));
         }
         std::fs::remove_file(&paths.overlay).unwrap();
-        assert!(matches!(check_result(&paths), ResultState::Damaged(_)));
+        assert!(matches!(
+            check_result(&paths, &OutputKinds::all()),
+            ResultState::Damaged(_)
+        ));
         // Without the JSON nothing was committed; leftovers are diffseg's.
         std::fs::remove_file(&paths.json).unwrap();
-        assert_eq!(check_result(&paths), ResultState::Missing);
+        assert_eq!(
+            check_result(&paths, &OutputKinds::all()),
+            ResultState::Missing
+        );
+    }
+
+    #[test]
+    fn output_kinds_parse_as_a_set_in_writing_order() {
+        let parse = |text: &str| text.parse::<OutputKinds>();
+        let kinds = parse("json, labels,json").unwrap();
+        assert_eq!(
+            kinds.iter().collect::<Vec<_>>(),
+            [OutputKind::Labels, OutputKind::Json]
+        );
+        assert_eq!(kinds.to_string(), "labels,json");
+        assert_eq!(parse("labels,overlay,json").unwrap(), OutputKinds::all());
+        for bad in ["", ",", "labels,thumbnail", "PNG"] {
+            let error = parse(bad).unwrap_err().to_string();
+            assert!(error.contains("labels, overlay and json"), "{bad}: {error}");
+        }
+        assert_eq!(
+            ResultPaths::at(Path::new("out/sub/a")),
+            ResultPaths {
+                labels: "out/sub/a.png".into(),
+                overlay: "out/sub/a.overlay.png".into(),
+                json: "out/sub/a.json".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn results_of_some_kinds_are_done_only_for_those_kinds() {
+        let folder = tempfile::tempdir().unwrap();
+        let paths = ResultPaths::at(&folder.path().join("a"));
+        let labels = [1, 0, 0, 1, 1, 0];
+        let some: OutputKinds = "labels,json".parse().unwrap();
+        let label_png = encode_label_png(&paths.labels, &labels, 3, 2).unwrap();
+        let written = write_result(
+            &paths,
+            &some,
+            |kind, _| {
+                assert_eq!(
+                    kind,
+                    OutputKind::Labels,
+                    "only the kinds asked for are encoded"
+                );
+                Ok(label_png.clone())
+            },
+            describe_labels(&labels, 3, 2, None),
+            JsonStyle::Compact,
+        )
+        .unwrap();
+        assert_eq!(written.outputs, Some(some.iter().collect()));
+        assert_eq!(entries(folder.path()), ["a.json", "a.png"]);
+        assert!(matches!(check_result(&paths, &some), ResultState::Whole(_)));
+        assert_eq!(
+            check_result(&paths, &OutputKinds::all()),
+            ResultState::Incomplete(vec![OutputKind::Overlay])
+        );
+        // Without the JSON nothing records what is done.
+        let labels_only: OutputKinds = "labels".parse().unwrap();
+        assert_eq!(check_result(&paths, &labels_only), ResultState::Missing);
+        // A user's file in the way matters only for the kinds to be written.
+        std::fs::write(&paths.overlay, b"my overlay").unwrap();
+        assert!(matches!(check_result(&paths, &some), ResultState::Whole(_)));
+        assert!(matches!(
+            check_result(&paths, &OutputKinds::all()),
+            ResultState::Foreign { path, .. } if path == paths.overlay
+        ));
+        std::fs::write(&paths.json, b"{\"my\": \"notes\"}").unwrap();
+        assert_eq!(check_result(&paths, &labels_only), ResultState::Missing);
+        assert!(matches!(
+            check_result(&paths, &some),
+            ResultState::Foreign { .. }
+        ));
+    }
+
+    #[test]
+    fn results_of_earlier_versions_count_as_all_three_kinds() {
+        let folder = tempfile::tempdir().unwrap();
+        let (paths, _) = written_result(folder.path());
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&paths.json).unwrap()).unwrap();
+        assert_eq!(
+            json["outputs"],
+            serde_json::json!(["labels", "overlay", "json"])
+        );
+        json.as_object_mut().unwrap().remove("outputs");
+        std::fs::write(&paths.json, serde_json::to_vec(&json).unwrap()).unwrap();
+        assert!(matches!(
+            check_result(&paths, &OutputKinds::all()),
+            ResultState::Whole(_)
+        ));
     }
 
     #[test]
@@ -1333,13 +1618,13 @@ mod tests {
         std::fs::write(&paths.labels, &photo).unwrap();
         assert!(!is_diffseg_png(&paths.labels));
         assert!(
-            matches!(check_result(&paths), ResultState::Foreign { path, .. } if path == paths.labels)
+            matches!(check_result(&paths, &OutputKinds::all()), ResultState::Foreign { path, .. } if path == paths.labels)
         );
         // A user's JSON where the result's JSON goes.
         std::fs::remove_file(&paths.labels).unwrap();
         std::fs::write(&paths.json, b"{\"my\": \"notes\"}").unwrap();
         assert!(
-            matches!(check_result(&paths), ResultState::Foreign { path, .. } if path == paths.json)
+            matches!(check_result(&paths, &OutputKinds::all()), ResultState::Foreign { path, .. } if path == paths.json)
         );
     }
 
@@ -1456,7 +1741,7 @@ mod tests {
                 let folder = tempfile::tempdir().unwrap();
                 let (paths, _) = written_result(folder.path());
                 std::fs::write(&paths.json, &bytes).unwrap();
-                prop_assert!(!matches!(check_result(&paths), ResultState::Whole(_)));
+                prop_assert!(!matches!(check_result(&paths, &OutputKinds::all()), ResultState::Whole(_)));
             }
 
             /// A result's JSON with bytes changed: done only if what it still
@@ -1469,7 +1754,7 @@ mod tests {
             ) {
                 let folder = tempfile::tempdir().unwrap();
                 let (paths, _) = written_result(folder.path());
-                let target = paths.all()[file].to_path_buf();
+                let target = paths.path(OutputKind::ALL[file]).to_path_buf();
                 let mut bytes = std::fs::read(&target).unwrap();
                 let original = bytes.clone();
                 for (index, value) in changes {
@@ -1477,7 +1762,7 @@ mod tests {
                     bytes[at] = value;
                 }
                 std::fs::write(&target, &bytes).unwrap();
-                let state = check_result(&paths);
+                let state = check_result(&paths, &OutputKinds::all());
                 if let ResultState::Whole(description) = state {
                     prop_assert!(file == 2 || bytes == original, "a changed PNG counted as done");
                     for path in [&paths.labels, &paths.overlay] {

@@ -8,7 +8,7 @@ use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
 
 use crate::output::{
     describe_labels, encode_label_png, encode_png, write_atomically, write_json_atomically,
-    write_result, JsonStyle, ResultPaths, SegmentSettings, SegmentsFile,
+    write_result, JsonStyle, OutputKind, OutputKinds, ResultPaths, SegmentSettings, SegmentsFile,
 };
 use crate::Error;
 
@@ -198,26 +198,31 @@ impl Segmentation {
         write_json_atomically(path.as_ref(), &self.describe(image), style)
     }
 
-    /// Writes the label PNG, the overlay of `source` and the JSON description
-    /// (with `settings`, and the other two files' lengths and SHA-256; laid out
-    /// in `style`) as one
-    /// result: nothing is renamed into place before all three are written
-    /// whole, and the JSON goes last, so [`crate::check_result`] never takes
-    /// a partial result for a finished one and a failure leaves a previous
-    /// result as it was.
+    /// Writes the `kinds` of file asked for (label PNG, overlay of `source`,
+    /// JSON description with `settings` and the other files' lengths and
+    /// SHA-256, laid out in `style`) as one result: nothing is renamed into
+    /// place before all are written whole, and the JSON goes last, so
+    /// [`crate::check_result`] never takes a partial result for a finished
+    /// one and a failure leaves a previous result as it was. Returns the
+    /// description (what the JSON holds, if written).
     pub fn save_result(
         &self,
         source: &DynamicImage,
         paths: &ResultPaths,
+        kinds: &OutputKinds,
         image: Option<String>,
         settings: Option<SegmentSettings>,
         style: JsonStyle,
-    ) -> Result<(), Error> {
-        let labels = self.encode_label_png(&paths.labels)?;
-        let overlay = self.encode_overlay(source, &paths.overlay)?;
+    ) -> Result<SegmentsFile, Error> {
         let mut description = self.describe(image);
         description.settings = settings;
-        write_result(paths, &labels, &overlay, description, style)
+        let encode = |kind: OutputKind, path: &Path| match kind {
+            OutputKind::Labels => self.encode_label_png(path),
+            OutputKind::Overlay => self.encode_overlay(source, path),
+            // The JSON is the record of the others, written by `write_result`.
+            OutputKind::Json => unreachable!("write_result encodes the JSON itself"),
+        };
+        write_result(paths, kinds, encode, description, style)
     }
 
     /// The label PNG's bytes ([`Segmentation::save_label_png`]), to stage with
