@@ -1,6 +1,7 @@
 //! `diffseg`: unsupervised zero-shot segmentation with Stable Diffusion.
 
 mod attention;
+mod coco;
 mod eval;
 mod exit;
 mod fetch;

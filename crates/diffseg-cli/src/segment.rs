@@ -28,12 +28,13 @@ use anyhow::Context;
 use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
 use diffseg::{
     check_result, write_json_atomically, JsonStyle, OutputKind, OutputKinds, ResultState,
-    SegmentSettings, SegmenterBuilder,
+    SegmentSettings, SegmenterBuilder, SegmentsFile,
 };
 use diffseg::{Segmentation, StageTimes};
 use image::DynamicImage;
 
-use crate::exit::Exit;
+use crate::coco::{self, CocoFile};
+use crate::exit::{self, Exit};
 use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
 use crate::options::{MergeArgs, ModelArgs};
 use crate::progress::Progress;
@@ -90,6 +91,13 @@ pub struct Args {
     /// Write the wall time of each stage (seconds, JSON) to FILE.
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
+    /// Also write one COCO file for the run to FILE: every image segmented now or skipped as
+    /// already done, its file name relative to the folder its results mirror, each segment
+    /// an annotation of category 1 (`segment`) with its mask as compressed RLE, area and box.
+    /// pycocotools (`COCO(FILE)`, `COCO.loadRes`), FiftyOne and CVAT load it. Written when the
+    /// run ends; a file there that diffseg did not write is never replaced.
+    #[arg(long, value_name = "FILE")]
+    pub coco: Option<PathBuf>,
     /// Indent the JSON files this run writes (each image's `<stem>.json`, the
     /// summary, the timings) for reading by eye. By default they are compact,
     /// one line each: several times smaller, and what programs read anyway
@@ -111,12 +119,13 @@ pub struct Args {
 }
 
 /// Where a job stands before the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum State {
     /// No results.
     Todo,
-    /// Whole results with this run's settings.
-    Done,
+    /// Whole results with this run's settings: their description, kept for
+    /// `--coco` only.
+    Done(Option<Box<SegmentsFile>>),
     /// Whole results with other or unknown settings: what differs.
     Outdated(String),
     /// Whole results of other kinds: the kinds asked for that they lack.
@@ -185,10 +194,10 @@ fn job_state(
         ResultState::Foreign { path, reason } => {
             State::Blocked(diffseg::Error::NotOurs { path, reason }.to_string())
         }
-        ResultState::Whole(description) => match description.settings {
+        ResultState::Whole(description) => match &description.settings {
             None => State::Outdated("no settings recorded".into()),
-            Some(recorded) => match settings_difference(&recorded, expected, revision_pending) {
-                None => State::Done,
+            Some(recorded) => match settings_difference(recorded, expected, revision_pending) {
+                None => State::Done(Some(description)),
                 Some(difference) => State::Outdated(difference),
             },
         },
@@ -198,13 +207,14 @@ fn job_state(
 }
 
 /// Refuses the run, before any work, when an output path is an input: each
-/// job's results, the summary and the timings against every image.
+/// job's results, the summary, the timings and the COCO file against every
+/// image.
 fn refuse_inputs_as_outputs(jobs: &[Job], args: &Args) -> anyhow::Result<()> {
     let inputs: HashMap<PathBuf, PathBuf> = jobs
         .iter()
         .map(|job| (job.real.clone(), job.input.clone()))
         .collect();
-    let reports = [&args.summary, &args.timings];
+    let reports = [&args.summary, &args.timings, &args.coco];
     let outputs = jobs
         .iter()
         .flat_map(|job| job.outputs(&args.outputs))
@@ -218,7 +228,35 @@ fn refuse_inputs_as_outputs(jobs: &[Job], args: &Args) -> anyhow::Result<()> {
             1 => String::new(),
             n => format!(" (and {} more such outputs)", n - 1),
         };
-        anyhow::bail!("{first}{more}; nothing was done");
+        return Err(exit::usage(format!("{first}{more}; nothing was done")));
+    }
+    Ok(())
+}
+
+/// Refuses the run, before any work, when a report (`--summary`,
+/// `--timings`, `--coco`) would be written over one of the results.
+fn refuse_reports_over_results(jobs: &[Job], args: &Args) -> anyhow::Result<()> {
+    let reports = [
+        ("--summary", &args.summary),
+        ("--timings", &args.timings),
+        ("--coco", &args.coco),
+    ];
+    for (flag, report) in reports {
+        let Some(report) = report else { continue };
+        let resolved = diffseg::resolved_path(report);
+        let taken = jobs.iter().find(|job| {
+            job.outputs(&args.outputs).iter().any(|output| {
+                output.file_name() == report.file_name()
+                    && diffseg::resolved_path(output) == resolved
+            })
+        });
+        if let Some(job) = taken {
+            return Err(exit::usage(format!(
+                "{flag} {} is where a result of {} goes: choose another file",
+                report.display(),
+                job.input.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -455,6 +493,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     if let Some(path) = &args.timings {
         refuse_foreign_report(path, "a timings report", &["images", "total"])?;
     }
+    if let Some(path) = &args.coco {
+        diffseg::refuse_foreign(path, "a COCO file", coco::is_ours)?;
+    }
+    refuse_reports_over_results(&jobs, args)?;
     if !args.outputs.contains(OutputKind::Json) && !args.dry_run {
         note(
             args,
@@ -471,6 +513,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             let state = match job_state(&job, &args.outputs, &expected, revision_pending) {
                 State::Blocked(why) => State::Blocked(why),
                 _ if args.overwrite => State::Todo,
+                // Held for the whole run: only when a COCO file needs it.
+                State::Done(_) if args.coco.is_none() => State::Done(None),
                 state => state,
             };
             (job, state)
@@ -493,7 +537,7 @@ fn print_dry_run(plan: &Plan) -> Exit {
         let input = job.input.display();
         match state {
             State::Todo => println!("todo\t{input}"),
-            State::Done => println!("done\t{input}"),
+            State::Done(_) => println!("done\t{input}"),
             State::Outdated(why) => println!("outdated\t{input}\t{why}"),
             State::Incomplete(lacking) => println!("incomplete\t{input}\tlacks {}", names(lacking)),
             State::Damaged(why) => println!("damaged\t{input}\t{why}"),
@@ -532,9 +576,21 @@ struct Tally {
     damaged_accepted: Vec<Failure>,
     /// Images and paths that failed, with why.
     failed: Vec<Failure>,
+    /// For `--coco`: each image done or skipped, named as its results are,
+    /// with its description.
+    described: Vec<(String, SegmentsFile)>,
 }
 
 impl Tally {
+    /// Keeps `description`, the result of `job`, for the COCO file.
+    fn described(&mut self, args: &Args, job: &Job, description: SegmentsFile) {
+        if args.coco.is_some() {
+            let name = job.relative_name(&args.out);
+            self.described
+                .push((name.to_string_lossy().into_owned(), description));
+        }
+    }
+
     /// Records that `path` failed for `reason`.
     fn fail(&mut self, path: &Path, reason: String) {
         self.failed.push(Failure {
@@ -582,7 +638,12 @@ fn triage(args: &Args, jobs: Vec<(Job, State)>, tally: &mut Tally) -> Vec<Job> {
                 );
                 todo.push(job)
             }
-            State::Done => tally.skipped.push(job.input),
+            State::Done(description) => {
+                if let Some(description) = description {
+                    tally.described(args, &job, *description);
+                }
+                tally.skipped.push(job.input)
+            }
             State::Outdated(difference) if args.keep_outdated => {
                 tally.outdated_kept.push(Outdated {
                     path: job.input,
@@ -684,7 +745,10 @@ fn execute(
                 let writing = Instant::now();
                 for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
                     match write_results(job, image, segmentation, &settings, args) {
-                        Ok(_) => tally.done.push(job.input.clone()),
+                        Ok(description) => {
+                            tally.described(args, job, description);
+                            tally.done.push(job.input.clone())
+                        }
                         Err(error) => {
                             progress.message(&format!("failed: {}: {error}", job.input.display()));
                             tally.fail(&job.input, error.to_string());
@@ -758,7 +822,7 @@ fn open_batch<'a>(
 /// run ended.
 fn report(
     args: &Args,
-    tally: Tally,
+    mut tally: Tally,
     settings: SegmentSettings,
     counts: Counts,
     times: &RunTimes,
@@ -781,6 +845,11 @@ fn report(
         };
         write_json_atomically(path, &report, json_style(args))
             .with_context(|| format!("cannot write the timings to {}", path.display()))?;
+    }
+    if let Some(path) = &args.coco {
+        let coco = CocoFile::new(std::mem::take(&mut tally.described));
+        write_json_atomically(path, &coco, json_style(args))
+            .with_context(|| format!("cannot write the COCO file {}", path.display()))?;
     }
     note(
         args,
