@@ -22,6 +22,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "diffseg", version, about, long_about = None, after_help = exit::HELP)]
 struct Cli {
+    /// Log what happens to stderr: -v for the main steps (weights resolved, model loaded,
+    /// what the run will do), -vv also for details (each batch's and image's timings).
+    /// RUST_LOG, when set, chooses instead (e.g. RUST_LOG=diffseg=debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,8 +47,30 @@ enum Command {
     Info(info::Args),
 }
 
+/// Sends `tracing`'s events to stderr (past any progress bar), filtered by
+/// RUST_LOG when set, else by `-v`: warnings only, then diffseg's steps, then
+/// its details. Other crates' events stay at warnings unless RUST_LOG says.
+fn start_logging(verbose: u8) {
+    let levels = match verbose {
+        0 => "warn",
+        1 => "warn,diffseg=info",
+        _ => "warn,diffseg=debug",
+    };
+    let filter = match std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV) {
+        Ok(directives) if !directives.trim().is_empty() => {
+            tracing_subscriber::EnvFilter::builder().parse_lossy(directives)
+        }
+        _ => tracing_subscriber::EnvFilter::new(levels),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::LogLine::default)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    start_logging(cli.verbose);
     let result = match cli.command {
         Command::Segment(args) => segment::run(args),
         Command::Attention(args) => attention::run(args),

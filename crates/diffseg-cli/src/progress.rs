@@ -2,13 +2,53 @@
 //! terminal) one line every N images or every minute, whichever comes first,
 //! with done/total, rate and time left; nothing with `--quiet`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
 
 /// The longest a log goes without a progress line while images are done.
 const LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The bar shown now, if any: log lines are printed above it.
+static SHOWN_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Writes `bytes` to stderr, above the bar if one is shown, so that neither
+/// breaks the other.
+fn write_stderr(bytes: &[u8]) {
+    let bar = SHOWN_BAR.lock().ok().and_then(|shown| shown.clone());
+    let write = || {
+        // Nowhere to report a failure to write to stderr.
+        let _ = std::io::stderr().write_all(bytes);
+    };
+    match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
+    }
+}
+
+/// The writer of one log line (`tracing`'s formatter writes each event to a
+/// fresh one): the text is written to stderr, past any bar, when dropped.
+#[derive(Default)]
+pub struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        write_stderr(&self.0);
+    }
+}
 
 /// Reports images done and prints messages without breaking the bar.
 pub enum Progress {
@@ -54,14 +94,16 @@ impl Progress {
         if quiet {
             Progress::Quiet
         } else if std::io::stderr().is_terminal() {
-            Progress::Bar(
-                ProgressBar::new(total as u64).with_style(
-                    ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} images, {elapsed} elapsed, ~{eta} left {msg}",
-                    )
-                    .expect("valid template"),
-                ),
-            )
+            let bar = ProgressBar::new(total as u64).with_style(
+                ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} images, {elapsed} elapsed, ~{eta} left {msg}",
+                )
+                .expect("valid template"),
+            );
+            if let Ok(mut shown) = SHOWN_BAR.lock() {
+                *shown = Some(bar.clone());
+            }
+            Progress::Bar(bar)
         } else {
             let now = Instant::now();
             Progress::Lines(LogLines {
@@ -107,6 +149,9 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(self) {
         if let Progress::Bar(bar) = self {
+            if let Ok(mut shown) = SHOWN_BAR.lock() {
+                *shown = None;
+            }
             bar.finish_and_clear();
         }
     }

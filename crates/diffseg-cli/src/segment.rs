@@ -506,6 +506,17 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     }
     let builder = args.model.builder(&args.merge);
     let (expected, located) = expected_settings(args, &builder)?;
+    match &located {
+        Some(weights) => tracing::info!(
+            path = %weights.found().path.display(),
+            origin = %weights.found().origin,
+            "weights resolved"
+        ),
+        None => tracing::info!(
+            model = %args.model.model,
+            "weights not found locally: they will be downloaded when the model loads"
+        ),
+    }
     let revision_pending = located.is_none();
     let jobs = jobs
         .into_iter()
@@ -519,7 +530,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
             };
             (job, state)
         })
-        .collect();
+        .collect::<Vec<(Job, State)>>();
+    log_plan(&jobs);
     Ok(Plan {
         listed: listed_count,
         jobs,
@@ -528,6 +540,21 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         builder,
         located,
     })
+}
+
+/// Logs (`-v`) how many images are in each state.
+fn log_plan(jobs: &[(Job, State)]) {
+    let count = |wanted: fn(&State) -> bool| jobs.iter().filter(|(_, state)| wanted(state)).count();
+    tracing::info!(
+        images = jobs.len(),
+        todo = count(|state| matches!(state, State::Todo)),
+        done = count(|state| matches!(state, State::Done(_))),
+        outdated = count(|state| matches!(state, State::Outdated(_))),
+        incomplete = count(|state| matches!(state, State::Incomplete(_))),
+        damaged = count(|state| matches!(state, State::Damaged(_))),
+        blocked = count(|state| matches!(state, State::Blocked(_))),
+        "planned"
+    );
 }
 
 /// `--dry-run`: each image with its state on standard output; the status
@@ -731,6 +758,11 @@ fn execute(
         segmenter.fit(),
         segmenter.merge_options(),
     );
+    tracing::info!(
+        seconds = loading.elapsed().as_secs_f64(),
+        backend = %args.model.backend,
+        "model loaded"
+    );
     let mut progress = Progress::new(todo.len(), args.log_every as usize, args.quiet);
     for chunk in todo.chunks(args.batch_size as usize) {
         let decoding = Instant::now();
@@ -740,11 +772,26 @@ fn execute(
             continue;
         }
         let images: Vec<DynamicImage> = batch.iter().map(|(_, image)| image.clone()).collect();
-        match segmenter.segment_batch(&images) {
+        let segmenting = Instant::now();
+        let segmented = segmenter.segment_batch(&images);
+        tracing::debug!(
+            images = images.len(),
+            seconds = segmenting.elapsed().as_secs_f64(),
+            "batch segmented"
+        );
+        match segmented {
             Ok(segmentations) => {
                 let writing = Instant::now();
                 for ((job, image), segmentation) in batch.iter().zip(&segmentations) {
-                    match write_results(job, image, segmentation, &settings, args) {
+                    let written = Instant::now();
+                    let result = write_results(job, image, segmentation, &settings, args);
+                    tracing::debug!(
+                        image = %job.input.display(),
+                        segments = segmentation.segment_count(),
+                        seconds = written.elapsed().as_secs_f64(),
+                        "results written"
+                    );
+                    match result {
                         Ok(description) => {
                             tally.described(args, job, description);
                             tally.done.push(job.input.clone())

@@ -283,3 +283,49 @@ fn attention_then_merge_equals_segment() {
         "merged attention and segment label maps differ"
     );
 }
+
+/// `-v` logs the run's steps to stderr (weights resolved, the plan), which a
+/// default run does not print; RUST_LOG alone does too.
+#[test]
+fn verbose_logs_steps_a_default_run_does_not() {
+    let folder = tempfile::tempdir().unwrap();
+    let image = folder.path().join("small.png");
+    image::RgbImage::new(8, 8).save(&image).unwrap();
+    let out = folder.path().join("out");
+    let weights = tiny_weights();
+    let args = [
+        "segment",
+        image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--weights",
+        &weights,
+        "--dry-run",
+    ];
+    let stderr_of = |mut command: std::process::Command| {
+        let output = command.env_remove("RUST_LOG").output().unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let plain = stderr_of(common::command(&args));
+    assert!(!plain.contains("weights resolved"), "{plain}");
+    let mut verbose = common::command(&["-v"]);
+    verbose.args(args);
+    let verbose = stderr_of(verbose);
+    assert!(
+        verbose.contains("INFO") && verbose.contains("weights resolved"),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("planned") && verbose.contains("todo=1"),
+        "{verbose}"
+    );
+    let mut logged = common::command(&args);
+    logged.env("RUST_LOG", "diffseg=info");
+    let output = logged.output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("weights resolved"),
+        "{}",
+        text(&output)
+    );
+}
