@@ -94,13 +94,14 @@ pub struct Args {
     /// Also write one COCO file for the run to FILE: every image segmented now or skipped as
     /// already done, its file name relative to the folder its results mirror, each segment
     /// an annotation of category 1 (`segment`) with its mask as compressed RLE, area and box.
-    /// pycocotools (`COCO(FILE)`, `COCO.loadRes`), FiftyOne and CVAT load it. Written when the
-    /// run ends; a file there that diffseg did not write is never replaced.
+    /// Made for pycocotools (`COCO(FILE)`, `COCO.loadRes`) and COCO importers such as
+    /// FiftyOne's and CVAT's. Written when the run ends; a file there that diffseg did not
+    /// write is never replaced.
     #[arg(long, value_name = "FILE")]
     pub coco: Option<PathBuf>,
     /// Indent the JSON files this run writes (each image's `<stem>.json`, the
-    /// summary, the timings) for reading by eye. By default they are compact,
-    /// one line each: several times smaller, and what programs read anyway
+    /// summary, the timings, the COCO file) for reading by eye. By default they
+    /// are compact, one line each: smaller, and what programs read anyway
     /// (`python -m json.tool FILE` or `jq . FILE` indents one later).
     #[arg(long)]
     pub pretty: bool,
