@@ -151,10 +151,12 @@ impl PySegmenter {
         if batch_size == Some(0) {
             return Err(value_error("batch_size must be at least 1"));
         }
+        // None and False report nothing (False as for `Segmenter`).
+        let progress = progress.filter(|value| value.extract::<bool>().ok() != Some(false));
         if let Some(progress) = progress {
             if !progress.is_callable() {
                 return Err(type_error(format!(
-                    "progress must be a callable taking one dict, got {}",
+                    "progress must be a callable taking one dict, None or False; got {}",
                     progress.get_type().name()?
                 )));
             }

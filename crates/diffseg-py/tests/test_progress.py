@@ -38,6 +38,7 @@ def test_segment_batch_reports_each_pass_and_batches_change_nothing(segmenter, i
         np.testing.assert_array_equal(result.labels, segmenter.segment(path).labels)
     assert segmenter.segment_batch([], progress=events.append) == []
     assert events[-1] == {"stage": "segment", "done": 0, "total": 0}
+    assert len(segmenter.segment_batch(paths[:2], progress=False)) == 2
 
 
 def test_segment_batch_refuses_bad_arguments(segmenter, rgb_path):
@@ -176,6 +177,8 @@ def test_ctrl_c_stops_a_download_between_chunks(tmp_path):
             print("finished", flush=True)
         """, "started", env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache),
                              "HF_TOKEN_PATH": str(tmp_path / "no-token"), "DIFFSEG_WEIGHTS": "",
+                             # Empty counts as unset, whatever the environment running the tests says.
+                             "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_TOKEN": "",
                              "PYTHONPATH": python_path()})
     finally:
         hub.close()

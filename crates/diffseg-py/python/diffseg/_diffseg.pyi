@@ -152,7 +152,7 @@ class Segmenter:
         self,
         images: Iterable[_ImageInput],
         batch_size: Optional[int] = None,
-        progress: Optional[_Progress] = None,
+        progress: Union[_Progress, None, Literal[False]] = None,
     ) -> List[Segmentation]:
         """Segments images, batch_size per model pass (default: all in one); one result
         per image, in order. progress is called before the first pass and after each with
