@@ -115,7 +115,7 @@ def test_progress_false_is_silent_and_other_values_are_refused(hub_environment, 
     assert "diffseg:" not in capsys.readouterr().err
 
 
-def interrupted(script: str, started, env=None, timeout: float = 120.0):
+def interrupted(script: str, started, env=None, timeout: float = 60.0):
     """Runs `script` in a Python subprocess, sends SIGINT once `started()` is true, and
     returns (seconds from the signal to the exit, return code, stderr). The scripts run
     no Python code of their own while Rust works (no progress callback: calling one would
