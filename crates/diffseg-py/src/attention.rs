@@ -177,5 +177,5 @@ pub fn merge(
         })
         .map_err(to_py_err)?
         .map_err(to_py_err)?;
-    PySegmentation::new(py, segmentation)
+    PySegmentation::new(py, segmentation, None)
 }

@@ -56,17 +56,6 @@ impl ImageSource {
     }
 }
 
-/// Loads a list of sources within `limits` (files decoded in order; the first error stops).
-pub fn load_all(
-    sources: Vec<ImageSource>,
-    limits: &diffseg::ImageLimits,
-) -> PyResult<Vec<DynamicImage>> {
-    sources
-        .into_iter()
-        .map(|source| source.load_within(limits).map_err(to_py_err))
-        .collect()
-}
-
 /// Whether `object` is a `PIL.Image.Image` (PIL is only looked at when the
 /// caller already imported it: a PIL image cannot exist otherwise).
 fn is_pil_image(object: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -7,6 +7,7 @@
 mod attention;
 mod errors;
 mod image_input;
+mod progress;
 mod segmentation;
 mod segmenter;
 

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use diffseg::{BackendKind, Fit, MergeOptions, Precision};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::IntoPyObjectExt;
 
 use crate::attention::attention_to_dict;
 use crate::errors::{core_to_py_err, to_py_err, type_error, value_error};
-use crate::image_input::{load_all, ImageSource};
+use crate::image_input::ImageSource;
+use crate::progress::{self, PythonDownloadProgress};
 use crate::segmentation::PySegmentation;
 
 /// The KL thresholds from the `tau` argument: a number for every iteration,
@@ -73,6 +75,7 @@ impl PySegmenter {
         refine = false,
         allow_download = true,
         max_pixels = diffseg::DEFAULT_MAX_PIXELS,
+        progress = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -88,6 +91,7 @@ impl PySegmenter {
         refine: bool,
         allow_download: bool,
         max_pixels: u64,
+        progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let name_error = |error: diffseg::Error| value_error(error.to_string());
         let backend: BackendKind = backend.parse().map_err(name_error)?;
@@ -104,42 +108,97 @@ impl PySegmenter {
         if let Some(weights) = weights {
             builder = builder.weights(weights);
         }
-        let inner = py.detach(|| builder.build()).map_err(to_py_err)?;
-        Ok(Self { inner })
+        let callback = progress::callback(py, progress)?;
+        let mut reporter = PythonDownloadProgress::new(callback.as_ref());
+        let built = py.detach(|| builder.build_reporting(&mut reporter));
+        // A Ctrl-C (or the callback's exception) is what the caller sees,
+        // not the interrupted download it caused.
+        if let Some(error) = reporter.into_error() {
+            return Err(error);
+        }
+        Ok(Self {
+            inner: built.map_err(to_py_err)?,
+        })
     }
 
     /// Segments one image (numpy uint8 array H×W, H×W×3 or H×W×4, a
     /// PIL.Image.Image or a path); the result has the image's size.
     fn segment(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<PySegmentation> {
         let source = ImageSource::extract(image)?;
-        let segmentation = py.detach(|| {
+        let (segmentation, image) = py.detach(|| {
             let image = source
                 .load_within(&self.inner.image_limits())
                 .map_err(to_py_err)?;
-            self.inner.segment(&image).map_err(to_py_err)
+            let segmentation = self.inner.segment(&image).map_err(to_py_err)?;
+            Ok::<_, PyErr>((segmentation, image))
         })?;
-        PySegmentation::new(py, segmentation)
+        PySegmentation::new(py, segmentation, Some(image))
     }
 
-    /// Segments images as one batch on the device (any mix of the inputs
-    /// `segment` takes); one result per image, in order.
+    /// Segments images (any mix of the inputs `segment` takes), `batch_size`
+    /// per model pass (default: all in one); one result per image, in order.
+    /// `progress(event)` is called before the first pass and after each with
+    /// `{"stage": "segment", "done": images, "total": images}`. Ctrl-C stops
+    /// it with `KeyboardInterrupt` between images read and between passes.
+    #[pyo3(signature = (images, batch_size = None, progress = None))]
     fn segment_batch<'py>(
         &self,
         py: Python<'py>,
         images: &Bound<'py, PyAny>,
+        batch_size: Option<usize>,
+        progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        if batch_size == Some(0) {
+            return Err(value_error("batch_size must be at least 1"));
+        }
+        // None and False report nothing (False as for `Segmenter`).
+        let progress = progress.filter(|value| value.extract::<bool>().ok() != Some(false));
+        if let Some(progress) = progress {
+            if !progress.is_callable() {
+                return Err(type_error(format!(
+                    "progress must be a callable taking one dict, None or False; got {}",
+                    progress.get_type().name()?
+                )));
+            }
+        }
         let sources = images
             .try_iter()?
             .map(|image| ImageSource::extract(&image?))
             .collect::<PyResult<Vec<_>>>()?;
-        let segmentations = py.detach(|| {
-            let images = load_all(sources, &self.inner.image_limits())?;
-            self.inner.segment_batch(&images).map_err(to_py_err)
-        })?;
-        let results = segmentations
-            .into_iter()
-            .map(|segmentation| PySegmentation::new(py, segmentation))
-            .collect::<PyResult<Vec<_>>>()?;
+        let total = sources.len();
+        let report = |done: usize| match progress {
+            Some(callback) => progress::report(
+                callback,
+                &[
+                    ("stage", "segment".into_bound_py_any(py)?),
+                    ("done", done.into_bound_py_any(py)?),
+                    ("total", total.into_bound_py_any(py)?),
+                ],
+            ),
+            None => Ok(()),
+        };
+        report(0)?;
+        let limits = self.inner.image_limits();
+        let mut results = Vec::with_capacity(total);
+        let mut sources = sources.into_iter().peekable();
+        while sources.peek().is_some() {
+            let mut images = Vec::new();
+            for source in sources.by_ref().take(batch_size.unwrap_or(total)) {
+                images.push(
+                    py.detach(|| source.load_within(&limits))
+                        .map_err(to_py_err)?,
+                );
+                py.check_signals()?;
+            }
+            let segmentations = py
+                .detach(|| self.inner.segment_batch(&images))
+                .map_err(to_py_err)?;
+            for (segmentation, image) in segmentations.into_iter().zip(images) {
+                results.push(PySegmentation::new(py, segmentation, Some(image))?);
+            }
+            py.check_signals()?;
+            report(results.len())?;
+        }
         PyList::new(py, results)
     }
 

@@ -91,8 +91,8 @@ def test_result_views_agree_with_the_labels(segmenter, rgb_path):
     masks = result.masks()
     assert masks.dtype == np.bool_ and masks.shape == (result.num_segments, 72, 96)
     assert (masks.sum(axis=0) == 1).all()
-    binary = result.segments_as("binary_mask")
-    for index, (record, rle_record) in enumerate(zip(binary, result.segments)):
+    binary = result.segments
+    for index, (record, rle_record) in enumerate(zip(binary, result.segments_as("uncompressed_rle"))):
         mask = labels == index
         np.testing.assert_array_equal(masks[index], mask)
         np.testing.assert_array_equal(record["segmentation"], mask)

@@ -170,6 +170,17 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A download stopped on request ([`crate::weights::DownloadProgress::interrupted`]).
+    #[error(
+        "downloading {model} {file}: interrupted; running again resumes the download from what \
+         arrived"
+    )]
+    DownloadInterrupted {
+        /// The repository id.
+        model: String,
+        /// The file being downloaded.
+        file: String,
+    },
     /// A Hub answer whose header cannot be used as it is (a hash or commit
     /// that is not one, and could lead a path out of the cache; no size): a
     /// server that is not a Hub, or one not to be trusted.

@@ -311,6 +311,12 @@ impl<'a> Client<'a> {
             out.write_all(&buffer[..read])
                 .map_err(|error| self.cache_error(partial, error))?;
             progress.advance(read as u64);
+            if progress.interrupted() {
+                // What arrived stays in the partial file: the next attempt resumes from it.
+                out.sync_all()
+                    .map_err(|error| self.cache_error(partial, error))?;
+                return Err(Failure::Final(self.model.interrupted(file)));
+            }
         }
         out.sync_all()
             .map_err(|error| self.cache_error(partial, error))?;

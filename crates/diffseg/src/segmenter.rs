@@ -14,8 +14,8 @@ use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
 use crate::weights::{
-    locate, resolve_weights, ConsoleProgress, FileVariant, FoundWeights, HubModel, HubSettings,
-    ResolvedWeights, DEFAULT_MODEL, DEFAULT_REVISION,
+    locate, resolve_weights, ConsoleProgress, DownloadProgress, FileVariant, FoundWeights,
+    HubModel, HubSettings, ResolvedWeights, DEFAULT_MODEL, DEFAULT_REVISION,
 };
 use crate::{BackendKind, BackendTask, Error, Precision};
 
@@ -505,11 +505,20 @@ impl SegmenterBuilder {
     /// The weights found, else downloaded (when allowed, with progress on
     /// standard error), and opened.
     pub fn resolve_weights(&self) -> Result<ResolvedWeights, Error> {
+        self.resolve_weights_with(&mut ConsoleProgress::default())
+    }
+
+    /// [`Self::resolve_weights`], telling `progress` how a download goes (and
+    /// asking it whether to stop: [`DownloadProgress::interrupted`]).
+    pub fn resolve_weights_with(
+        &self,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<ResolvedWeights, Error> {
         let found = resolve_weights(
             self.weights.as_deref(),
             &self.hub_model(),
             self.allow_download,
-            &mut ConsoleProgress::default(),
+            progress,
         )?;
         ResolvedWeights::open(found, self.file_variant())
     }
@@ -532,9 +541,15 @@ impl SegmenterBuilder {
 
     /// Finds (or downloads) the weights and loads the model on the backend.
     pub fn build(self) -> Result<Segmenter, Error> {
+        self.build_reporting(&mut ConsoleProgress::default())
+    }
+
+    /// [`Self::build`], telling `progress` how a download goes (and asking it
+    /// whether to stop: [`DownloadProgress::interrupted`]).
+    pub fn build_reporting(self, progress: &mut dyn DownloadProgress) -> Result<Segmenter, Error> {
         // Checked before any download, and again by `build_with` for its own callers.
         self.max_runs()?;
-        let weights = self.resolve_weights()?;
+        let weights = self.resolve_weights_with(progress)?;
         self.build_with(weights)
     }
 

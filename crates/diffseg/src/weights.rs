@@ -428,7 +428,10 @@ impl HubModel {
                 Ok(path) => return Ok(path),
                 Err(Failure::Transient(reason)) if tries <= self.settings.retries => {
                     progress.retry(file, &reason, delay);
-                    std::thread::sleep(delay);
+                    sleep_unless_interrupted(delay, progress);
+                    if progress.interrupted() {
+                        return Err(self.interrupted(file));
+                    }
                     delay *= 2;
                 }
                 Err(Failure::Transient(reason)) => {
@@ -480,6 +483,14 @@ impl HubModel {
         }
     }
 
+    /// The download of `file` stopped because its progress asked so.
+    pub(crate) fn interrupted(&self, file: &str) -> Error {
+        Error::DownloadInterrupted {
+            model: self.id.clone(),
+            file: file.to_string(),
+        }
+    }
+
     fn not_found(&self, reason: &str) -> Error {
         Error::WeightsNotFound {
             model: self.id.clone(),
@@ -514,6 +525,28 @@ pub trait DownloadProgress {
     fn finish(&mut self, file: &str);
     /// The download of `file` failed (`reason`) and is tried again after `delay`.
     fn retry(&mut self, file: &str, reason: &str, delay: Duration);
+    /// Asked after every chunk received and while waiting to retry: `true`
+    /// stops the download with [`Error::DownloadInterrupted`], keeping what
+    /// arrived for the next attempt to resume from (a Ctrl-C in a program
+    /// that embeds the library, say). Never by default.
+    fn interrupted(&mut self) -> bool {
+        false
+    }
+}
+
+/// How often a wait before retrying asks [`DownloadProgress::interrupted`].
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
+/// Sleeps `delay`, or less when `progress` says the download is interrupted.
+fn sleep_unless_interrupted(delay: Duration, progress: &mut dyn DownloadProgress) {
+    let until = std::time::Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || progress.interrupted() {
+            return;
+        }
+        std::thread::sleep(left.min(INTERRUPT_POLL));
+    }
 }
 
 /// No progress shown.

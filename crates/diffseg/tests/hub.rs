@@ -262,6 +262,71 @@ fn an_interrupted_download_is_resumed_by_the_next_run() {
     assert!(!progress.sizes.contains_key("unet/config.json"));
 }
 
+/// Progress that asks to stop once part of `file` has arrived (a Ctrl-C, say).
+struct StopDuring {
+    file: &'static str,
+    current: String,
+    received: u64,
+    asked_while_receiving: bool,
+}
+
+impl DownloadProgress for StopDuring {
+    fn start(&mut self, file: &str, _size: u64) {
+        self.current = file.to_string();
+    }
+    fn advance(&mut self, bytes: u64) {
+        if self.current == self.file {
+            self.received += bytes;
+        }
+    }
+    fn finish(&mut self, _file: &str) {}
+    fn retry(&mut self, _file: &str, _reason: &str, _delay: Duration) {}
+    fn interrupted(&mut self) -> bool {
+        let stop = self.current == self.file && self.received > 0;
+        self.asked_while_receiving |= stop;
+        stop
+    }
+}
+
+#[test]
+fn a_download_stops_between_chunks_when_asked_and_the_next_run_resumes_it() {
+    const STOPPED: &str = "unet/diffusion_pytorch_model.safetensors";
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let cache = TempDir::new().unwrap();
+    let model = model(&server, &cache);
+
+    let mut stop = StopDuring {
+        file: STOPPED,
+        current: String::new(),
+        received: 0,
+        asked_while_receiving: false,
+    };
+    let error = model.fetch(&mut stop).unwrap_err();
+    assert!(
+        matches!(error, Error::DownloadInterrupted { ref file, .. } if file == STOPPED),
+        "{error:?}"
+    );
+    assert!(stop.asked_while_receiving);
+    // Stopped after a chunk, not at the end: what arrived waits in the partial file.
+    let partial = partial_files(&cache);
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    let size = fixture_files()[STOPPED].len() as u64;
+    assert!(kept > 0 && kept < size, "kept {kept} of {size} bytes");
+    assert_eq!(model.cached(), None);
+
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert_holds(&snapshot, &FULL_FILES);
+    let resumed = format!("bytes={kept}-");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|request| request.range.as_deref() == Some(resumed.as_str())),
+        "no request for {resumed}"
+    );
+}
+
 #[test]
 fn a_cut_download_is_retried_and_resumed_in_the_same_run() {
     const CUT: &str = "text_encoder/model.safetensors";

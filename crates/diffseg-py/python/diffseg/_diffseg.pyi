@@ -2,7 +2,21 @@
 
 import os
 import pathlib
-from typing import Any, Dict, List, Literal, Mapping, Optional, Protocol, Sequence, Tuple, Union, final
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    Union,
+    final,
+)
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +30,9 @@ class _PILImage(Protocol):
 
 _ImageInput = Union[npt.NDArray[np.uint8], _PILImage, str, "os.PathLike[str]"]
 """A uint8 array H×W (grey), H×W×3 (RGB) or H×W×4 (RGBA), a PIL image, or a path."""
+
+_Progress = Callable[[Dict[str, Any]], None]
+"""Called with one event dict: see `Segmenter` and `Segmenter.segment_batch`."""
 
 _Tau = Union[float, Sequence[float]]
 """One KL threshold for every iteration, or one per iteration."""
@@ -67,13 +84,24 @@ class Segmentation:
         """One boolean mask per segment, [num_segments, height, width]."""
     @property
     def segments(self) -> List[Dict[str, Any]]:
-        """segment-anything's automatic-mask-generator records: `segmentation`
-        (COCO uncompressed RLE: {"size": [h, w], "counts": [...]}), `area`,
-        `bbox` ([x, y, width, height]) and `label`."""
+        """segment-anything's automatic-mask-generator records: `segmentation` (a bool
+        [height, width] mask), `area`, `bbox` ([x, y, width, height]) and `label`."""
     def segments_as(
-        self, output_mode: Literal["uncompressed_rle", "coco_rle", "binary_mask"] = "uncompressed_rle"
+        self, output_mode: Literal["binary_mask", "coco_rle", "uncompressed_rle"] = "binary_mask"
     ) -> List[Dict[str, Any]]:
-        """`segments` with the mask as RLE or as a bool [height, width] array."""
+        """`segments` with the mask as a bool [height, width] array ("binary_mask"),
+        pycocotools' compressed RLE ({"size": [h, w], "counts": str}, "coco_rle") or
+        COCO's uncompressed RLE ({"size": [h, w], "counts": [runs...]}, "uncompressed_rle")."""
+    def palette(self) -> npt.NDArray[np.uint8]:
+        """Each segment's colour in overlays, uint8 [num_segments, 3] (RGB)."""
+    def to_supervision(self) -> Any:
+        """The segments as `supervision.Detections` (xyxy, mask, class_id = label,
+        data["area"]); ImportError when supervision is not installed."""
+    def _repr_png_(self) -> bytes:
+        """The overlay as PNG (the segmented image, scaled to at most 1024 px a side; the
+        colours alone for a result of `merge`)."""
+    def _repr_html_(self) -> str:
+        """The overlay inline beside a legend of the segments (colour, label, area)."""
     def overlay(
         self,
         image: _ImageInput,
@@ -104,6 +132,7 @@ class Segmenter:
         refine: bool = False,
         allow_download: bool = True,
         max_pixels: int = 67108864,
+        progress: Union[_Progress, None, Literal[False]] = None,
     ) -> "Segmenter":
         """Finds (or downloads) the weights and loads the model.
 
@@ -113,11 +142,23 @@ class Segmenter:
         (unless allow_download is False: then WeightsNotFoundError).
         max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
         default; a larger image (a file: from its header, before decoding) raises ValueError.
+        progress: called with {"stage": "download", "file", "done", "total"} (bytes) as
+        each file downloads and {"stage": "retry", "file", "reason", "delay"} before a
+        retry; None (default) prints lines on sys.stderr, False reports nothing. Ctrl-C
+        stops a download with KeyboardInterrupt (the next run resumes it).
         """
     def segment(self, image: _ImageInput) -> Segmentation:
         """Segments one image; the result has the image's size."""
-    def segment_batch(self, images: Sequence[_ImageInput]) -> List[Segmentation]:
-        """Segments images in one model pass; one result per image, in order."""
+    def segment_batch(
+        self,
+        images: Iterable[_ImageInput],
+        batch_size: Optional[int] = None,
+        progress: Union[_Progress, None, Literal[False]] = None,
+    ) -> List[Segmentation]:
+        """Segments images, batch_size per model pass (default: all in one); one result
+        per image, in order. progress is called before the first pass and after each with
+        {"stage": "segment", "done": images, "total": images}. Ctrl-C raises
+        KeyboardInterrupt between images read and between passes."""
     def attention(self, image: _ImageInput) -> Dict[str, npt.NDArray[Any]]:
         """Self-attention averaged over heads and layers, per grid:
         {"self_attn.64": float32 [4096, 4096], ...}, before any merging, and
