@@ -13,7 +13,13 @@
 //! Plain Rust on `f32`/`f64` slices: the work is small dense linear algebra on one
 //! `pixels x pixels` matrix, done on the CPU with faer whatever backend produced the features.
 
-use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Side};
+use faer::{
+    linalg::matmul::{
+        matmul,
+        triangular::{self, BlockStructure},
+    },
+    Accum, Mat, MatMut, MatRef, Side,
+};
 
 use crate::{Error, Segmentation};
 
@@ -44,7 +50,7 @@ const LANCZOS_TOLERANCE: f64 = 1e-10;
 /// Most Lanczos steps before the dense eigensolver takes over.
 const LANCZOS_MAX_STEPS: usize = 300;
 /// Lanczos checks convergence every this many steps (each check is a small eigenproblem).
-const LANCZOS_CHECK_EVERY: usize = 10;
+const LANCZOS_CHECK_EVERY: usize = 5;
 
 /// Validated options of the DiffCut method.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -301,20 +307,24 @@ pub fn normalize_features(features: &FeatureMap) -> FeatureMap {
 pub fn affinity_matrix(normalized: &FeatureMap, alpha: f32) -> Option<Affinity> {
     let pixels = normalized.pixels();
     let features = MatRef::from_row_major_slice(&normalized.values, pixels, normalized.channels);
-    let mut similarity = Mat::<f32>::zeros(pixels, pixels);
-    matmul(
-        similarity.as_mut(),
+    // Only the lower triangle is computed (half the work), then mirrored: the matrix is
+    // exactly symmetric, as the cut's bookkeeping and Lanczos assume.
+    let mut values = vec![0f32; pixels * pixels];
+    triangular::matmul(
+        MatMut::from_column_major_slice_mut(&mut values, pixels, pixels),
+        BlockStructure::TriangularLower,
         Accum::Replace,
         features,
+        BlockStructure::Rectangular,
         features.transpose(),
+        BlockStructure::Rectangular,
         1.0,
         faer::get_global_parallelism(),
     );
-    // The product is stored column by column; reading it so keeps rows as published
-    // (F Fᵀ is symmetric up to rounding).
-    let mut values = Vec::with_capacity(pixels * pixels);
     for column in 0..pixels {
-        values.extend_from_slice(similarity.col_as_slice(column));
+        for row in 0..column {
+            values[row + column * pixels] = values[column + row * pixels];
+        }
     }
     let (min, max) = values
         .iter()
@@ -326,9 +336,18 @@ pub fn affinity_matrix(normalized: &FeatureMap, alpha: f32) -> Option<Affinity> 
         return None;
     }
     let range = max - min;
-    values
-        .iter_mut()
-        .for_each(|v| *v = ((*v - min) / range).powf(alpha));
+    // A whole exponent (the published α is an int) by multiplications: within an ulp of
+    // `powf`, and much faster.
+    if alpha.fract() == 0.0 && alpha <= i32::MAX as f32 {
+        let exponent = alpha as i32;
+        values
+            .iter_mut()
+            .for_each(|v| *v = ((*v - min) / range).powi(exponent));
+    } else {
+        values
+            .iter_mut()
+            .for_each(|v| *v = ((*v - min) / range).powf(alpha));
+    }
     Some(Affinity { values, pixels })
 }
 
@@ -380,11 +399,19 @@ pub fn second_smallest_eigenvector_lanczos(a: &[f64], degrees: &[f64]) -> Option
     let inv_sqrt: Vec<f64> = degrees.iter().map(|d| 1.0 / d.sqrt()).collect();
     let mut trivial: Vec<f64> = degrees.iter().map(|d| d.sqrt()).collect();
     normalize(&mut trivial);
+    // `a` is symmetric, so reading it column-major is the same matrix.
+    let matrix = MatRef::from_column_major_slice(a, n, n);
     let apply = |x: &[f64], out: &mut [f64]| {
         let scaled: Vec<f64> = x.iter().zip(&inv_sqrt).map(|(x, s)| x * s).collect();
-        for (i, out) in out.iter_mut().enumerate() {
-            *out = inv_sqrt[i] * dot(&a[i * n..(i + 1) * n], &scaled);
-        }
+        matmul(
+            MatMut::from_column_major_slice_mut(out, n, 1),
+            Accum::Replace,
+            matrix,
+            MatRef::from_column_major_slice(&scaled, n, 1),
+            1.0,
+            faer::get_global_parallelism(),
+        );
+        out.iter_mut().zip(&inv_sqrt).for_each(|(out, s)| *out *= s);
     };
     let max_steps = (n - 1).min(LANCZOS_MAX_STEPS);
     // A fixed, structureless start: golden-ratio sequence, centred.
@@ -449,8 +476,23 @@ fn top_ritz_vector(diagonal: &[f64], off_diagonal: &[f64]) -> Option<Vec<f64>> {
     Some(eigen.U().col(m - 1).iter().copied().collect())
 }
 
+/// Dot product with eight running sums, so the compiler can vectorise it (one running
+/// sum is a chain of dependent additions).
 fn dot(x: &[f64], y: &[f64]) -> f64 {
-    x.iter().zip(y).map(|(x, y)| x * y).sum()
+    let mut sums = [0f64; 8];
+    let (x_chunks, y_chunks) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f64 = x_chunks
+        .remainder()
+        .iter()
+        .zip(y_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in x_chunks.zip(y_chunks) {
+        for lane in 0..8 {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    sums.iter().sum::<f64>() + tail
 }
 
 fn normalize(x: &mut [f64]) {
@@ -515,23 +557,27 @@ pub fn best_bipartition(y: &[f64], a: &[f64], degrees: &[f64]) -> (Vec<bool>, f6
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| y[j].total_cmp(&y[i]));
     let total_volume: f64 = degrees.iter().sum();
-    let mut in_set = vec![false; n];
-    let mut members: Vec<usize> = Vec::with_capacity(n);
+    // Each row's total affinity to the rows in the set so far.
+    let mut to_set = vec![0.0f64; n];
+    let mut members = 0;
     let (mut volume, mut association) = (0.0f64, 0.0f64);
     let mut values = vec![0.0f64; steps];
     for index in (0..steps).rev() {
-        while members.len() < n && y[order[members.len()]] > thresholds[index] {
-            let row = order[members.len()];
+        while members < n && y[order[members]] > thresholds[index] {
+            let row = order[members];
             let row_values = &a[row * n..(row + 1) * n];
-            let to_members: f64 = members.iter().map(|&j| row_values[j]).sum();
-            association += 2.0 * to_members + row_values[row];
+            association += 2.0 * to_set[row] + row_values[row];
             volume += degrees[row];
-            in_set[row] = true;
-            members.push(row);
+            // `a` is symmetric: the row is also the column.
+            to_set
+                .iter_mut()
+                .zip(row_values)
+                .for_each(|(sum, value)| *sum += value);
+            members += 1;
         }
         let cut = volume - association;
         values[index] = cut / volume + cut / (total_volume - volume);
-        if members.is_empty() || members.len() == n {
+        if members == 0 || members == n {
             values[index] = f64::NAN;
         }
     }
@@ -608,7 +654,8 @@ pub fn recursive_normalized_cut(affinity: &Affinity, tau: f32) -> Result<Vec<Vec
             let row_values = &values[row * pixels..(row + 1) * pixels];
             a.extend(kept.iter().map(|&column| row_values[column] as f64));
         }
-        let degrees: Vec<f64> = a.chunks_exact(n).map(|row| row.iter().sum()).collect();
+        let ones = vec![1.0; n];
+        let degrees: Vec<f64> = a.chunks_exact(n).map(|row| dot(row, &ones)).collect();
         if let Some(position) = degrees.iter().position(|d| !(*d > 0.0)) {
             let pixel = kept[position];
             return Err(Error::Features(format!(
@@ -710,14 +757,16 @@ pub fn assign_labels(
 ) -> Vec<u32> {
     let (height, width, channels) = (normalized.height, normalized.width, normalized.channels);
     let pixels = normalized.pixels();
-    // Planar scores [clusters, height, width].
+    // Planar scores [clusters, height, width]: column-major [pixels, clusters].
     let mut scores = vec![0f32; clusters * pixels];
-    for (pixel, features) in normalized.values.chunks_exact(channels).enumerate() {
-        for (cluster, embedding) in embeddings.chunks_exact(channels).enumerate() {
-            scores[cluster * pixels + pixel] =
-                features.iter().zip(embedding).map(|(f, e)| f * e).sum();
-        }
-    }
+    matmul(
+        MatMut::from_column_major_slice_mut(&mut scores, pixels, clusters),
+        Accum::Replace,
+        MatRef::from_row_major_slice(&normalized.values, pixels, channels),
+        MatRef::from_row_major_slice(embeddings, clusters, channels).transpose(),
+        1.0,
+        faer::get_global_parallelism(),
+    );
     let upsampled = resize_planar(&scores, clusters, height, width, mask_size, mask_size);
     let cells = mask_size * mask_size;
     (0..cells)

@@ -14,6 +14,8 @@ use safetensors::{Dtype, SafeTensors};
 
 const FIXTURE: &str = "tests/fixtures/diffcut/diffcut.safetensors";
 const MIN_AGREEMENT: f64 = 0.995;
+/// The map at DiffCut's real size, regenerated here (no features stored).
+const GENERATED: &str = "splitmix1280";
 
 struct Map {
     name: String,
@@ -28,7 +30,7 @@ struct Map {
     accepted_cuts: usize,
 }
 
-fn maps() -> Vec<Map> {
+fn fixture() -> (Vec<u8>, BTreeMap<String, serde_json::Value>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
@@ -40,6 +42,11 @@ fn maps() -> Vec<Map> {
     let maps: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&metadata.metadata().as_ref().expect("fixture metadata")["maps"])
             .expect("maps metadata");
+    (bytes, maps)
+}
+
+fn maps() -> Vec<Map> {
+    let (bytes, maps) = fixture();
     let tensors = SafeTensors::deserialize(&bytes).expect("fixture parses");
     let tensor = |name: &str| {
         let view = tensors.tensor(name).expect(name);
@@ -51,6 +58,7 @@ fn maps() -> Vec<Map> {
         data
     };
     maps.into_iter()
+        .filter(|(name, _)| name != GENERATED)
         .map(|(name, meta)| {
             let (dtype, shape, data) = tensor(&format!("{name}.features"));
             assert_eq!(dtype, Dtype::F32);
@@ -91,6 +99,47 @@ fn maps() -> Vec<Map> {
             }
         })
         .collect()
+}
+
+/// benches/cut.rs's features: splitmix64 noise as a uniform f32 in [-1, 1).
+fn noise(index: u64) -> f32 {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// benches/cut.rs's 32×32×1280 map of six regions (the reference computes the same values).
+fn generated_features() -> FeatureMap {
+    const SIDE: usize = 32;
+    const CHANNELS: usize = 1280;
+    const REGIONS: usize = 6;
+    let seeds: Vec<(f32, f32)> = (0..REGIONS as u64)
+        .map(|r| (0.5 + 0.4 * noise(2 * r), 0.5 + 0.4 * noise(2 * r + 1)))
+        .collect();
+    let mut values = Vec::with_capacity(SIDE * SIDE * CHANNELS);
+    for y in 0..SIDE {
+        for x in 0..SIDE {
+            let (py, px) = (
+                (y as f32 + 0.5) / SIDE as f32,
+                (x as f32 + 0.5) / SIDE as f32,
+            );
+            let region = (0..REGIONS)
+                .min_by(|&a, &b| {
+                    let d = |(sy, sx): (f32, f32)| (sy - py).powi(2) + (sx - px).powi(2);
+                    d(seeds[a]).total_cmp(&d(seeds[b]))
+                })
+                .unwrap();
+            let pixel = (y * SIDE + x) as u64;
+            values.extend((0..CHANNELS as u64).map(|c| {
+                noise(5_000 + c)
+                    + 0.6 * noise(10_000 + region as u64 * CHANNELS as u64 + c)
+                    + 0.4 * noise(1_000_000 + pixel * CHANNELS as u64 + c)
+            }));
+        }
+    }
+    FeatureMap::new(values, SIDE, SIDE, CHANNELS).unwrap()
 }
 
 /// Distinct labels in a map.
@@ -187,6 +236,33 @@ fn median_filter_matches_scipy_exactly() {
         assert!(changed > 0, "{}: the filter changes something", map.name);
         assert_eq!(filtered, map.labels[2], "{}", map.name);
     }
+}
+
+#[test]
+fn labels_match_at_diffcuts_real_size() {
+    let (bytes, maps) = fixture();
+    let tensors = SafeTensors::deserialize(&bytes).expect("fixture parses");
+    let meta = &maps[GENERATED];
+    let view = tensors.tensor(&format!("{GENERATED}.labels")).unwrap();
+    let reference: Vec<u32> = view.data().iter().map(|&v| v as u32).collect();
+    let options = CutOptions::new(
+        meta["tau"].as_f64().unwrap() as f32,
+        meta["alpha"].as_f64().unwrap() as f32,
+        meta["mask_size"].as_u64().unwrap() as usize,
+        false,
+        false,
+    )
+    .unwrap();
+    let segmentation = cut_features(&generated_features(), &options, None).unwrap();
+    let share = agreement(segmentation.labels(), &reference);
+    println!(
+        "{GENERATED} (32x32x1280): {} segments (published {}), {:.3} % of cells equal",
+        segmentation.segment_count(),
+        count(&reference),
+        share * 100.0
+    );
+    assert_eq!(segmentation.segment_count(), count(&reference));
+    assert!(share >= MIN_AGREEMENT);
 }
 
 #[test]
