@@ -63,12 +63,9 @@ fn check_results(out: &Path, stem: &str, image: &DynamicImage) {
         // decoding it (column-major) gives exactly the label PNG's pixels.
         let rle = &segment["segmentation"];
         assert_eq!(rle["size"], serde_json::json!([height, width]));
-        let counts: Vec<u64> = rle["counts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_u64().unwrap())
-            .collect();
+        assert!(rle["counts"].is_string(), "compressed RLE: {rle}");
+        let rle: diffseg::CocoRle = serde_json::from_value(rle.clone()).unwrap();
+        let counts = rle.runs();
         assert_eq!(counts.iter().sum::<u64>(), (width * height) as u64);
         assert_eq!(counts.iter().skip(1).step_by(2).sum::<u64>(), area);
         let mut pixel = 0u64;

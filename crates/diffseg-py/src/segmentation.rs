@@ -191,8 +191,8 @@ impl PySegmentation {
             let mask = match mode {
                 OutputMode::UncompressedRle => {
                     let encoded = PyDict::new(py);
-                    encoded.set_item("size", segment.segmentation.size.to_vec())?;
-                    encoded.set_item("counts", segment.segmentation.counts)?;
+                    encoded.set_item("size", segment.segmentation.size().to_vec())?;
+                    encoded.set_item("counts", segment.segmentation.runs())?;
                     encoded.into_any()
                 }
                 OutputMode::BinaryMask => {

@@ -47,43 +47,174 @@ pub struct SegmentRecord {
     pub area: u64,
     /// `[x, y, width, height]` in pixels (COCO's bbox convention).
     pub bbox: [u32; 4],
-    /// The mask as COCO uncompressed RLE.
+    /// The mask as COCO RLE (pycocotools' compressed form).
     pub segmentation: CocoRle,
 }
 
-/// COCO uncompressed run-length encoding (what `pycocotools.mask.frPyObjects`
-/// reads): `size` is `[height, width]`; `counts` alternate runs of 0 and 1 over
-/// the pixels in column-major order, starting with a (possibly empty) run of 0.
+/// A mask as COCO run-length encoding, in pycocotools' compressed form (what
+/// `pycocotools.mask.encode` returns and COCO results files hold): `size` is
+/// `[height, width]`; the runs alternate 0 and 1 over the pixels in
+/// column-major order, starting with a (possibly empty) run of 0, and `counts`
+/// writes them as pycocotools' string of 6-bit digits.
+///
+/// A value always describes a whole mask: reading JSON checks that the counts
+/// decode and that their runs cover `height × width` pixels. JSON written
+/// before the compressed form (`counts` as a list of runs) is read too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredRle")]
 pub struct CocoRle {
+    size: [u32; 2],
+    counts: String,
+}
+
+impl CocoRle {
+    /// The mask of `height × width` pixels with these run lengths (zeros
+    /// first, column-major); `None` when they do not cover it exactly.
+    pub fn from_runs(height: u32, width: u32, runs: &[u64]) -> Option<CocoRle> {
+        let covered = runs
+            .iter()
+            .try_fold(0u64, |sum, run| sum.checked_add(*run))?;
+        (covered == u64::from(height) * u64::from(width)).then(|| CocoRle {
+            size: [height, width],
+            counts: compress_runs(runs),
+        })
+    }
+
     /// `[height, width]`.
-    pub size: [u32; 2],
-    /// Run lengths, zeros first.
-    pub counts: Vec<u64>,
+    pub fn size(&self) -> [u32; 2] {
+        self.size
+    }
+
+    /// The compressed counts string.
+    pub fn counts(&self) -> &str {
+        &self.counts
+    }
+
+    /// The run lengths (zeros first, column-major): COCO's uncompressed form.
+    pub fn runs(&self) -> Vec<u64> {
+        decompress_runs(&self.counts).expect("a CocoRle's counts decode (checked when made)")
+    }
+}
+
+/// A [`CocoRle`] as JSON holds it: the compressed string, or the list of runs
+/// that results written before it hold.
+#[derive(Deserialize)]
+struct StoredRle {
+    size: [u32; 2],
+    counts: StoredCounts,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredCounts {
+    Compressed(String),
+    Runs(Vec<u64>),
+}
+
+impl TryFrom<StoredRle> for CocoRle {
+    type Error = String;
+
+    fn try_from(stored: StoredRle) -> Result<CocoRle, String> {
+        let [height, width] = stored.size;
+        let runs = match stored.counts {
+            StoredCounts::Compressed(counts) => decompress_runs(&counts)?,
+            StoredCounts::Runs(runs) => runs,
+        };
+        CocoRle::from_runs(height, width, &runs)
+            .ok_or_else(|| format!("RLE counts do not cover its {height}x{width} pixels exactly"))
+    }
+}
+
+/// pycocotools' `rleToString`: each run, less the run two before it from the
+/// fourth on, as little-endian 5-bit groups with a continuation bit, each
+/// group written as the character `48 + group`.
+fn compress_runs(runs: &[u64]) -> String {
+    let mut text = String::new();
+    for (index, &run) in runs.iter().enumerate() {
+        // Runs are at most 2^32 · 2^32 pixels, far inside i64 and its differences.
+        let mut x = run as i64;
+        if index > 2 {
+            x -= runs[index - 2] as i64;
+        }
+        loop {
+            let mut group = (x & 0x1f) as u8;
+            x >>= 5;
+            let more = if group & 0x10 != 0 { x != -1 } else { x != 0 };
+            if more {
+                group |= 0x20;
+            }
+            text.push(char::from(group + 48));
+            if !more {
+                break;
+            }
+        }
+    }
+    text
+}
+
+/// pycocotools' `rleFrString`, refusing what it would misread: characters
+/// outside its 64 digits, numbers past 64 bits, negative runs.
+fn decompress_runs(text: &str) -> Result<Vec<u64>, String> {
+    let mut runs: Vec<u64> = Vec::new();
+    let mut bytes = text.bytes().peekable();
+    while bytes.peek().is_some() {
+        let (mut x, mut shift) = (0i64, 0u32);
+        loop {
+            let Some(byte) = bytes.next() else {
+                return Err("RLE counts end inside a number".to_string());
+            };
+            let group = byte
+                .checked_sub(48)
+                .filter(|group| *group < 64)
+                .ok_or_else(|| {
+                    format!("RLE counts hold {:?}, not a count digit", char::from(byte))
+                })?;
+            if shift >= 60 {
+                return Err("RLE counts hold a number past 64 bits".to_string());
+            }
+            x |= i64::from(group & 0x1f) << shift;
+            shift += 5;
+            if group & 0x20 == 0 {
+                if group & 0x10 != 0 {
+                    x |= -1i64 << shift;
+                }
+                break;
+            }
+        }
+        if runs.len() > 2 {
+            x = x
+                .checked_add(runs[runs.len() - 2] as i64)
+                .ok_or_else(|| "RLE counts hold a number past 64 bits".to_string())?;
+        }
+        let run =
+            u64::try_from(x).map_err(|_| "RLE counts decode to a negative run".to_string())?;
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 /// Encodes the mask `labels == label` of a row-major `width`×`height` label map
 /// as COCO RLE (column-major runs, zeros first).
 pub(crate) fn coco_rle(labels: &[u32], width: u32, height: u32, label: u32) -> CocoRle {
     let (w, h) = (width as usize, height as usize);
-    let mut counts = Vec::new();
+    let mut runs = Vec::new();
     let mut current = false;
     let mut run = 0u64;
     for x in 0..w {
         for y in 0..h {
             let inside = labels[y * w + x] == label;
             if inside != current {
-                counts.push(run);
+                runs.push(run);
                 run = 0;
                 current = inside;
             }
             run += 1;
         }
     }
-    counts.push(run);
+    runs.push(run);
     CocoRle {
         size: [height, width],
-        counts,
+        counts: compress_runs(&runs),
     }
 }
 
@@ -719,11 +850,65 @@ mod tests {
         // 1 1 0
         let labels = [1, 0, 0, 1, 1, 0];
         let rle = coco_rle(&labels, 3, 2, 1);
-        assert_eq!(rle.size, [2, 3]);
+        assert_eq!(rle.size(), [2, 3]);
         // Column-major pixels: (0,0)=1 (0,1)=1 (1,0)=0 (1,1)=1 (2,0)=0 (2,1)=0.
-        assert_eq!(rle.counts, vec![0, 2, 1, 1, 2]);
+        assert_eq!(rle.runs(), vec![0, 2, 1, 1, 2]);
         let background = coco_rle(&labels, 3, 2, 0);
-        assert_eq!(background.counts, vec![2, 1, 1, 2]);
+        assert_eq!(background.runs(), vec![2, 1, 1, 2]);
+    }
+
+    /// Masks of every kind of run (empty first runs, one-pixel runs, runs past
+    /// 2^20) against the strings pycocotools' `mask.encode` gives for them
+    /// (tools/reference/coco_rle_reference.py): encoded alike, and decoded back.
+    #[test]
+    fn coco_rle_matches_pycocotools() {
+        #[derive(Deserialize)]
+        struct Case {
+            name: String,
+            height: u32,
+            width: u32,
+            counts: std::collections::BTreeMap<u32, String>,
+        }
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/coco_rle");
+        let cases: Vec<Case> =
+            serde_json::from_slice(&std::fs::read(folder.join("reference.json")).unwrap()).unwrap();
+        assert_eq!(cases.len(), 6);
+        for case in cases {
+            let image = image::open(folder.join(format!("{}.png", case.name))).unwrap();
+            let labels: Vec<u32> = image
+                .to_luma8()
+                .pixels()
+                .map(|p| u32::from(p.0[0]))
+                .collect();
+            assert_eq!((image.width(), image.height()), (case.width, case.height));
+            for (label, expected) in &case.counts {
+                let ours = coco_rle(&labels, case.width, case.height, *label);
+                assert_eq!(ours.counts(), expected, "{} label {label}", case.name);
+                let theirs: CocoRle = serde_json::from_value(serde_json::json!({
+                    "size": [case.height, case.width], "counts": expected,
+                }))
+                .unwrap();
+                assert_eq!(theirs.runs(), ours.runs(), "{} label {label}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn rle_json_reads_old_lists_and_refuses_what_does_not_cover_the_mask() {
+        let read = |json: serde_json::Value| serde_json::from_value::<CocoRle>(json);
+        let old = read(serde_json::json!({"size": [2, 3], "counts": [0, 2, 1, 1, 2]})).unwrap();
+        assert_eq!(old, coco_rle(&[1, 0, 0, 1, 1, 0], 3, 2, 1));
+        assert_eq!(serde_json::to_value(&old).unwrap()["counts"], old.counts());
+        for bad in [
+            serde_json::json!({"size": [2, 3], "counts": [0, 2, 1]}),
+            serde_json::json!({"size": [2, 3], "counts": "07"}),
+            serde_json::json!({"size": [2, 3], "counts": "0 6"}),
+            serde_json::json!({"size": [2, 3], "counts": "0o"}),
+            serde_json::json!({"size": [2, 3], "counts": "ooooooooooooooo0"}),
+            serde_json::json!({"size": [2, 3], "counts": "6O"}),
+        ] {
+            assert!(read(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -942,6 +1127,19 @@ mod tests {
         fn label_png() -> Vec<u8> {
             let labels: Vec<u32> = (0..12).map(|i| i * 40).collect();
             encode_label_png(Path::new("x.png"), &labels, 4, 3).unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn rle_counts_round_trip(runs in proptest::collection::vec(0u64..(1 << 40), 1..40)) {
+                let compressed = compress_runs(&runs);
+                prop_assert_eq!(decompress_runs(&compressed).unwrap(), runs);
+            }
+
+            #[test]
+            fn rle_counts_reader_takes_any_text(text in ".{0,64}") {
+                let _ = decompress_runs(&text);
+            }
         }
 
         proptest! {
