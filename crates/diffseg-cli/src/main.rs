@@ -1,6 +1,7 @@
 //! `diffseg`: unsupervised zero-shot segmentation with Stable Diffusion.
 
 mod attention;
+mod cut;
 mod eval;
 mod fetch;
 mod info;
@@ -32,6 +33,8 @@ enum Command {
     Attention(attention::Args),
     /// Merge self-attention maps (from `diffseg attention` or elsewhere) into segments.
     Merge(merge::Args),
+    /// Segment saved features (`[h, w, c]`) with DiffCut's recursive normalized cut.
+    Cut(cut::Args),
     /// Score segmentations on COCO-Stuff-27 or Cityscapes with the paper's protocol.
     Eval(eval::Args),
     /// Download Stable Diffusion weights.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Cut(args) => cut::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Info(args) => info::run(args),
