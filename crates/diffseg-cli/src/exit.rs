@@ -53,10 +53,31 @@ pub fn usage(message: impl std::fmt::Display) -> anyhow::Error {
     UsageError(message.to_string()).into()
 }
 
+/// The one input of a command (`cut FEATURES`) that cannot be used: the run
+/// exits with [`Exit::InputsFailed`], as a failed image of `attention` does.
+#[derive(Debug)]
+pub struct InputError(anyhow::Error);
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Marks `error` as its input's: see [`InputError`].
+pub fn input_failed(error: anyhow::Error) -> anyhow::Error {
+    InputError(error).into()
+}
+
 /// The exit status of a command that stopped with `error`.
 pub fn for_error(error: &anyhow::Error) -> Exit {
     if error.chain().any(|cause| cause.is::<UsageError>()) {
         return Exit::Usage;
+    }
+    if error.chain().any(|cause| cause.is::<InputError>()) {
+        return Exit::InputsFailed;
     }
     error
         .chain()
@@ -106,6 +127,8 @@ mod tests {
             for_error(&anyhow::anyhow!("anything else")),
             Exit::CannotRun
         );
+        let features = input_failed(anyhow::anyhow!("f.safetensors: not a safetensors file"));
+        assert_eq!(for_error(&features), Exit::InputsFailed);
         assert_eq!(ExitCode::from(Exit::Usage), ExitCode::from(2));
     }
 }

@@ -2,11 +2,13 @@
 
 mod attention;
 mod coco;
+mod cut;
 mod eval;
 mod exit;
 mod fetch;
 mod info;
 mod jobs;
+mod label_outputs;
 mod merge;
 mod options;
 mod progress;
@@ -39,6 +41,8 @@ enum Command {
     Attention(attention::Args),
     /// Merge self-attention maps (from `diffseg attention` or elsewhere) into segments.
     Merge(merge::Args),
+    /// Segment saved features (`[h, w, c]`) with DiffCut's recursive normalized cut.
+    Cut(cut::Args),
     /// Score segmentations on COCO-Stuff-27 or Cityscapes with the paper's protocol.
     Eval(eval::Args),
     /// Download Stable Diffusion weights.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Cut(args) => cut::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Info(args) => info::run(args),

@@ -1,15 +1,13 @@
 //! `diffseg merge`: saved self-attention in, label PNG (and JSON) out: a thin
 //! caller of [`SelfAttention::load_safetensors`] and [`SelfAttention::merge_on`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use diffseg::{
-    BackendKind, BackendTask, JsonStyle, MergeOptions, Segmentation, SegmentsFile, SelfAttention,
-};
+use diffseg::{BackendKind, BackendTask, MergeOptions, Segmentation, SelfAttention};
 
 use crate::exit::{self, Exit};
+use crate::label_outputs::{self, LabelOutputs};
 use crate::options::MergeArgs;
 
 /// The label map's side when neither `--size` nor the file says where the
@@ -50,7 +48,12 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     if args.size == Some(0) {
         return Err(exit::usage("--size must be at least 1"));
     }
-    refuse_unsafe_outputs(&args)?;
+    let outputs = LabelOutputs {
+        png: &args.out,
+        json: args.json.as_deref(),
+        json_style: label_outputs::json_style(args.pretty),
+    };
+    outputs.refuse_unsafe([&args.attention])?;
     let mut attention = SelfAttention::load_safetensors(&args.attention)?;
     if args.size.is_some() {
         attention.placement = None;
@@ -60,63 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         options,
         side: args.size.unwrap_or(DEFAULT_SIDE),
     })??;
-    let json_style = if args.pretty {
-        JsonStyle::Pretty
-    } else {
-        JsonStyle::Compact
-    };
-    write_outputs(&segmentation, &args.out, args.json.as_deref(), json_style)?;
-    println!(
-        "{}: {} segments, {}x{} labels",
-        args.out.display(),
-        segmentation.segment_count(),
-        segmentation.width(),
-        segmentation.height()
-    );
+    outputs.write(&segmentation)?;
     Ok(Exit::Done)
-}
-
-/// Refuses, before any work, outputs that are the input or each other, and
-/// files in their place that diffseg did not write.
-fn refuse_unsafe_outputs(args: &Args) -> anyhow::Result<()> {
-    let mut inputs = HashMap::new();
-    if let Some(real) = diffseg::resolved_path(&args.attention) {
-        inputs.insert(real, args.attention.clone());
-    }
-    diffseg::refuse_input_as_output(&args.out, &inputs)?;
-    diffseg::refuse_foreign(&args.out, "a label PNG", diffseg::is_diffseg_png)?;
-    if let Some(json) = &args.json {
-        diffseg::refuse_input_as_output(json, &inputs)?;
-        if diffseg::resolved_path(json)
-            .is_some_and(|json| Some(json) == diffseg::resolved_path(&args.out))
-        {
-            return Err(exit::usage(format!(
-                "--out and --json are the same file {}",
-                json.display()
-            )));
-        }
-        diffseg::refuse_foreign(json, "a segments JSON", diffseg::is_json_of::<SegmentsFile>)?;
-    }
-    Ok(())
-}
-
-/// Writes the label PNG and the JSON as one: both are written whole before
-/// either is renamed into place, so a failure leaves the previous ones.
-fn write_outputs(
-    segmentation: &Segmentation,
-    out: &Path,
-    json: Option<&Path>,
-    json_style: JsonStyle,
-) -> anyhow::Result<()> {
-    let mut staged = vec![diffseg::stage_file(
-        out,
-        &segmentation.encode_label_png(out)?,
-    )?];
-    if let Some(json) = json {
-        let description = json_style.encode(&segmentation.describe(None))?;
-        staged.push(diffseg::stage_file(json, &description)?);
-    }
-    Ok(diffseg::commit_in_order(staged)?)
 }
 
 /// The merge on the chosen backend.

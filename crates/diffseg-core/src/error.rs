@@ -30,6 +30,12 @@ pub enum Error {
     /// Merge options out of range.
     #[error("invalid merge options: {0}")]
     Options(String),
+    /// DiffCut options out of range.
+    #[error("invalid cut options: {0}")]
+    CutOptions(String),
+    /// DiffCut features that cannot be cut (non-finite values, a pixel with no affinity).
+    #[error("features: {0}")]
+    Features(String),
     /// A label or segment index out of range.
     #[error("segment {index} does not exist: the segmentation has {count} segments")]
     NoSuchSegment {

@@ -5,11 +5,15 @@
 //! [`AttentionAccumulator`] → [`AttentionMaps`] → [`aggregate`] → [`anchor_grid`] +
 //! [`initial_proposals`] (using [`kl_matrix`]) → [`merge_proposals`] × (N−1) → optional
 //! [`refine`] → [`label_map`] → [`Segmentation`]. [`segment_attention`] runs them all.
+//!
+//! DiffCut (Couairon et al., NeurIPS 2024) from one layer's features: [`cut_features`] runs
+//! its steps ([`affinity_matrix`], [`recursive_normalized_cut`], [`assign_labels`], [`pamr`]).
 
 #![warn(missing_docs)]
 
 mod aggregate;
 mod attention;
+mod cut;
 mod error;
 mod label;
 mod merge;
@@ -18,6 +22,14 @@ mod segmentation;
 
 pub use aggregate::{aggregate, aggregation_weights, Aggregate};
 pub use attention::{AttentionAccumulator, AttentionMap, AttentionMaps};
+pub use cut::{
+    affinity_matrix, assemble_clusters, assign_labels, best_bipartition, cut_features,
+    deterministic_sign_flip, mask_pooling, median_filter_3x3, normalize_features, pamr,
+    recursive_normalized_cut, second_smallest_eigenvector, second_smallest_eigenvector_dense,
+    second_smallest_eigenvector_lanczos, Affinity, CutOptions, FeatureMap, PlanarImage,
+    BIPARTITION_THRESHOLDS, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU, DEFAULT_MASK_SIZE, MAX_CUT_PIXELS,
+    MAX_MASK_SIZE, PAMR_DILATIONS, PAMR_ITERATIONS,
+};
 pub use error::Error;
 pub use label::label_map;
 pub use merge::{

@@ -1,0 +1,135 @@
+//! `diffseg cut`: saved features in, label PNG (and JSON) out, with DiffCut's recursive
+//! normalized cut (`diffseg_core::cut_features`). Runs on the CPU: the cut is small dense
+//! linear algebra on one `pixels x pixels` matrix.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use diffseg::Segmentation;
+use diffseg_core::{
+    cut_features, CutOptions, FeatureMap, PlanarImage, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU,
+    DEFAULT_MASK_SIZE,
+};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::exit::{self, Exit};
+use crate::label_outputs::{self, LabelOutputs};
+
+/// The tensor the features file must hold.
+const FEATURES_TENSOR: &str = "features";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Safetensors file holding `features`: one self-attention layer's output, `[h, w, c]`
+    /// f32 (or f16/bf16), row-major.
+    pub features: PathBuf,
+    /// Label PNG to write, MASK_SIZE×MASK_SIZE (pixel value = segment index; an 8-bit
+    /// palette PNG in the overlay's colours up to 256 segments, else 16-bit grey).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write segment count, areas and bounding boxes as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Indent the `--json` file for reading by eye (by default it is compact, one line).
+    #[arg(long, requires = "json")]
+    pub pretty: bool,
+    /// Split a region while its best normalized cut is below this (0 < τ ≤ 1).
+    #[arg(long, default_value_t = DEFAULT_CUT_TAU)]
+    pub tau: f32,
+    /// Exponent sharpening the affinities (> 0).
+    #[arg(long, default_value_t = DEFAULT_CUT_ALPHA)]
+    pub alpha: f32,
+    /// Side of the square label map.
+    #[arg(long, default_value_t = DEFAULT_MASK_SIZE)]
+    pub mask_size: usize,
+    /// Refine the labels with PAMR on the image (needs --image), as DiffCut's evaluation
+    /// does with --refinement.
+    #[arg(long, requires = "image")]
+    pub pamr: bool,
+    /// Smooth the labels last with a 3×3 median filter (DiffCut's evaluation applies it
+    /// after PAMR).
+    #[arg(long)]
+    pub median: bool,
+    /// The image the features came from, for --pamr (resized to the label map).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<Exit> {
+    let options = CutOptions::new(args.tau, args.alpha, args.mask_size, args.pamr, args.median)
+        .map_err(exit::usage)?;
+    let outputs = LabelOutputs {
+        png: &args.out,
+        json: args.json.as_deref(),
+        json_style: label_outputs::json_style(args.pretty),
+    };
+    outputs.refuse_unsafe(std::iter::once(&args.features).chain(&args.image))?;
+    let features = load_features(&args.features).map_err(exit::input_failed)?;
+    let pixels = match (&args.image, args.pamr) {
+        (Some(path), true) => Some(load_planar_rgb(path)?),
+        _ => None,
+    };
+    let image = pixels
+        .as_ref()
+        .map(|(values, height, width)| PlanarImage::new(values, 3, *height, *width))
+        .transpose()?;
+    let segmentation: Segmentation = cut_features(&features, &options, image.as_ref())
+        .with_context(|| format!("cutting {}", args.features.display()))?
+        .into();
+    outputs.write(&segmentation)?;
+    Ok(Exit::Done)
+}
+
+/// Reads the `features` tensor `[h, w, c]` of a safetensors file.
+fn load_features(path: &Path) -> anyhow::Result<FeatureMap> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let tensors = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let view = tensors.tensor(FEATURES_TENSOR).with_context(|| {
+        format!(
+            "{}: no tensor `{FEATURES_TENSOR}` [h, w, c]",
+            path.display()
+        )
+    })?;
+    let shape = view.shape().to_vec();
+    let [height, width, channels] = shape[..] else {
+        bail!(
+            "{}: `{FEATURES_TENSOR}` has shape {shape:?}, expected [h, w, c]",
+            path.display()
+        );
+    };
+    let data = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => bail!(
+            "{}: `{FEATURES_TENSOR}` is {other:?}, expected f32, f16 or bf16",
+            path.display()
+        ),
+    };
+    FeatureMap::new(values, height, width, channels)
+        .with_context(|| format!("{}: `{FEATURES_TENSOR}`", path.display()))
+}
+
+/// The image as planar RGB in [0, 1] (as DiffCut reads it), with its height and width.
+fn load_planar_rgb(path: &Path) -> anyhow::Result<(Vec<f32>, usize, usize)> {
+    let rgb = diffseg::open_image(path)?.to_rgb8();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    let mut planar = vec![0f32; 3 * height * width];
+    for (pixel, values) in rgb.pixels().enumerate() {
+        for channel in 0..3 {
+            planar[channel * height * width + pixel] = values[channel] as f32 / 255.0;
+        }
+    }
+    Ok((planar, height, width))
+}
