@@ -9,6 +9,7 @@ mod merge;
 mod options;
 mod progress;
 mod segment;
+mod view;
 
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ enum Command {
     Fetch(fetch::Args),
     /// Print the compiled-in backends, the devices found and where weights were found.
     Info(info::Args),
+    /// Write DIR/index.html: a gallery of the results in DIR that opens without a server.
+    View(view::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Info(args) => info::run(args),
+        Command::View(args) => view::run(args),
     };
     match result {
         Ok(code) => code,
