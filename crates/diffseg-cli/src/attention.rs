@@ -9,12 +9,25 @@ use anyhow::Context;
 use crate::exit::Exit;
 use crate::options::{MergeArgs, ModelArgs};
 
+/// Write an image's aggregated self-attention maps as safetensors.
+///
+/// The self-attention of one UNet pass over the image, averaged over heads and
+/// layers per resolution (`self_attn.64` … `self_attn.8`, f32 `[r*r, r*r]`),
+/// with where the image was placed in the model's input: the input of
+/// `diffseg merge`, which can then try merging options without running the
+/// model again.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg attention photo.jpg --out photo.safetensors
+  diffseg merge photo.safetensors --out labels.png --tau 0.8
+  diffseg attention photo.jpg --out photo.safetensors --backend wgpu --precision f16")]
 pub struct Args {
     /// The image.
     #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
-    /// Output safetensors file.
+    /// The safetensors file to write (a file there that diffseg did not write is
+    /// never replaced).
     #[arg(long, short, value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]

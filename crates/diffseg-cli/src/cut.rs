@@ -18,14 +18,26 @@ use crate::label_outputs::{self, LabelOutputs};
 /// The tensor the features file must hold.
 const FEATURES_TENSOR: &str = "features";
 
+/// Segment saved features (`[h, w, c]`) with DiffCut's recursive normalized cut.
+///
+/// Runs only DiffCut's cut (no model, no weights): the affinity of the features'
+/// cosine similarities raised to α, two-way normalized cuts applied recursively
+/// while a region's best cut is below τ, then each pixel of the MASK_SIZE square
+/// assigned to the closest segment (docs/method.md §9). Writing the features from an
+/// image is not in diffseg yet: they come from elsewhere (e.g. DiffCut's own code).
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg cut features.safetensors --out labels.png
+  diffseg cut features.safetensors --tau 0.5 --alpha 10 --out labels.png --json labels.json
+  diffseg cut features.safetensors --pamr --image photo.jpg --median --out labels.png")]
 pub struct Args {
     /// Safetensors file holding `features`: one self-attention layer's output, `[h, w, c]`
     /// f32 (or f16/bf16), row-major.
     pub features: PathBuf,
     /// Label PNG to write, MASK_SIZE×MASK_SIZE (pixel value = segment index; an 8-bit
     /// palette PNG in the overlay's colours up to 256 segments, else 16-bit grey).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
     /// Also write segment count, areas and bounding boxes as JSON here.
     #[arg(long)]

@@ -13,67 +13,88 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::exit::{self, Exit};
 use crate::options::{MergeArgs, ModelArgs};
 
-/// Score segmentations with the paper's protocol.
+/// Score segmentations on COCO-Stuff-27 or Cityscapes with the paper's protocol.
 ///
 /// With `--predictions DIR` the label PNGs in DIR are scored. Without it the model
 /// segments each image (centre crop, as the protocol says: `--fit` is ignored) and
 /// its label PNG is kept in the `--cache` folder, so an interrupted evaluation
 /// resumes where it stopped.
 ///
-/// Predictions are label PNGs (8-bit palette or 8/16-bit greyscale, pixel = segment index)
-/// named `<image stem>.png`: `000000000139.png` for COCO,
-/// `frankfurt_000000_000294_leftImg8bit.png` for Cityscapes (directly in the
-/// folder, or in `<city>/`), as `diffseg segment` names them. Exact protocol:
-/// 512×512, the centre square crop resized to 512. A label map at its image's own
-/// size (what `diffseg segment` writes) is centre-cropped and resized like the
-/// labels: close to the protocol, not exact, and the report says so.
+/// Predictions are label PNGs (8-bit palette or 8/16-bit greyscale, pixel = segment
+/// index) named `<image stem>.png`:
+/// `000000000139.png` for COCO, `frankfurt_000000_000294_leftImg8bit.png` for
+/// Cityscapes (directly in the folder, or in `<city>/`), as `diffseg segment`
+/// names them. Exact protocol: 512×512, the centre square crop resized to 512. A
+/// label map at its image's own size (what `diffseg segment` writes) is
+/// centre-cropped and resized like the labels: close to the protocol, not exact,
+/// and the report says so.
+///
+/// The report (pixel accuracy and mean IoU after each image's segments are
+/// matched to classes, Hungarian, as in the paper; IoU per class) is printed as
+/// Markdown, and written as JSON (`--out`) and Markdown (`--markdown`) when asked.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg eval --dataset cocostuff27 --root /data/coco --backend cuda --out coco.json
+  diffseg eval --dataset cityscapes --root /data/cityscapes --tau 0.9 --markdown table.md
+  diffseg eval --dataset cocostuff27 --root /data/coco --predictions results/
+  diffseg eval --dataset cocostuff27 --root /data/coco --limit 50      # a quick check
+  diffseg eval --dataset cocostuff27 --root /data/coco --list ids.txt --cache cache/")]
 pub struct Args {
-    /// The benchmark: `cocostuff27` or `cityscapes`.
-    #[arg(long)]
+    /// The benchmark: `cocostuff27` (the 2,175 val2017 images of the paper's curated
+    /// COCO-Stuff-27 list) or `cityscapes` (its val images).
+    #[arg(long, value_name = "cocostuff27|cityscapes")]
     dataset: Dataset,
     /// The dataset root in its official layout. COCO: `val2017/*.jpg` and
     /// `stuffthingmaps_trainval2017/val2017/*.png` (or `annotation_val2017/`).
     /// Cityscapes: `leftImg8bit/val/<city>/*.png` and `gtFine/val/<city>/*_gtFine_labelIds.png`.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     root: PathBuf,
-    /// Score the label PNGs in this folder instead of running the model.
-    #[arg(long)]
+    /// Score the label PNGs in DIR (e.g. the `--out` of `diffseg segment`)
+    /// instead of running the model: `<image stem>.png` per image, directly in DIR
+    /// or in a sub-folder per city; all must be there (checked before scoring).
+    #[arg(long, value_name = "DIR")]
     predictions: Option<PathBuf>,
-    /// Keep the model's predictions here (default: `diffseg-eval-<dataset>`); the
-    /// ones already there are reused.
+    /// When running the model: keep its label PNGs in DIR (default:
+    /// `diffseg-eval-<dataset>` in the current folder) and reuse the ones already
+    /// there, so an interrupted evaluation resumes. A cache made with other model
+    /// or merging settings is refused (its settings are recorded in it).
     #[arg(long, value_name = "DIR", conflicts_with = "predictions")]
     cache: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// KL threshold τ: one value, or one per iteration, comma-separated (default:
     /// 1.1 for COCO-Stuff-27, 0.9 for Cityscapes, as in the paper).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "TAU")]
     tau: Vec<f32>,
     /// Anchors per side of the anchor grid (M).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_name = "M")]
     anchors: usize,
     /// Merging iterations (N).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_name = "N")]
     iterations: usize,
     /// Refine the proposals with one k-means run (off in the paper's benchmarks).
     #[arg(long)]
     refine: bool,
     /// Images per model pass when running the model.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// Write the report as JSON here.
-    #[arg(long)]
+    /// Write the report as JSON to FILE: accuracy, mean IoU, per class its IoU,
+    /// TP, FP and FN, where the predictions came from, how many images were scored.
+    #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Write the report as a Markdown table here.
-    #[arg(long)]
+    /// Write the report as Markdown to FILE (what is printed): accuracy and mean
+    /// IoU, then a table of the classes.
+    #[arg(long, value_name = "FILE")]
     markdown: Option<PathBuf>,
-    /// Score only the first N images.
-    #[arg(long)]
+    /// Score only the first N images of the list (in its order), for a quick
+    /// check; the report says how many of how many were scored.
+    #[arg(long, value_name = "N")]
     limit: Option<usize>,
-    /// Score only the image ids listed in this file (one image file stem per line),
-    /// instead of the curated COCO-Stuff-27 list or every Cityscapes val image.
-    #[arg(long)]
+    /// Score only the images whose ids FILE lists, one image file stem per line
+    /// (`000000000139`), instead of the curated COCO-Stuff-27 list or every
+    /// Cityscapes val image.
+    #[arg(long, value_name = "FILE")]
     list: Option<PathBuf>,
 }
 

@@ -7,7 +7,18 @@ use diffseg::{BackendKind, BackendTask};
 
 use crate::exit::Exit;
 
+/// Print the compiled-in backends, the devices found and where weights were found.
+///
+/// Each backend compiled in is started with a small computation, so a missing
+/// driver or device shows here rather than in a long run; WGPU adapters and
+/// CUDA devices are listed with their numbers N, which `diffseg segment --backend
+/// wgpu:N` (or `cuda:N`) takes. Then where the weights would come from:
+/// `DIFFSEG_WEIGHTS`, the Hugging Face cache.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg info
+  diffseg info --no-probe        # without starting any device")]
 pub struct Args {
     /// Do not start the backends' devices (WGPU and CUDA initialise their driver).
     #[arg(long)]

@@ -14,7 +14,18 @@ use crate::options::MergeArgs;
 /// attention came from: SD 1.x's input.
 const DEFAULT_SIDE: usize = 512;
 
+/// Merge self-attention maps (from `diffseg attention` or elsewhere) into segments.
+///
+/// Runs only the merging of DiffSeg (no model, no weights): the KL-divergence
+/// merging of anchor proposals at threshold τ, then the label map at the image's
+/// size. Cheap enough to sweep τ over one saved attention file.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg attention photo.jpg --out photo.safetensors
+  diffseg merge photo.safetensors --out labels.png --json segments.json
+  for tau in 0.6 0.8 1.1; do diffseg merge photo.safetensors --out labels-$tau.png --tau $tau; done
+  diffseg merge maps.safetensors --out labels.png --size 256")]
 pub struct Args {
     /// Safetensors file of `self_attn.{side}` (or `self_attn.{h}x{w}`) maps, as
     /// `diffseg attention` writes (f32, f16 or bf16; `[cells, cells]`, or
@@ -22,10 +33,10 @@ pub struct Args {
     pub attention: PathBuf,
     /// Label PNG to write (pixel value = segment index; an 8-bit palette PNG in the overlay's
     /// colours up to 256 segments, else 16-bit grey).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Also write segment count, areas and bounding boxes as JSON here.
-    #[arg(long)]
+    /// Also write the segments (areas, bounding boxes, COCO RLE masks) as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Indent the `--json` file for reading by eye (by default it is compact, one line).
     #[arg(long, requires = "json")]
@@ -35,11 +46,11 @@ pub struct Args {
     /// Label a SIZE×SIZE square instead. Without it the labels cover the image
     /// `diffseg attention` read, at its own size, exactly as `diffseg segment`
     /// gives them; a file without that record gives a 512×512 square.
-    #[arg(long)]
+    #[arg(long, value_name = "SIZE")]
     pub size: Option<usize>,
     /// Backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), wgpu:NAME (the first adapter
     /// whose description contains NAME), cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_name = "BACKEND")]
     pub backend: BackendKind,
 }
 

@@ -12,7 +12,7 @@ pub struct ModelArgs {
     /// Compute backend: cpu, wgpu, wgpu:N (adapter N of `diffseg info`), wgpu:NAME (the first
     /// adapter whose description contains NAME, e.g. nvidia), cuda or cuda:N (each needs its
     /// Cargo feature).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_name = "BACKEND")]
     pub backend: BackendKind,
     /// Weights: a diffusers folder or a single-file .safetensors checkpoint
     /// (default: $DIFFSEG_WEIGHTS, then the Hugging Face cache, then a download).
@@ -23,12 +23,17 @@ pub struct ModelArgs {
     pub model: String,
     #[command(flatten)]
     pub hub: HubArgs,
-    /// Compute precision: f32, or f16 on GPU backends.
-    #[arg(long, default_value = "f32")]
+    /// Weight files to download where the model repository has both: fp16
+    /// (half the download) or full [default: the files --precision computes
+    /// in: full for f32, fp16 for f16].
+    #[arg(long, value_name = "fp16|full")]
+    pub variant: Option<FileVariant>,
+    /// Compute precision: f32, or f16 on GPU backends (wgpu, cuda).
+    #[arg(long, default_value = "f32", value_name = "f32|f16")]
     pub precision: Precision,
     /// How a non-square image is fitted to the model's square input:
     /// pad (every pixel gets a segment) or center-crop (the paper's protocol).
-    #[arg(long, default_value = "pad")]
+    #[arg(long, default_value = "pad", value_name = "pad|center-crop")]
     pub fit: Fit,
     /// Never download weights; fail with a list of the files needed instead.
     #[arg(long)]
@@ -44,14 +49,15 @@ pub struct ModelArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct MergeArgs {
     /// KL threshold τ: one value for every iteration, or one per iteration,
-    /// comma-separated (1.1 for COCO-Stuff-27, 0.9 for Cityscapes).
-    #[arg(long, value_delimiter = ',', default_value = "1.1")]
+    /// comma-separated (1.1 for COCO-Stuff-27, 0.9 for Cityscapes). Smaller
+    /// values give more, smaller segments.
+    #[arg(long, value_delimiter = ',', default_value = "1.1", value_name = "TAU")]
     pub tau: Vec<f32>,
-    /// Anchors per side of the anchor grid (M).
-    #[arg(long, default_value_t = 16)]
+    /// Anchors per side of the anchor grid (M): M×M starting points of the merging.
+    #[arg(long, default_value_t = 16, value_name = "M")]
     pub anchors: usize,
     /// Merging iterations (N).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub iterations: usize,
     /// Refine the proposals with one k-means run (off in the paper's benchmarks).
     #[arg(long)]
@@ -100,7 +106,7 @@ impl ModelArgs {
             .allow_download(!self.offline)
             .max_pixels(self.max_pixels)
             .merge_options(merge.to_options());
-        if let Some(variant) = self.hub.variant {
+        if let Some(variant) = self.variant {
             builder = builder.variant(variant);
         }
         if let Some(weights) = &self.weights {
@@ -115,14 +121,10 @@ impl ModelArgs {
     }
 }
 
-/// Which revision and weight files of a Hugging Face model to look up or download.
+/// Which revision of a Hugging Face model to look up or download.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HubArgs {
     /// Branch, tag or commit hash of the model repository.
     #[arg(long, default_value = DEFAULT_REVISION, value_name = "REV")]
     pub revision: String,
-    /// Weight files to download where the repository has both: fp16 (half the
-    /// download) or full [default: full for --precision f32, fp16 for f16].
-    #[arg(long, value_name = "fp16|full")]
-    pub variant: Option<FileVariant>,
 }

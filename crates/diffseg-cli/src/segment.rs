@@ -39,7 +39,27 @@ use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
 use crate::options::{MergeArgs, ModelArgs};
 use crate::progress::Progress;
 
+/// Segment images (files or folders) into label PNGs, overlays and JSON.
+///
+/// For each image, in the output folder (mirroring the sub-folders of a folder
+/// argument): NAME.png, the label map (pixel value = segment number);
+/// NAME.overlay.png, the segments tinted over the image; NAME.json, the size,
+/// the settings used and each segment's area, box and COCO RLE mask. An image
+/// whose results are already there, whole and made with the same settings, is
+/// skipped, so an interrupted run resumes where it stopped. A file in the output
+/// folder that diffseg did not write is never replaced. A bad image is reported
+/// and skipped; the exit status is non-zero if any failed.
 #[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  diffseg segment photo.jpg --out results/
+  diffseg segment photos/ --out results/ --backend cuda --batch-size 8
+  diffseg segment photos/ --out results/ --tau 0.9 --fit center-crop
+  find photos -name '*.jpg' | diffseg segment --files-from - --out results/
+  diffseg segment photos/ --out results/ --shard SLURM_ARRAY_TASK_ID/16 --summary s.json
+  diffseg segment photos/ --out results/ --dry-run    # what is done, what is left
+
+docs/user-guide.md explains the outputs; docs/large-runs.md, runs over many machines.")]
 pub struct Args {
     /// Image files and folders (searched recursively for .png, .jpg, .jpeg,
     /// .tif, .tiff, .webp, .bmp).
@@ -74,8 +94,8 @@ pub struct Args {
     /// says whether listing found problems.
     #[arg(long)]
     pub dry_run: bool,
-    /// Images per model pass.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Images per model pass (more use more memory; on a GPU, more are faster).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
     /// When stderr is not a terminal, write a progress line every N images
     /// (and at least once a minute).

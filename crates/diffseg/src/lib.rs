@@ -75,6 +75,6 @@ pub use output::{
     SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
 };
 pub use pipeline::{Pipeline, TIMESTEP};
-pub use segmentation::{BoundingBox, OverlayStyle, Segment, Segmentation};
+pub use segmentation::{palette_colour, BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};
 pub use timing::StageTimes;

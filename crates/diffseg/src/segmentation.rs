@@ -287,9 +287,9 @@ fn blend(pixel: u8, colour: u8, opacity: f32) -> u8 {
     (pixel as f32 * (1.0 - opacity) + colour as f32 * opacity).round() as u8
 }
 
-/// A distinct, saturated colour per label (hues a golden angle apart): the
-/// overlay's tint and the label PNG's palette.
-pub(crate) fn palette_colour(label: u32) -> [u8; 3] {
+/// The colour `label` is tinted with in overlays, the label PNG's palette
+/// and `diffseg view`'s legends: distinct and saturated, hues a golden angle apart.
+pub fn palette_colour(label: u32) -> [u8; 3] {
     let hue = (label as f32 * 137.507_77) % 360.0;
     let sector = hue / 60.0;
     let rising = (255.0 * (1.0 - (sector % 2.0 - 1.0).abs())) as u8;
