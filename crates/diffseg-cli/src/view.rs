@@ -15,12 +15,13 @@
 
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use image::ImageEncoder as _;
 use serde::Deserialize;
 use walkdir::WalkDir;
+
+use crate::exit::{self, Exit};
 
 /// The longest side of the label map a figure carries for hovering.
 const HOVER_MAP_SIDE: u32 = 128;
@@ -105,10 +106,10 @@ struct HoverMap {
     grey: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<Exit> {
     let dir = &args.dir;
     if !dir.is_dir() {
-        anyhow::bail!("{}: not a folder", dir.display());
+        return Err(exit::usage(format!("{}: not a folder", dir.display())));
     }
     let index = dir.join("index.html");
     // Before any work: never over a page diffseg did not write.
@@ -116,23 +117,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir_real = dir
         .canonicalize()
         .with_context(|| format!("{}: cannot resolve the folder", dir.display()))?;
-    let images_real = match &args.images {
-        Some(images) => Some(
-            images
-                .canonicalize()
-                .with_context(|| format!("--images {}: no such folder", images.display()))?,
-        ),
-        None => None,
-    };
+    let images_real =
+        match &args.images {
+            Some(images) => Some(images.canonicalize().map_err(|_| {
+                exit::usage(format!("--images {}: no such folder", images.display()))
+            })?),
+            None => None,
+        };
     let (figures, notes) = collect_figures(&dir_real, images_real.as_deref())?;
     for note in &notes {
         eprintln!("note: {note}");
     }
     if figures.is_empty() {
-        anyhow::bail!(
+        return Err(exit::input_failed(anyhow::anyhow!(
             "{}: no results of `diffseg segment` (NAME.json with NAME.png or NAME.overlay.png)",
             dir.display()
-        );
+        )));
     }
     let title = dir_real
         .file_name()
@@ -149,7 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         index.display(),
         figures.len()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 /// Whether `path` is a page `diffseg view` wrote (its head carries the mark).
