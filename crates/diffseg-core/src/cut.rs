@@ -49,6 +49,8 @@ const MASK_POOLING_EPS: f32 = 1e-8;
 const LANCZOS_TOLERANCE: f64 = 1e-10;
 /// Most Lanczos steps before the dense eigensolver takes over.
 const LANCZOS_MAX_STEPS: usize = 300;
+/// Smallest matrix whose Lanczos products are spread over threads.
+const PARALLEL_MATVEC_SIZE: usize = 512;
 /// Lanczos checks convergence every this many steps (each check is a small eigenproblem).
 const LANCZOS_CHECK_EVERY: usize = 5;
 
@@ -438,16 +440,21 @@ pub fn second_smallest_eigenvector_lanczos(a: &[f64], degrees: &[f64]) -> Option
     normalize(&mut trivial);
     // `a` is symmetric, so reading it column-major is the same matrix.
     let matrix = MatRef::from_column_major_slice(a, n, n);
+    // Threads only for large matrices: a small product is over before they synchronise.
+    let parallelism = if n >= PARALLEL_MATVEC_SIZE {
+        faer::get_global_parallelism()
+    } else {
+        faer::Par::Seq
+    };
     let apply = |x: &[f64], out: &mut [f64]| {
         let scaled: Vec<f64> = x.iter().zip(&inv_sqrt).map(|(x, s)| x * s).collect();
-        // One thread: a matrix-vector product is too short for the synchronisation.
         matmul(
             MatMut::from_column_major_slice_mut(out, n, 1),
             Accum::Replace,
             matrix,
             MatRef::from_column_major_slice(&scaled, n, 1),
             1.0,
-            faer::Par::Seq,
+            parallelism,
         );
         out.iter_mut().zip(&inv_sqrt).for_each(|(out, s)| *out *= s);
     };
