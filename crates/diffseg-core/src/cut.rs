@@ -49,6 +49,8 @@ const MASK_POOLING_EPS: f32 = 1e-8;
 const LANCZOS_TOLERANCE: f64 = 1e-10;
 /// Most Lanczos steps before the dense eigensolver takes over.
 const LANCZOS_MAX_STEPS: usize = 300;
+/// Smallest matrix whose Lanczos products are spread over threads.
+const PARALLEL_MATVEC_SIZE: usize = 512;
 /// Lanczos checks convergence every this many steps (each check is a small eigenproblem).
 const LANCZOS_CHECK_EVERY: usize = 5;
 
@@ -287,7 +289,16 @@ impl Affinity {
 pub fn normalize_features(features: &FeatureMap) -> FeatureMap {
     let mut values = features.values.clone();
     for pixel in values.chunks_exact_mut(features.channels) {
-        let norm = pixel.iter().map(|v| v * v).sum::<f32>().sqrt();
+        // Eight running sums, so the sum of squares vectorises.
+        let mut sums = [0f32; 8];
+        let chunks = pixel.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for chunk in chunks {
+            for lane in 0..8 {
+                sums[lane] += chunk[lane] * chunk[lane];
+            }
+        }
+        let norm = (sums.iter().sum::<f32>() + tail).sqrt();
         let divisor = norm.max(NORMALIZE_EPS);
         pixel.iter_mut().for_each(|v| *v /= divisor);
     }
@@ -321,34 +332,62 @@ pub fn affinity_matrix(normalized: &FeatureMap, alpha: f32) -> Option<Affinity> 
         1.0,
         faer::get_global_parallelism(),
     );
+    // Column `c` holds its lower part (rows c..) contiguously.
+    let lower = |column: usize| column * pixels + column..(column + 1) * pixels;
+    let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
     for column in 0..pixels {
-        for row in 0..column {
-            values[row + column * pixels] = values[column + row * pixels];
+        for &v in &values[lower(column)] {
+            min = min.min(v);
+            max = max.max(v);
         }
     }
-    let (min, max) = values
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
     // Not `max > min`: a NaN cannot occur (finite, normalised inputs), but be explicit.
     if !(max - min > 0.0) {
         return None;
     }
     let range = max - min;
-    // A whole exponent (the published α is an int) by multiplications: within an ulp of
-    // `powf`, and much faster.
-    if alpha.fract() == 0.0 && alpha <= i32::MAX as f32 {
-        let exponent = alpha as i32;
-        values
-            .iter_mut()
-            .for_each(|v| *v = ((*v - min) / range).powi(exponent));
-    } else {
-        values
-            .iter_mut()
-            .for_each(|v| *v = ((*v - min) / range).powf(alpha));
+    for column in 0..pixels {
+        let part = &mut values[lower(column)];
+        part.iter_mut().for_each(|v| *v = (*v - min) / range);
+        power_in_place(part, alpha);
+    }
+    // Mirror the lower triangle into the upper one, in tiles that stay in cache.
+    const TILE: usize = 64;
+    for column_start in (0..pixels).step_by(TILE) {
+        for row_start in (0..=column_start).step_by(TILE) {
+            for column in column_start..(column_start + TILE).min(pixels) {
+                for row in row_start..(row_start + TILE).min(column) {
+                    values[row + column * pixels] = values[column + row * pixels];
+                }
+            }
+        }
     }
     Some(Affinity { values, pixels })
+}
+
+/// Raises every value to `alpha`. A whole exponent (the published α is an int) goes by
+/// repeated squaring, as `powi` does, but a block of values at a time so that it
+/// vectorises: within an ulp of `powf`, and much faster.
+fn power_in_place(values: &mut [f32], alpha: f32) {
+    if !(alpha.fract() == 0.0 && alpha <= u32::MAX as f32) {
+        values.iter_mut().for_each(|v| *v = v.powf(alpha));
+        return;
+    }
+    const BLOCK: usize = 256;
+    for block in values.chunks_mut(BLOCK) {
+        let mut base = [0f32; BLOCK];
+        let base = &mut base[..block.len()];
+        base.copy_from_slice(block);
+        block.fill(1.0);
+        let mut exponent = alpha as u32;
+        while exponent > 0 {
+            if exponent & 1 == 1 {
+                block.iter_mut().zip(base.iter()).for_each(|(r, b)| *r *= b);
+            }
+            base.iter_mut().for_each(|b| *b *= *b);
+            exponent >>= 1;
+        }
+    }
 }
 
 /// The second-smallest eigenvector of the normalised Laplacian `D^-½ (D − A) D^-½` of a
@@ -401,6 +440,12 @@ pub fn second_smallest_eigenvector_lanczos(a: &[f64], degrees: &[f64]) -> Option
     normalize(&mut trivial);
     // `a` is symmetric, so reading it column-major is the same matrix.
     let matrix = MatRef::from_column_major_slice(a, n, n);
+    // Threads only for large matrices: a small product is over before they synchronise.
+    let parallelism = if n >= PARALLEL_MATVEC_SIZE {
+        faer::get_global_parallelism()
+    } else {
+        faer::Par::Seq
+    };
     let apply = |x: &[f64], out: &mut [f64]| {
         let scaled: Vec<f64> = x.iter().zip(&inv_sqrt).map(|(x, s)| x * s).collect();
         matmul(
@@ -409,7 +454,7 @@ pub fn second_smallest_eigenvector_lanczos(a: &[f64], degrees: &[f64]) -> Option
             matrix,
             MatRef::from_column_major_slice(&scaled, n, 1),
             1.0,
-            faer::get_global_parallelism(),
+            parallelism,
         );
         out.iter_mut().zip(&inv_sqrt).for_each(|(out, s)| *out *= s);
     };
@@ -630,6 +675,8 @@ pub fn recursive_normalized_cut(affinity: &Affinity, tau: f32) -> Result<Vec<Vec
         .map(|row| row.contains(&0.0))
         .collect();
     let mut accepted = Vec::new();
+    // Each cut's affinity, in one buffer for all of them (its pages are touched once).
+    let mut a: Vec<f64> = Vec::with_capacity(pixels * pixels);
     let mut pending = vec![CutCall {
         painting: vec![false; pixels],
         mask: vec![false; pixels],
@@ -649,10 +696,14 @@ pub fn recursive_normalized_cut(affinity: &Affinity, tau: f32) -> Result<Vec<Vec
         if n <= 1 {
             continue;
         }
-        let mut a = Vec::with_capacity(n * n);
-        for &row in &kept {
-            let row_values = &values[row * pixels..(row + 1) * pixels];
-            a.extend(kept.iter().map(|&column| row_values[column] as f64));
+        a.clear();
+        if n == pixels {
+            a.extend(values.iter().map(|&v| v as f64));
+        } else {
+            for &row in &kept {
+                let row_values = &values[row * pixels..(row + 1) * pixels];
+                a.extend(kept.iter().map(|&column| row_values[column] as f64));
+            }
         }
         let ones = vec![1.0; n];
         let degrees: Vec<f64> = a.chunks_exact(n).map(|row| dot(row, &ones)).collect();
