@@ -6,6 +6,9 @@
 //! [`initial_proposals`] (using [`kl_matrix`]) → [`merge_proposals`] × (N−1) → optional
 //! [`refine`] → [`label_map`] → [`Segmentation`]. [`segment_attention`] runs them all.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 mod aggregate;
