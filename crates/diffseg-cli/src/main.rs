@@ -1,5 +1,9 @@
 //! `diffseg`: unsupervised zero-shot segmentation with Stable Diffusion.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
+
 mod attention;
 mod coco;
 mod cut;

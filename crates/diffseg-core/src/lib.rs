@@ -9,6 +9,9 @@
 //! DiffCut (Couairon et al., NeurIPS 2024) from one layer's features: [`cut_features`] runs
 //! its steps ([`affinity_matrix`], [`recursive_normalized_cut`], [`assign_labels`], [`pamr`]).
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 mod aggregate;

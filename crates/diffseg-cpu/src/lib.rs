@@ -17,6 +17,9 @@
 //! direct `conv2d` runs at 9–13 GFLOP/s and its `matmul` uses one thread per
 //! matrix; the GEMM here runs at 60+.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 // First: its `with_best_simd!` macro is used by the modules after it.

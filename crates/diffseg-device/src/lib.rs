@@ -6,6 +6,9 @@
 //! a test suite can say that its GPU tests did not run. With the `wgpu`
 //! feature they list the WGPU adapters; with `cuda`, the CUDA GPUs.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 use burn::tensor::backend::Backend;

@@ -4,6 +4,10 @@
 //! Everything here converts between Python and the facade (`diffseg`); the
 //! pipeline itself is the facade's. Compute runs with the GIL released.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
+
 mod attention;
 mod errors;
 mod image_input;

@@ -9,6 +9,9 @@
 //! exceptions are listed in the crate's remap table (`keys.rs`). Every
 //! failure is an [`Error`].
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 mod attention;

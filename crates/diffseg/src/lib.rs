@@ -45,7 +45,15 @@
 //! protocol). Everything else is here at the root. The algorithm lives in
 //! `diffseg-core`, the networks in `diffseg-sd`.
 
+// Every dependency a target lists must be used (checked at each build; test builds,
+// which also see the dev-dependencies, are exempt).
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
+
+// A dependency only for its default `simd` and `multi-threads` features, which Burn's
+// CPU backend needs to use every core with SIMD (see the workspace manifest).
+#[cfg(feature = "ndarray")]
+use burn_ndarray as _;
 
 mod attention;
 pub mod backend;
