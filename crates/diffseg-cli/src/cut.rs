@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_MASK_SIZE)]
     pub mask_size: usize,
     /// Refine the labels with PAMR on the image (needs --image), as DiffCut's evaluation
-    /// does with --refinement.
+    /// does when asked to refine.
     #[arg(long, requires = "image")]
     pub pamr: bool,
     /// Smooth the labels last with a 3×3 median filter (DiffCut's evaluation applies it

@@ -50,7 +50,13 @@ fn cut(features: &Path, extra: &[&str]) -> image::GrayImage {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    image::open(&out).unwrap().to_luma8()
+    // The label PNG is a palette PNG: its values, not its colours, are the labels.
+    let (labels, width, height) = diffseg::read_label_png(&out).unwrap();
+    let labels = labels
+        .into_iter()
+        .map(|label| u8::try_from(label).unwrap())
+        .collect();
+    image::GrayImage::from_raw(width, height, labels).unwrap()
 }
 
 #[test]
