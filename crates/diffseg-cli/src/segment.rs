@@ -333,18 +333,9 @@ struct Summary {
     listed: usize,
     /// Images in this run (this shard's share).
     images: usize,
-    /// Images segmented now.
-    done: Vec<PathBuf>,
-    /// Images already segmented with these settings.
-    skipped: Vec<PathBuf>,
-    /// Images kept with results of other settings (`--keep-outdated`).
-    outdated_kept: Vec<Outdated>,
-    /// Images whose results were damaged (not whole), redone: with why.
-    damaged_redone: Vec<Failure>,
-    /// Damaged images segmented anyway (`--allow-truncated`).
-    damaged_accepted: Vec<Failure>,
-    /// Images and paths that failed, with why.
-    failed: Vec<Failure>,
+    /// What became of each image.
+    #[serde(flatten)]
+    tally: Tally,
     /// Wall time of the run in seconds.
     seconds: f64,
     /// Images segmented per minute.
@@ -610,7 +601,7 @@ fn names(kinds: &[OutputKind]) -> String {
 }
 
 /// What became of each image: the run's tally, summary and exit status.
-#[derive(Default)]
+#[derive(Default, serde::Serialize)]
 struct Tally {
     /// Segmented now.
     done: Vec<PathBuf>,
@@ -626,6 +617,7 @@ struct Tally {
     failed: Vec<Failure>,
     /// For `--coco`: each image done or skipped, named as its results are,
     /// with its description.
+    #[serde(skip)]
     described: Vec<(String, SegmentsFile)>,
 }
 
@@ -948,12 +940,7 @@ fn report(
             listed: counts.listed,
             images: counts.images,
             images_per_minute: tally.done.len() as f64 / seconds * 60.0,
-            done: tally.done,
-            skipped: tally.skipped,
-            outdated_kept: tally.outdated_kept,
-            damaged_redone: tally.damaged_redone,
-            damaged_accepted: tally.damaged_accepted,
-            failed: tally.failed,
+            tally,
             seconds,
         };
         write_json_atomically(path, &summary, json_style(args))
