@@ -44,6 +44,8 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         | Error::ImageDamaged { .. }
         | Error::EmptyImage
         | Error::InvalidInputSize(_)
+        | Error::FeatureOptions(_)
+        | Error::Features { .. }
         | Error::Attention { .. } => PyValueError::new_err(message),
         Error::Segment(error) => core_to_py_err(error),
         Error::WeightsPathMissing { .. }

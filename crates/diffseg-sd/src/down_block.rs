@@ -148,4 +148,26 @@ impl<B: Backend> DownBlock2D<B> {
         }
         (hidden, skips)
     }
+
+    /// Runs the block up to its last transformer's last self-attention and
+    /// returns that attention's output (see
+    /// [`crate::UNet2DConditionModel::diffcut_features`]); the caller checks
+    /// that the block has transformers.
+    ///
+    /// # Shapes
+    /// - output: `[batch, h, w, channels]`
+    pub(crate) fn last_self_attention(
+        &self,
+        mut hidden: Tensor<B, 4>,
+        temb: Tensor<B, 2>,
+        context: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
+        let last = self.attentions.len() - 1;
+        for (resnet, attention) in self.resnets.iter().zip(&self.attentions).take(last) {
+            hidden = resnet.forward(hidden, Some(temb.clone()));
+            hidden = attention.forward(hidden, context.clone());
+        }
+        hidden = self.resnets[last].forward(hidden, Some(temb));
+        self.attentions[last].last_self_attention(hidden, context)
+    }
 }

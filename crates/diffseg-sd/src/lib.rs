@@ -27,6 +27,7 @@ mod mid_block;
 mod precision;
 mod resnet;
 mod sampling;
+mod schedule;
 mod transformer;
 mod unet;
 mod up_block;
@@ -48,6 +49,7 @@ pub use clip::{empty_prompt_ids, ClipActivation, ClipTextConfig, ClipTextModel, 
 pub use config::limits;
 pub use error::{Error, MismatchReport, ShapeMismatch};
 pub use precision::StableNorm;
+pub use schedule::{add_noise, alpha_cumprod, TRAIN_TIMESTEPS};
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig};
 pub use weights::{Component, Network, NetworkConfig, OpenedWeights, Variant, WeightsSource};

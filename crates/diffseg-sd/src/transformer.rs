@@ -134,14 +134,8 @@ impl<B: Backend> Transformer2DModel<B> {
         mut capture: Option<(&mut Recorder<'_, B>, &str)>,
     ) -> Tensor<B, 4> {
         let [batch, _, height, width] = input.dims();
-        let hidden = self
-            .proj_in
-            .forward(self.norm.forward_stable(input.clone()));
-        let inner = hidden.dims()[1];
-        // [batch, h·w, inner]: tokens in row-major order over the grid.
-        let mut tokens = hidden
-            .reshape([batch, inner, height * width])
-            .swap_dims(1, 2);
+        let mut tokens = self.tokens_in(input.clone());
+        let inner = tokens.dims()[2];
         for (index, block) in self.transformer_blocks.iter().enumerate() {
             let block_capture = capture.as_mut().map(|(recorder, path)| {
                 let layer = AttentionLayer {
@@ -159,6 +153,40 @@ impl<B: Backend> Transformer2DModel<B> {
             .swap_dims(1, 2)
             .reshape([batch, inner, height, width]);
         self.proj_out.forward(hidden) + input
+    }
+    /// The output of the last block's self-attention (before its residual
+    /// add), skipping the rest of the last block and `proj_out`.
+    ///
+    /// # Shapes
+    /// - `input`: `[batch, channels, h, w]`; output: `[batch, h, w, inner]`
+    pub(crate) fn last_self_attention(
+        &self,
+        input: Tensor<B, 4>,
+        context: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
+        let [batch, _, height, width] = input.dims();
+        let mut tokens = self.tokens_in(input);
+        let (last, before) = self
+            .transformer_blocks
+            .split_last()
+            .expect("a spatial transformer has at least one block");
+        for block in before {
+            tokens = block.forward(tokens, context.clone());
+        }
+        let out = last.self_attention(tokens);
+        let inner = out.dims()[2];
+        out.reshape([batch, height, width, inner])
+    }
+
+    /// The normalised, projected input as `[batch, h·w, inner]` tokens in
+    /// row-major order over the grid.
+    fn tokens_in(&self, input: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, _, height, width] = input.dims();
+        let hidden = self.proj_in.forward(self.norm.forward_stable(input));
+        let inner = hidden.dims()[1];
+        hidden
+            .reshape([batch, inner, height * width])
+            .swap_dims(1, 2)
     }
 }
 
@@ -254,6 +282,15 @@ impl<B: Backend> BasicTransformerBlock<B> {
             cross_capture,
         ) + tokens;
         self.ff.forward(self.norm3.forward_stable(tokens.clone())) + tokens
+    }
+
+    /// `attn1` on the normalised tokens: the self-attention's output after
+    /// `to_out`, before the residual add.
+    ///
+    /// # Shapes
+    /// - `tokens`, output: `[batch, h·w, dim]`
+    pub fn self_attention(&self, tokens: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.attn1.forward(self.norm1.forward_stable(tokens), None)
     }
 }
 

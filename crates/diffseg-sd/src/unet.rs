@@ -644,6 +644,67 @@ impl<B: Backend> UNet2DConditionModel<B> {
         self.run(sample, timestep, context, Some(&mut recorder), false);
     }
 
+    /// The output of the self-attention DiffCut reads (docs/method.md §9):
+    /// `down_blocks[-2].attentions[-1].transformer_blocks[-1].attn1` after
+    /// `to_out` and before its residual add. The pass stops there: the last
+    /// down block, the mid and the up blocks are never computed.
+    ///
+    /// Fails (with nothing computed) when the model has fewer than two down
+    /// blocks or the second-to-last has no transformers.
+    ///
+    /// # Shapes
+    /// - `sample`: `[batch, in_channels, h, w]`; `context`: `[batch, tokens, cross_attention_dim]`
+    /// - output: `[batch, h', w', channels]` at that block's resolution
+    ///   (`h / 4` for SD 1.x), channels last
+    pub fn diffcut_features(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f32,
+        context: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 4>, Error> {
+        let hooked = match self.down_blocks.len().checked_sub(2) {
+            Some(index) if !self.down_blocks[index].attentions.is_empty() => index,
+            _ => {
+                return Err(invalid(
+                    "down_block_types",
+                    format!("{} down blocks", self.down_blocks.len()),
+                    "DiffCut reads the second-to-last down block's self-attention: \
+                     the model needs at least two down blocks, the second-to-last \
+                     with transformers",
+                ))
+            }
+        };
+        let (mut hidden, temb) = self.embed(sample, timestep);
+        for block in &self.down_blocks[..hooked] {
+            hidden = block.forward(hidden, temb.clone(), context.clone(), None, "").0;
+        }
+        Ok(self.down_blocks[hooked].last_self_attention(hidden, temb, context))
+    }
+
+    /// Steps 0–2 of diffusers' `forward`: the centred input through `conv_in`,
+    /// and the time embedding.
+    fn embed(&self, sample: Tensor<B, 4>, timestep: f32) -> (Tensor<B, 4>, Tensor<B, 2>) {
+        let batch = sample.dims()[0];
+        let device = sample.device();
+        // 0. centre input
+        let sample = if self.center_input_sample {
+            sample.mul_scalar(2.0).sub_scalar(1.0)
+        } else {
+            sample
+        };
+        // 1. time
+        let features = timestep_embedding::<B>(
+            &vec![timestep; batch],
+            self.time_proj_channels,
+            self.flip_sin_to_cos,
+            self.freq_shift as f32,
+            &device,
+        );
+        let temb = self.time_embedding.forward(features);
+        // 2. pre-process
+        (cpu::conv2d(&self.conv_in, sample), temb)
+    }
+
     /// The pass itself, following diffusers' `forward` step by step. Returns
     /// `None` when `finish` is false (stopped after the up blocks).
     fn run(
@@ -654,30 +715,12 @@ impl<B: Backend> UNet2DConditionModel<B> {
         mut recorder: Option<&mut Recorder<'_, B>>,
         finish: bool,
     ) -> Option<Tensor<B, 4>> {
-        let [batch, _, height, width] = sample.dims();
-        let device = sample.device();
-        // 0. centre input, and whether upsamplers need explicit sizes because
-        // the side is not a multiple of 2^(number of upsamplers).
-        let sample = if self.center_input_sample {
-            sample.mul_scalar(2.0).sub_scalar(1.0)
-        } else {
-            sample
-        };
+        let [_, _, height, width] = sample.dims();
+        // Whether upsamplers need explicit sizes because the side is not a
+        // multiple of 2^(number of upsamplers).
         let up_factor = 1usize << (self.up_blocks.len().saturating_sub(1));
         let explicit_upsample_size = height % up_factor != 0 || width % up_factor != 0;
-
-        // 1. time
-        let features = timestep_embedding::<B>(
-            &vec![timestep; batch],
-            self.time_proj_channels,
-            self.flip_sin_to_cos,
-            self.freq_shift as f32,
-            &device,
-        );
-        let temb = self.time_embedding.forward(features);
-
-        // 2. pre-process
-        let mut hidden = cpu::conv2d(&self.conv_in, sample);
+        let (mut hidden, temb) = self.embed(sample, timestep);
 
         // 3. down
         let mut skips = vec![hidden.clone()];

@@ -2,7 +2,7 @@
 //! `diffseg attention` writes, and what a re-merge with other options reads
 //! (`diffseg merge`, [`SelfAttention::merge`]) without running the model again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -23,7 +23,7 @@ const PLACEMENT_KEYS: [&str; 5] = ["image_width", "image_height", "top", "left",
 const WRITER_KEY: &str = "diffseg";
 
 /// The little-endian u64 header length that opens every safetensors file.
-const HEADER_SIZE_BYTES: usize = 8;
+pub(crate) const HEADER_SIZE_BYTES: usize = 8;
 
 /// Self-attention averaged over heads and layers, one map per latent
 /// resolution, and where the model's input came from in the image.
@@ -107,26 +107,7 @@ impl SelfAttention {
                     .map_err(|error| write_error(error.to_string()))
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        // The writer's mark, which lets a later run replace the file.
-        let mut metadata = std::collections::HashMap::from([(
-            WRITER_KEY.to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        )]);
-        if let Some(placement) = self.placement {
-            let values = [
-                placement.image_width as i64,
-                placement.image_height as i64,
-                placement.top,
-                placement.left,
-                placement.side as i64,
-            ];
-            metadata.extend(
-                PLACEMENT_KEYS
-                    .iter()
-                    .zip(values)
-                    .map(|(key, value)| (key.to_string(), value.to_string())),
-            );
-        }
+        let metadata = writer_metadata(self.placement);
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|error| write_error(error.to_string()))?;
         write_atomically(path, &bytes)
@@ -206,12 +187,7 @@ impl SelfAttention {
                     .map_err(|reason| problem(format!("tensor {name}: {reason}")))
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let placement = match header.metadata() {
-            Some(metadata) if PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key)) => {
-                Some(read_placement(metadata, limits).map_err(problem)?)
-            }
-            _ => None,
-        };
+        let placement = metadata_placement(header.metadata(), limits).map_err(problem)?;
         Ok(Self { maps, placement })
     }
 
@@ -309,10 +285,49 @@ impl SelfAttention {
     }
 }
 
+/// The metadata of a file diffseg writes: the writer's mark (which lets a
+/// later run replace the file) and the placement, when known.
+pub(crate) fn writer_metadata(placement: Option<Placement>) -> HashMap<String, String> {
+    let mut metadata = HashMap::from([(
+        WRITER_KEY.to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    )]);
+    if let Some(placement) = placement {
+        let values = [
+            placement.image_width as i64,
+            placement.image_height as i64,
+            placement.top,
+            placement.left,
+            placement.side as i64,
+        ];
+        metadata.extend(
+            PLACEMENT_KEYS
+                .iter()
+                .zip(values)
+                .map(|(key, value)| (key.to_string(), value.to_string())),
+        );
+    }
+    metadata
+}
+
+/// The placement in a file's metadata when all of [`PLACEMENT_KEYS`] are
+/// there, bounded as [`read_placement`] says; `None` when it has none.
+pub(crate) fn metadata_placement(
+    metadata: &Option<HashMap<String, String>>,
+    limits: &ImageLimits,
+) -> Result<Option<Placement>, String> {
+    match metadata {
+        Some(metadata) if PLACEMENT_KEYS.iter().all(|key| metadata.contains_key(*key)) => {
+            read_placement(metadata, limits).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The placement in a file's metadata (all of [`PLACEMENT_KEYS`] present),
 /// bounded: an image within `limits` and a square [`check_placement`] accepts.
 fn read_placement(
-    metadata: &std::collections::HashMap<String, String>,
+    metadata: &HashMap<String, String>,
     limits: &ImageLimits,
 ) -> Result<Placement, String> {
     let value = |key: &str| -> Result<i64, String> {
@@ -347,7 +362,7 @@ fn read_placement(
 /// non-empty image, a square no larger than its longer side, starting within a
 /// side of it. Labels are mapped back through it: outside those bounds that
 /// would need offsets nothing here makes.
-fn check_placement(placement: &Placement) -> Result<(), String> {
+pub(crate) fn check_placement(placement: &Placement) -> Result<(), String> {
     let Placement {
         image_width,
         image_height,

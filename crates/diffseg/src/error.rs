@@ -223,6 +223,18 @@ pub enum Error {
     /// The model produced attention that is not usable (NaN, wrong shapes).
     #[error("the model's attention is unusable: {0}")]
     Model(String),
+    /// Feature options out of range (see [`crate::FeatureOptions::new`]).
+    #[error("invalid feature options: {0}")]
+    FeatureOptions(String),
+
+    /// A features file that cannot be read or is not DiffCut features.
+    #[error("features {path}: {reason}")]
+    Features {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A saved self-attention file that cannot be read or used.
     #[error("attention {path}: {reason}")]
     Attention {

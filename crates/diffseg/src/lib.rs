@@ -58,6 +58,7 @@ use burn_ndarray as _;
 mod attention;
 pub mod backend;
 mod error;
+mod features;
 pub mod eval;
 mod hub;
 mod input;
@@ -70,7 +71,11 @@ pub mod weights;
 
 pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
-pub use diffseg_core::MergeOptions;
+pub use diffseg_core::{CutOptions, FeatureMap, MergeOptions};
+pub use features::{
+    FeatureOptions, Features, DEFAULT_FEATURE_SEED, DIFFCUT_INPUT_SIZE, DIFFCUT_TIMESTEP,
+    FEATURES_TENSOR,
+};
 pub use error::Error;
 pub use input::{
     open_image, open_image_allowing_damage, Fit, ImageLimits, Placement, DEFAULT_MAX_PIXELS,

@@ -6,16 +6,18 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
-    label_map, merge_attention, AttentionAccumulator, AttentionMaps, MergeOptions, Proposals,
+    label_map, merge_attention, AttentionAccumulator, AttentionMaps, CutOptions, FeatureMap,
+    MergeOptions, Proposals,
 };
 use diffseg_sd::{
-    empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, OpenedWeights, StableDiffusion,
+    add_noise, empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, OpenedWeights, StableDiffusion,
     StableDiffusionConfig, WeightsSource,
 };
 
 use image::DynamicImage;
 
 use crate::attention::{SelfAttention, SelfAttentionMap};
+use crate::features::{seeded_noise, FeatureOptions, Features};
 use crate::input::{prepare_image, Fit, ModelInput, Placement};
 use crate::segmentation::Segmentation;
 use crate::timing::{timed, StageTimes};
@@ -185,6 +187,46 @@ impl<B: Backend> Pipeline<B> {
         self.attention_of(&input)
     }
 
+    /// DiffCut's features of one image (docs/method.md §9): the image fitted
+    /// and resized to `options.input_size()`, its VAE latent (posterior mean ×
+    /// scaling) noised to `options.timestep()` with the seeded noise, and the
+    /// output of the self-attention DiffCut hooks, from one empty-prompt UNet
+    /// pass that stops there.
+    pub fn features(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        options: &FeatureOptions,
+    ) -> Result<Features, Error> {
+        let start = std::time::Instant::now();
+        let input = prepare_image(image, options.input_size(), fit)?;
+        self.times().prepare += start.elapsed();
+        let map = self.diffcut_features(&input, options)?;
+        Ok(Features {
+            map,
+            placement: Some(input.placement),
+        })
+    }
+
+    /// Segments one image with DiffCut (docs/method.md §9): [`Self::features`]
+    /// cut at the mask size, then mapped onto the image's own pixels as
+    /// [`Self::segment`] maps its labels.
+    pub fn segment_diffcut(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        feature_options: &FeatureOptions,
+        cut_options: &CutOptions,
+    ) -> Result<Segmentation, Error> {
+        let features = self.features(image, fit, feature_options)?;
+        let start = std::time::Instant::now();
+        let segmentation = features.cut(cut_options, Some(image))?;
+        let mut total = self.times();
+        total.merge += start.elapsed();
+        total.images += 1;
+        Ok(segmentation)
+    }
+
     /// Wall time per stage since the model was loaded (loading included),
     /// summed over every call on this pipeline and its clones.
     pub fn stage_times(&self) -> StageTimes {
@@ -276,6 +318,56 @@ impl<B: Backend> Pipeline<B> {
                 Ok(maps)
             })
             .collect()
+    }
+
+    /// The model half of [`Self::features`] for a prepared input: latent,
+    /// noise, and the hooked UNet pass, timed as the VAE and UNet stages.
+    fn diffcut_features(
+        &self,
+        input: &ModelInput,
+        options: &FeatureOptions,
+    ) -> Result<FeatureMap, Error> {
+        self.model
+            .check_weights_unchanged()
+            .map_err(|error| load_error(&self.weights, error))?;
+        let size = input.size;
+        let image = Tensor::<B, 4>::from_data(
+            TensorData::new(input.pixels.clone(), [1, 3, size, size]).convert::<B::FloatElem>(),
+            &self.device,
+        );
+        let mut times = StageTimes::default();
+        let latent = timed::<B, _>(&self.device, &mut times.vae, || {
+            self.model.vae.encode_latent(image)
+        });
+        let shape = latent.dims();
+        let noise = Tensor::<B, 4>::from_data(
+            TensorData::new(seeded_noise(options.seed(), shape.iter().product()), shape)
+                .convert::<B::FloatElem>(),
+            &self.device,
+        );
+        let timestep = options.timestep();
+        let features = timed::<B, _>(&self.device, &mut times.unet, || {
+            let noisy = add_noise(latent, noise, timestep)
+                .ok_or_else(|| Error::FeatureOptions(format!("timestep {timestep}")))?;
+            self.model
+                .unet
+                .diffcut_features(noisy, timestep as f32, self.empty_prompt.clone())
+                .map_err(|error| Error::Model(error.to_string()))
+        });
+        {
+            let mut total = self.times();
+            total.vae += times.vae;
+            total.unet += times.unet;
+        }
+        let features = features?;
+        let [_, height, width, channels] = features.dims();
+        let values = features
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|error| Error::Model(format!("features: {error:?}")))?;
+        FeatureMap::new(values, height, width, channels)
+            .map_err(|error| Error::Model(format!("the hooked self-attention: {error}")))
     }
 
     /// Segments a batch; each result covers its image at `Target`'s size.
@@ -385,7 +477,7 @@ pub(crate) enum Target {
 /// square take the label of the nearest square pixel. The square's label map
 /// may be coarser than the image (see [`MAX_LABEL_SIDE`]): then each image
 /// pixel takes the label under its centre.
-fn square_to_image(
+pub(crate) fn square_to_image(
     square: &diffseg_core::Segmentation,
     placement: &Placement,
 ) -> Result<diffseg_core::Segmentation, diffseg_core::Error> {

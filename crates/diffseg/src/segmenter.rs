@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
-use diffseg_core::MergeOptions;
+use diffseg_core::{CutOptions, MergeOptions};
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
+use crate::features::{FeatureOptions, Features};
 use crate::input::{Fit, ImageLimits, DEFAULT_MAX_PIXELS};
 use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
@@ -31,6 +32,19 @@ trait LoadedPipeline: Send {
         target: Target,
     ) -> Result<Vec<Segmentation>, Error>;
     fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error>;
+    fn features(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        options: &FeatureOptions,
+    ) -> Result<Features, Error>;
+    fn segment_diffcut(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        feature_options: &FeatureOptions,
+        cut_options: &CutOptions,
+    ) -> Result<Segmentation, Error>;
     fn stage_times(&self) -> StageTimes;
     /// Another handle on the same weights, for another thread.
     fn clone_box(&self) -> Box<dyn LoadedPipeline>;
@@ -53,6 +67,25 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
 
     fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error> {
         Pipeline::attention(self, image, fit)
+    }
+
+    fn features(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        options: &FeatureOptions,
+    ) -> Result<Features, Error> {
+        Pipeline::features(self, image, fit, options)
+    }
+
+    fn segment_diffcut(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        feature_options: &FeatureOptions,
+        cut_options: &CutOptions,
+    ) -> Result<Segmentation, Error> {
+        Pipeline::segment_diffcut(self, image, fit, feature_options, cut_options)
     }
 
     fn stage_times(&self) -> StageTimes {
@@ -277,6 +310,32 @@ impl Segmenter {
         self.check_size(std::slice::from_ref(image))?;
         self.pipelines
             .with(|pipeline| pipeline.attention(image, self.fit))
+    }
+
+    /// DiffCut's features of the image (docs/method.md §9): the hooked
+    /// self-attention's output and where the model's input lies in the image.
+    pub fn features(
+        &self,
+        image: &DynamicImage,
+        options: &FeatureOptions,
+    ) -> Result<Features, Error> {
+        self.check_size(std::slice::from_ref(image))?;
+        self.pipelines
+            .with(|pipeline| pipeline.features(image, self.fit, options))
+    }
+
+    /// Segments the image with DiffCut (docs/method.md §9); the result has the
+    /// image's own size.
+    pub fn segment_diffcut(
+        &self,
+        image: &DynamicImage,
+        feature_options: &FeatureOptions,
+        cut_options: &CutOptions,
+    ) -> Result<Segmentation, Error> {
+        self.check_size(std::slice::from_ref(image))?;
+        self.pipelines.with(|pipeline| {
+            pipeline.segment_diffcut(image, self.fit, feature_options, cut_options)
+        })
     }
 
     fn run(&self, images: &[DynamicImage], target: Target) -> Result<Vec<Segmentation>, Error> {
@@ -620,6 +679,26 @@ mod tests {
 
         fn attention(&self, image: &DynamicImage, fit: Fit) -> Result<SelfAttention, Error> {
             self.inner.attention(image, fit)
+        }
+
+        fn features(
+            &self,
+            image: &DynamicImage,
+            fit: Fit,
+            options: &FeatureOptions,
+        ) -> Result<Features, Error> {
+            self.inner.features(image, fit, options)
+        }
+
+        fn segment_diffcut(
+            &self,
+            image: &DynamicImage,
+            fit: Fit,
+            feature_options: &FeatureOptions,
+            cut_options: &CutOptions,
+        ) -> Result<Segmentation, Error> {
+            self.inner
+                .segment_diffcut(image, fit, feature_options, cut_options)
         }
 
         fn stage_times(&self) -> StageTimes {

@@ -19,9 +19,10 @@ pub struct StageTimes {
     pub prepare: Duration,
     /// The VAE encoder.
     pub vae: Duration,
-    /// The UNet pass with attention capture and aggregation.
+    /// The UNet pass with attention capture and aggregation (or, for DiffCut,
+    /// up to the hooked layer).
     pub unet: Duration,
-    /// Merging, label maps and mapping them back to the images.
+    /// Merging (or DiffCut's cut), label maps and mapping them back to the images.
     pub merge: Duration,
     /// Images segmented.
     pub images: usize,
