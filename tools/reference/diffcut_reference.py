@@ -9,6 +9,7 @@ commit aa16df45619515abe1d7a728ce7927ad1019f950 (the package is not on PyPI), wi
 - class MaskPooling        from tools/utils.py
 - LocalAffinity..PAMR      from tools/pamr.py (itself from visinf/1-stage-wseg)
 - pamr()                   from eval_diffcut.py (Benchmark_Segmentation.pamr, `self` dropped)
+- class DiffCut_AutoSC     from diffcut/autosc.py (the eigengap variant, `--tau auto`)
 and `evaluate_refinement` below repeats eval_diffcut.py's calls around them (image resized
 to 128² bilinear, PAMR, median filter).
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.numpy import save_file
+from scipy.linalg import qr, svd
 from scipy.ndimage import median_filter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -403,6 +405,96 @@ def pamr(labels, image):
     labels = 1. * torch.argmax(labels, dim=1)
     labels = median_filter(labels.cpu().numpy(), 3).astype(int)
     return labels
+# ---- diffcut/autosc.py (aa16df4), "cuda" -> "cpu" (its imports are at the top of this file)
+class DiffCut_AutoSC:
+    def get_affinity(self, features, rw=1):
+        feats_norm = F.normalize(features, p=2, dim=0)
+        affinity = ((torch.t(feats_norm) @ feats_norm))
+        affinity = (affinity - affinity.min()) / (affinity.max() - affinity.min()) 
+        A = affinity ** rw
+        return A
+    
+    def get_degree(self, A):
+        d_i = torch.sum(A, axis=1)
+        D = torch.diag(d_i)
+        return D
+
+    def eigen_decomposition(self, A, D):
+        D_inv_sqrt = torch.diag(1 / torch.diag(D) ** 0.5)
+        eigenvalues, eigenvectors = torch.linalg.eigh(D_inv_sqrt @ (D - A) @ D_inv_sqrt)
+        eigenvectors = D_inv_sqrt @ eigenvectors
+        return eigenvalues, eigenvectors
+
+    def deterministic_vector_sign_flip(self, u):
+        max_abs_idx = torch.argmax(torch.abs(u))
+        sign = torch.sign(u[max_abs_idx])
+        u *= sign
+        return u
+    
+    def cluster_qr(self, vectors):
+        k = vectors.shape[1]
+        _, _, piv = qr(vectors.T, pivoting=True)
+        ut, _, v = svd(vectors[piv[:k], :].T)
+        vectors = abs(np.dot(vectors, np.dot(ut, v.conj())))
+        return vectors.argmax(axis=1)
+
+    def ncut(self, feats, dims=(64, 64)):
+        max_gap = 0
+        affinity = self.get_affinity(feats)
+        for alpha in [1, 5, 10, 15]:
+            A = affinity ** alpha
+            D = self.get_degree(A)
+            eigenvalues, eigenvectors = self.eigen_decomposition(A, D)
+
+            # Eigengap Heuristic
+            cumsum_eigenvalues = torch.cumsum(eigenvalues, dim=0)
+            index = torch.arange(1, cumsum_eigenvalues.size(0) + 1, device=cumsum_eigenvalues.device)
+            cummean = cumsum_eigenvalues / index
+            reg_L = (eigenvalues - cummean) / (cummean + 1e-6)
+
+            if torch.max(reg_L) > max_gap:
+                max_gap = torch.max(reg_L)
+                index_largest_gap = torch.argmax(reg_L)
+                nb_clusters = index_largest_gap
+                vectors = eigenvectors
+
+        vectors = eigenvectors[:, :nb_clusters].cpu().numpy()
+        masks = self.cluster_qr(vectors)
+        masks = masks.reshape(dims)
+        return masks
+    
+    def generate_masks(self, features, mask_size=(128, 128), masks=None, img_size=1024):
+        # Step 1: Features clustering
+        h_mask, w_mask = mask_size
+        mask_pooling = MaskPooling()
+        feats = features.reshape(1, img_size//32, img_size//32, -1).permute(0, 3, 1, 2).to(torch.float32)
+        feats_norm = F.normalize(feats, dim=1)
+        _, c, h, w = feats_norm.shape
+
+        if masks is None:
+            x = feats_norm.reshape(c, h*w)
+            masks = self.ncut(x, dims=(h, h))
+            masks = torch.Tensor(masks[None, None]).to("cpu")
+        
+        # Step 2: Masked Spatial Marginal Mean
+        clusters_embeddings = torch.zeros(len(torch.unique(masks)), c).to("cpu")
+
+        for k, cls_idx in enumerate(torch.unique(masks)):
+            mask = (masks == cls_idx)
+            mask_embed = mask_pooling(feats_norm, mask)[0]
+            clusters_embeddings[k, :] = mask_embed
+
+        # Step 3: High-Resolution Concept Assignment
+        # Feature upsampling
+        upsampled_feats = torch.nn.Upsample(size=mask_size, mode='bilinear')(feats_norm)
+
+        # Label association
+        masks = torch.argmax(torch.t(upsampled_feats.reshape(c, h_mask*w_mask)) @ torch.t(clusters_embeddings), dim=1).reshape(1, 1, h_mask, w_mask)
+        masks = masks.cpu().numpy().astype(int)
+
+        return masks
+
+
 # ============================================================================ end of vendored
 
 
@@ -513,6 +605,10 @@ def write_fixtures():
         tensors[f"{name}.labels"] = labels.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
         tensors[f"{name}.labels_pamr"] = refined_only.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
         tensors[f"{name}.labels_pamr_median"] = refined.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
+        if height == width:  # autosc.py handles square maps only
+            auto = DiffCut_AutoSC().generate_masks(hooked, mask_size=(MASK_SIZE, MASK_SIZE), img_size=height * 32)
+            print(f"{name}: eigengap variant, {len(np.unique(auto))} segments")
+            tensors[f"{name}.labels_auto"] = auto.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
         metadata[name] = {"tau": tau, "alpha": ALPHA, "mask_size": MASK_SIZE, "cut_values": cutter.values}
     # DiffCut's real feature size, regenerated by the test from splitmix64 (benches/cut.rs),
     # so only the labels are stored.
@@ -523,6 +619,9 @@ def write_fixtures():
     print(f"splitmix 32x32x1280: {len(cutter.values)} cuts tried, {sum(v < 0.5 for v in cutter.values)} accepted, "
           f"closest cut value to tau 0.5: {min(abs(v - 0.5) for v in cutter.values):.4f} away; segments {len(np.unique(labels))}")
     tensors["splitmix1280.labels"] = labels.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
+    auto = DiffCut_AutoSC().generate_masks(hooked, mask_size=(MASK_SIZE, MASK_SIZE), img_size=1024)
+    print(f"splitmix 32x32x1280: eigengap variant, {len(np.unique(auto))} segments")
+    tensors["splitmix1280.labels_auto"] = auto.reshape(MASK_SIZE, MASK_SIZE).astype(np.uint8)
     metadata["splitmix1280"] = {"tau": 0.5, "alpha": ALPHA, "mask_size": MASK_SIZE, "cut_values": cutter.values}
 
     FIXTURES.mkdir(parents=True, exist_ok=True)

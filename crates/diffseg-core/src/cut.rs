@@ -62,6 +62,7 @@ pub struct CutOptions {
     mask_size: usize,
     pamr: bool,
     median: bool,
+    auto_tau: bool,
 }
 
 impl Default for CutOptions {
@@ -73,6 +74,7 @@ impl Default for CutOptions {
             mask_size: DEFAULT_MASK_SIZE,
             pamr: false,
             median: false,
+            auto_tau: false,
         }
     }
 }
@@ -115,7 +117,21 @@ impl CutOptions {
             mask_size,
             pamr,
             median,
+            auto_tau: false,
         })
+    }
+
+    /// Chooses the segments by the eigengap instead of thresholds: with `auto`, τ and α are
+    /// not used and [`auto_spectral_clusters`] replaces [`recursive_normalized_cut`]
+    /// (`diffcut/autosc.py`, the variant that needs no per-dataset τ).
+    pub fn with_auto_tau(mut self, auto: bool) -> Self {
+        self.auto_tau = auto;
+        self
+    }
+
+    /// Whether the eigengap chooses the segments ([`CutOptions::with_auto_tau`]).
+    pub fn auto_tau(&self) -> bool {
+        self.auto_tau
     }
 
     /// The stopping threshold τ.
@@ -745,6 +761,144 @@ pub fn recursive_normalized_cut(affinity: &Affinity, tau: f32) -> Result<Vec<Vec
     Ok(accepted)
 }
 
+/// The affinity exponents the eigengap variant tries (`autosc.py`'s `ncut`).
+pub const AUTO_TAU_ALPHAS: [f32; 4] = [1.0, 5.0, 10.0, 15.0];
+
+/// Added to the running mean in [`relative_eigengap`]'s denominator, as published.
+const EIGENGAP_EPS: f64 = 1e-6;
+
+/// The normalised Laplacian `D^-½ (D − A) D^-½` of an affinity (f64) and `D^-½`'s diagonal.
+fn normalized_laplacian(affinity: &Affinity) -> (Mat<f64>, Vec<f64>) {
+    let n = affinity.pixels;
+    let a = &affinity.values;
+    let degrees: Vec<f64> = a
+        .chunks_exact(n)
+        .map(|row| row.iter().map(|&v| v as f64).sum())
+        .collect();
+    let inv_sqrt: Vec<f64> = degrees.iter().map(|d| 1.0 / d.sqrt()).collect();
+    let laplacian = Mat::<f64>::from_fn(n, n, |i, j| {
+        let degree = if i == j { degrees[i] } else { 0.0 };
+        inv_sqrt[i] * (degree - a[i * n + j] as f64) * inv_sqrt[j]
+    });
+    (laplacian, inv_sqrt)
+}
+
+/// All eigenvalues (ascending) of an affinity's normalised Laplacian `D^-½ (D − A) D^-½`
+/// (dense, faer, f64).
+pub fn laplacian_eigenvalues(affinity: &Affinity) -> Result<Vec<f64>, Error> {
+    let (laplacian, _) = normalized_laplacian(affinity);
+    laplacian
+        .self_adjoint_eigenvalues(Side::Lower)
+        .map_err(|error| Error::Features(format!("eigendecomposition failed: {error:?}")))
+}
+
+/// [`laplacian_eigenvalues`] and the eigenvectors mapped back by `D^-½` (the random-walk
+/// ones, as `autosc.py`'s `eigen_decomposition`), one per column.
+pub fn laplacian_eigen(affinity: &Affinity) -> Result<(Vec<f64>, Mat<f64>), Error> {
+    let (laplacian, inv_sqrt) = normalized_laplacian(affinity);
+    let eigen = laplacian
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|error| Error::Features(format!("eigendecomposition failed: {error:?}")))?;
+    let values = eigen.S().column_vector().iter().copied().collect();
+    let vectors = Mat::from_fn(inv_sqrt.len(), inv_sqrt.len(), |i, j| {
+        inv_sqrt[i] * eigen.U()[(i, j)]
+    });
+    Ok((values, vectors))
+}
+
+/// The eigengap heuristic of `autosc.py`: for ascending eigenvalues λ, the relative gap
+/// `(λ_i − m_i) / (m_i + 1e-6)` with `m_i` the mean of `λ_0..=λ_i`. Returns its largest
+/// value and the first index reaching it, the number of clusters the variant takes.
+pub fn relative_eigengap(eigenvalues: &[f64]) -> (f64, usize) {
+    let mut sum = 0.0;
+    let mut best = (f64::NEG_INFINITY, 0);
+    for (i, &value) in eigenvalues.iter().enumerate() {
+        sum += value;
+        let mean = sum / (i + 1) as f64;
+        let gap = (value - mean) / (mean + EIGENGAP_EPS);
+        if gap > best.0 {
+            best = (gap, i);
+        }
+    }
+    best
+}
+
+/// Clusters the rows of `vectors` (`pixels x k`) by `cluster_qr` (Damle, Minden and Ying,
+/// as scikit-learn's and `autosc.py`'s): the k rows a column-pivoted QR of `vectorsᵀ` picks
+/// first give, by their SVD `U S Vᵀ`, the rotation `U Vᵀ`; each pixel takes the column of
+/// `|vectors · U Vᵀ|` where it is largest (the first on ties).
+pub fn cluster_qr(vectors: MatRef<'_, f64>) -> Result<Vec<u32>, Error> {
+    let (pixels, k) = (vectors.nrows(), vectors.ncols());
+    if k == 0 || pixels < k {
+        return Ok(vec![0; pixels]);
+    }
+    let qr = vectors.transpose().to_owned().col_piv_qr();
+    let pivots: Vec<usize> = qr.P().arrays().0[..k].to_vec();
+    let chosen = Mat::<f64>::from_fn(k, k, |i, j| vectors[(pivots[j], i)]);
+    let svd = chosen
+        .svd()
+        .map_err(|error| Error::Features(format!("SVD failed: {error:?}")))?;
+    let rotation = svd.U() * svd.V().transpose();
+    let rotated = vectors * &rotation;
+    Ok((0..pixels)
+        .map(|pixel| {
+            let mut best = (f64::NEG_INFINITY, 0);
+            for column in 0..k {
+                let value = rotated[(pixel, column)].abs();
+                if value > best.0 {
+                    best = (value, column);
+                }
+            }
+            best.1 as u32
+        })
+        .collect())
+}
+
+/// The eigengap variant of DiffCut (`diffcut/autosc.py`, `ncut`), choosing the number of
+/// segments itself instead of cutting at a threshold τ: for each α of [`AUTO_TAU_ALPHAS`],
+/// the Laplacian of the affinity raised to α ([`laplacian_eigenvalues`]) and its
+/// [`relative_eigengap`]; the α with the largest gap (the first on ties, and only gaps above
+/// 0) sets the cluster count k, and [`cluster_qr`] splits the pixels by the first k
+/// eigenvectors. As published, those eigenvectors are the last α's (15), not the chosen
+/// α's. Returns the labels renumbered 0..K in increasing order of cluster (as
+/// `torch.unique`) and K; one segment when no gap is positive or the affinity is constant
+/// (the published code fails there).
+pub fn auto_spectral_clusters(normalized: &FeatureMap) -> Result<(Vec<u32>, usize), Error> {
+    let pixels = normalized.pixels();
+    let mut largest_gap = 0.0;
+    let mut clusters = 0;
+    let mut last_vectors = None;
+    for (step, alpha) in AUTO_TAU_ALPHAS.into_iter().enumerate() {
+        let Some(affinity) = affinity_matrix(normalized, alpha) else {
+            return Ok((vec![0; pixels], 1));
+        };
+        // Only the last α's eigenvectors are used: the others need their values alone.
+        let values = if step + 1 == AUTO_TAU_ALPHAS.len() {
+            let (values, vectors) = laplacian_eigen(&affinity)?;
+            last_vectors = Some(vectors);
+            values
+        } else {
+            laplacian_eigenvalues(&affinity)?
+        };
+        let (gap, index) = relative_eigengap(&values);
+        if gap > largest_gap {
+            (largest_gap, clusters) = (gap, index);
+        }
+    }
+    let labels = match last_vectors {
+        Some(vectors) if clusters > 0 => cluster_qr(vectors.as_ref().subcols(0, clusters))?,
+        _ => vec![0; pixels],
+    };
+    let mut distinct = labels.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let renumbered = labels
+        .iter()
+        .map(|label| distinct.binary_search(label).expect("a label of the map") as u32)
+        .collect();
+    Ok((renumbered, distinct.len()))
+}
+
 /// Labels pixels by which accepted bipartitions hold them, as the published
 /// `assemble_clusters`: each mask adds a weight (one more than the running maximum, in f32
 /// as published) to its pixels, and the distinct sums, in increasing order, become labels
@@ -1048,11 +1202,15 @@ pub fn cut_features(
     image: Option<&PlanarImage<'_>>,
 ) -> Result<Segmentation, Error> {
     let normalized = normalize_features(features);
-    let masks = match affinity_matrix(&normalized, options.alpha) {
-        Some(affinity) => recursive_normalized_cut(&affinity, options.tau)?,
-        None => Vec::new(),
+    let (clusters, count) = if options.auto_tau {
+        auto_spectral_clusters(&normalized)?
+    } else {
+        let masks = match affinity_matrix(&normalized, options.alpha) {
+            Some(affinity) => recursive_normalized_cut(&affinity, options.tau)?,
+            None => Vec::new(),
+        };
+        assemble_clusters(&masks, normalized.pixels())
     };
-    let (clusters, count) = assemble_clusters(&masks, normalized.pixels());
     let embeddings = mask_pooling(&normalized, &clusters, count);
     let size = options.mask_size;
     let mut labels = assign_labels(&normalized, &embeddings, count, size);

@@ -26,18 +26,19 @@ mod segmentation;
 pub use aggregate::{aggregate, aggregation_weights, Aggregate};
 pub use attention::{AttentionAccumulator, AttentionMap, AttentionMaps};
 pub use cut::{
-    affinity_matrix, assemble_clusters, assign_labels, best_bipartition, cut_features,
-    deterministic_sign_flip, mask_pooling, median_filter_3x3, normalize_features, pamr,
-    recursive_normalized_cut, second_smallest_eigenvector, second_smallest_eigenvector_dense,
+    affinity_matrix, assemble_clusters, assign_labels, auto_spectral_clusters, best_bipartition,
+    cluster_qr, cut_features, deterministic_sign_flip, laplacian_eigen, laplacian_eigenvalues,
+    mask_pooling, median_filter_3x3, normalize_features, pamr, recursive_normalized_cut,
+    relative_eigengap, second_smallest_eigenvector, second_smallest_eigenvector_dense,
     second_smallest_eigenvector_lanczos, Affinity, CutOptions, FeatureMap, PlanarImage,
-    BIPARTITION_THRESHOLDS, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU, DEFAULT_MASK_SIZE, MAX_CUT_PIXELS,
-    MAX_MASK_SIZE, PAMR_DILATIONS, PAMR_ITERATIONS,
+    AUTO_TAU_ALPHAS, BIPARTITION_THRESHOLDS, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU, DEFAULT_MASK_SIZE,
+    MAX_CUT_PIXELS, MAX_MASK_SIZE, PAMR_DILATIONS, PAMR_ITERATIONS,
 };
 pub use error::Error;
 pub use label::label_map;
 pub use merge::{
-    anchor_grid, initial_proposals, kl_matrix, merge_proposals, proposals_from_matches, refine,
-    MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
+    anchor_grid, initial_proposals, kl_matrix, kl_matrix_composed, merge_proposals,
+    proposals_from_matches, refine, MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
 };
 pub use resample::resize_bilinear_half_pixel;
 pub use segmentation::{BoundingBox, Segment, Segmentation};

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use diffseg_core::{
     affinity_matrix, cut_features, median_filter_3x3, normalize_features, recursive_normalized_cut,
-    CutOptions, FeatureMap, PlanarImage,
+    CutOptions, FeatureMap, PlanarImage, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU,
 };
 use safetensors::{Dtype, SafeTensors};
 
@@ -263,6 +263,52 @@ fn labels_match_at_diffcuts_real_size() {
     );
     assert_eq!(segmentation.segment_count(), count(&reference));
     assert!(share >= MIN_AGREEMENT);
+}
+
+/// The eigengap variant (`--tau auto`) against the published `autosc.py`, which the reference
+/// ran on every square map (it handles no other) and on the map at DiffCut's real size.
+#[test]
+fn eigengap_variant_matches_autosc() {
+    let (bytes, _) = fixture();
+    let tensors = SafeTensors::deserialize(&bytes).expect("fixture parses");
+    let published = |name: &str| -> Option<Vec<u32>> {
+        let view = tensors.tensor(&format!("{name}.labels_auto")).ok()?;
+        Some(view.data().iter().map(|&v| v as u32).collect())
+    };
+    let mut inputs: Vec<(String, FeatureMap, usize)> = maps()
+        .into_iter()
+        .map(|map| (map.name, map.features, map.mask_size))
+        .collect();
+    inputs.push((GENERATED.into(), generated_features(), 128));
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for (name, features, mask_size) in inputs {
+        let Some(reference) = published(&name) else {
+            assert_ne!(
+                features.height(),
+                features.width(),
+                "{name}: square maps have labels"
+            );
+            continue;
+        };
+        let options = CutOptions::new(DEFAULT_CUT_TAU, DEFAULT_CUT_ALPHA, mask_size, false, false)
+            .unwrap()
+            .with_auto_tau(true);
+        let segmentation = cut_features(&features, &options, None).unwrap();
+        let share = agreement(segmentation.labels(), &reference);
+        println!(
+            "{name}: eigengap variant, {} segments (published {}), {:.3} % of cells equal",
+            segmentation.segment_count(),
+            count(&reference),
+            share * 100.0
+        );
+        if segmentation.segment_count() != count(&reference) || share < MIN_AGREEMENT {
+            failures.push(name);
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 4, "three square maps and the real-size one");
+    assert!(failures.is_empty(), "no parity: {failures:?}");
 }
 
 #[test]

@@ -33,6 +33,8 @@ mod conv;
 #[cfg(feature = "ndarray")]
 mod gemm;
 #[cfg(feature = "ndarray")]
+mod kl;
+#[cfg(feature = "ndarray")]
 mod ndarray_bridge;
 #[cfg(feature = "ndarray")]
 mod winograd;
@@ -100,6 +102,49 @@ pub fn try_attention_head_mean<B: Backend>(
     return ndarray_bridge::attention_head_mean(query, key_t, value);
     #[cfg(not(feature = "ndarray"))]
     Err((query, key_t, value))
+}
+
+/// Symmetric KL divergence between every row of `a [m, n]` and every row of
+/// `b [p, n]`, `½ (Σ x ln x + Σ y ln y − x·ln y − y·ln x)` with logs of
+/// values clamped to `log_floor`, as `[m, p]`: for f32 on the CPU in one
+/// pass over `b` (no `[p, n]` temporaries), bit for bit what the composition
+/// of Burn's ops gives there; the inputs back (`Err`) elsewhere, for the
+/// caller's own composition.
+#[allow(clippy::type_complexity)]
+pub fn try_symmetric_kl<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    log_floor: f32,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    #[cfg(feature = "ndarray")]
+    return ndarray_bridge::symmetric_kl(a, b, log_floor);
+    #[cfg(not(feature = "ndarray"))]
+    {
+        let _ = log_floor;
+        Err((a, b))
+    }
+}
+
+/// One term of an attention aggregation added in one pass: for every output row `r`,
+/// `total[r] + x[s] / Σ x[s] · weight` with `s = rows[r]` (`r` itself without `rows`), or
+/// the term alone without `total`. `x` is `[sources, n]`, the result `[rows, n]`. For f32
+/// on the CPU, written into `total`'s own memory (no temporaries), bit for bit what Burn's
+/// `x / x.sum_dim(1)`, `select`, `mul_scalar` and `+` give there; the inputs back (`Err`)
+/// elsewhere.
+#[allow(clippy::type_complexity)]
+pub fn try_add_normalized_rows<B: Backend>(
+    total: Option<Tensor<B, 2>>,
+    x: Tensor<B, 2>,
+    rows: Option<&[usize]>,
+    weight: f32,
+) -> Result<Tensor<B, 2>, (Option<Tensor<B, 2>>, Tensor<B, 2>)> {
+    #[cfg(feature = "ndarray")]
+    return ndarray_bridge::add_normalized_rows(total, x, rows, weight);
+    #[cfg(not(feature = "ndarray"))]
+    {
+        let _ = (rows, weight);
+        Err((total, x))
+    }
 }
 
 /// GroupNorm with exact statistics, optionally followed by SiLU, for f32

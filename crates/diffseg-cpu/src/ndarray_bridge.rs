@@ -15,7 +15,7 @@ use super::{
     attention::{self, Heads},
     conv::{self, ConvShape},
     gemm::{matmul_into, MatRef},
-    pointwise,
+    kl, pointwise,
 };
 
 /// `value` as a `U` if that is its type.
@@ -235,6 +235,74 @@ pub(super) fn linear<B: Backend, const D: usize>(
     matmul_into(&mut output, d_out, tokens, weight, linear.bias.is_some());
     shape[D - 1] = d_out;
     Ok(from_vec(output, &shape))
+}
+
+/// [`crate::try_symmetric_kl`] on burn-ndarray f32 tensors of equal width.
+#[allow(clippy::type_complexity)]
+pub(super) fn symmetric_kl<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    log_floor: f32,
+) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    let ([m, n], [p, width]) = (a.dims(), b.dims());
+    if n != width || !is_cpu_f32(&a) || b.dtype() != a.dtype() {
+        return Err((a, b));
+    }
+    let a = to_cpu(a).unwrap_or_else(|_| unreachable!("checked above"));
+    let b = match to_cpu(b) {
+        Ok(b) => b,
+        Err(b) => return Err((from_ndarray(a.0), b)),
+    };
+    let (a_view, b_view) = (a.view(), b.view());
+    let kl = kl::symmetric_kl(
+        &contiguous(&a_view),
+        m,
+        &contiguous(&b_view),
+        p,
+        n,
+        log_floor,
+    );
+    Ok(from_vec(kl, &[m, p]))
+}
+
+/// [`crate::try_add_normalized_rows`] on burn-ndarray f32 tensors.
+#[allow(clippy::type_complexity)]
+pub(super) fn add_normalized_rows<B: Backend>(
+    total: Option<Tensor<B, 2>>,
+    x: Tensor<B, 2>,
+    rows: Option<&[usize]>,
+    weight: f32,
+) -> Result<Tensor<B, 2>, (Option<Tensor<B, 2>>, Tensor<B, 2>)> {
+    let [sources, n] = x.dims();
+    let out_rows = rows.map_or(sources, <[usize]>::len);
+    let fits = rows.is_none_or(|rows| rows.iter().all(|&row| row < sources))
+        && total
+            .as_ref()
+            .is_none_or(|total| total.dims() == [out_rows, n] && total.dtype() == x.dtype());
+    if !fits || !is_cpu_f32(&x) {
+        return Err((total, x));
+    }
+    let x = to_cpu(x).unwrap_or_else(|_| unreachable!("checked above"));
+    let total = match total.map(to_cpu).transpose() {
+        Ok(total) => total,
+        Err(total) => return Err((Some(total), from_ndarray(x.0))),
+    };
+    let view = x.view();
+    let values = contiguous(&view);
+    let output = match total {
+        Some(total) => {
+            let mut array = total.into_standard_array();
+            let out = array.as_slice_mut().expect("standard layout");
+            pointwise::add_normalized_rows(out, &values, n, rows, weight, true);
+            array
+        }
+        None => {
+            let mut fresh = vec![0f32; out_rows * n];
+            pointwise::add_normalized_rows(&mut fresh, &values, n, rows, weight, false);
+            CpuArray::from_shape_vec(IxDyn(&[out_rows, n]), fresh).expect("length matches")
+        }
+    };
+    Ok(from_cpu(output))
 }
 
 pub(super) fn matmul<B: Backend, const D: usize>(

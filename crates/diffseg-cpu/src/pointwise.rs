@@ -101,6 +101,40 @@ fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
 ///
 /// A row whose maximum is -∞ (fully masked) becomes NaN, as in PyTorch; a NaN
 /// anywhere in a row makes the whole row NaN.
+/// `out[r] (+)= x[s] / Σ x[s] · weight` with `s = rows[r]` (or `r`), row by row on every
+/// core: one term of an attention aggregation. The sums are ndarray's (as burn-ndarray's
+/// `sum_dim`) and each value is divided, then scaled, then added, so the result is bit for
+/// bit that of the composed tensor ops.
+pub(crate) fn add_normalized_rows(
+    out: &mut [f32],
+    x: &[f32],
+    n: usize,
+    rows: Option<&[usize]>,
+    weight: f32,
+    accumulate: bool,
+) {
+    if n == 0 {
+        return;
+    }
+    let sums: Vec<f32> = x
+        .par_chunks(n)
+        .map(|row| ndarray::ArrayView1::from(row).sum())
+        .collect();
+    out.par_chunks_mut(n).enumerate().for_each(|(r, out_row)| {
+        let source = rows.map_or(r, |rows| rows[r]);
+        let (x_row, sum) = (&x[source * n..(source + 1) * n], sums[source]);
+        if accumulate {
+            for (o, &v) in out_row.iter_mut().zip(x_row) {
+                *o += v / sum * weight;
+            }
+        } else {
+            for (o, &v) in out_row.iter_mut().zip(x_row) {
+                *o = v / sum * weight;
+            }
+        }
+    });
+}
+
 pub(crate) fn softmax_rows(data: &mut [f32], row_len: usize) {
     if row_len == 0 {
         return;
