@@ -20,6 +20,7 @@ mod cut;
 mod error;
 mod label;
 mod merge;
+mod naming;
 mod resample;
 mod segmentation;
 
@@ -39,6 +40,10 @@ pub use label::label_map;
 pub use merge::{
     anchor_grid, initial_proposals, kl_matrix, kl_matrix_composed, merge_proposals,
     proposals_from_matches, refine, MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
+};
+pub use naming::{
+    combine_resolutions, entry_maps, mean_per_resolution, name_segments, normalise_entry_maps,
+    segment_entry_scores, EntryMaps, LayerEntryMaps, SegmentNames,
 };
 pub use resample::resize_bilinear_half_pixel;
 pub use segmentation::{BoundingBox, Segment, Segmentation};

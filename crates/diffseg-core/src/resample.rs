@@ -15,16 +15,30 @@ use diffseg_cpu::matmul;
 /// to the last index). Each row sums to 1.
 pub(crate) fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
     let mut matrix = vec![0f32; out_size * in_size];
-    let scale = in_size as f64 / out_size as f64;
-    for out in 0..out_size {
-        let source = ((out as f64 + 0.5) * scale - 0.5).max(0.0);
-        let lower = (source.floor() as usize).min(in_size - 1);
-        let upper = (lower + 1).min(in_size - 1);
-        let upper_weight = source - lower as f64;
-        matrix[out * in_size + lower] += (1.0 - upper_weight) as f32;
-        matrix[out * in_size + upper] += upper_weight as f32;
+    for (out, taps) in interpolation_taps(in_size, out_size).into_iter().enumerate() {
+        for (source, weight) in taps {
+            matrix[out * in_size + source] += weight;
+        }
     }
     matrix
+}
+
+/// The same weights as [`interpolation_matrix`], as each output sample's two
+/// `(source index, weight)` pairs (the matrix rows' only non-zero entries).
+pub(crate) fn interpolation_taps(in_size: usize, out_size: usize) -> Vec<[(usize, f32); 2]> {
+    let scale = in_size as f64 / out_size as f64;
+    (0..out_size)
+        .map(|out| {
+            let source = ((out as f64 + 0.5) * scale - 0.5).max(0.0);
+            let lower = (source.floor() as usize).min(in_size - 1);
+            let upper = (lower + 1).min(in_size - 1);
+            let upper_weight = source - lower as f64;
+            [
+                (lower, (1.0 - upper_weight) as f32),
+                (upper, upper_weight as f32),
+            ]
+        })
+        .collect()
 }
 
 /// The interpolation matrix of [`interpolation_matrix`] as a `[out_size, in_size]` tensor of

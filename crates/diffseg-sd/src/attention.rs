@@ -108,10 +108,15 @@ impl<B: Backend> Attention<B> {
         &self,
         hidden: Tensor<B, 3>,
         context: Option<Tensor<B, 3>>,
-        capture: Option<Capture<'_, '_, B>>,
+        mut capture: Option<Capture<'_, '_, B>>,
     ) -> Tensor<B, 3> {
         let context = context.unwrap_or_else(|| hidden.clone());
         let query = cpu::linear(&self.to_q, hidden);
+        if let Some(capture) = capture.as_mut() {
+            capture
+                .recorder
+                .offer_queries(capture.kind, &capture.layer, &query);
+        }
         let key = cpu::linear(&self.to_k, context.clone());
         let value = cpu::linear(&self.to_v, context);
         let attended = multi_head_attention(query, key, value, self.heads, capture);

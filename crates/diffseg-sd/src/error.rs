@@ -247,6 +247,19 @@ pub enum Error {
         /// Number of elements in the tensor.
         total: usize,
     },
+    /// A vocabulary prompt chunk that the text encoder cannot take or that names
+    /// token columns it does not have.
+    #[error("vocabulary prompt chunk {chunk}: {reason}")]
+    PromptChunk {
+        /// Index of the chunk.
+        chunk: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Captured cross-attention queries that do not fit the vocabulary's keys
+    /// (captured from another model, or not captured at all).
+    #[error("naming segments: {0}")]
+    Naming(String),
 }
 
 impl Error {

@@ -24,6 +24,7 @@ mod embeddings;
 mod error;
 mod keys;
 mod mid_block;
+mod naming;
 mod precision;
 mod resnet;
 mod sampling;
@@ -48,6 +49,10 @@ pub use check::ensure_finite;
 pub use clip::{empty_prompt_ids, ClipActivation, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
 pub use config::limits;
 pub use error::{Error, MismatchReport, ShapeMismatch};
+pub use naming::{
+    encode_vocabulary, entry_token_mean, layer_entry_attention,
+    token_attention, CrossAttentionQueries, LayerEntryAttention, PromptChunk, VocabularyKeys,
+};
 pub use precision::StableNorm;
 pub use schedule::{add_noise, alpha_cumprod, TRAIN_TIMESTEPS};
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
