@@ -37,7 +37,8 @@ pub use error::Error;
 pub use label::label_map;
 pub use merge::{
     anchor_grid, initial_proposals, kl_matrix, merge_proposals, proposals_from_matches, refine,
-    MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
+    MergeOptions, Proposals, DEFAULT_ANCHORS, DEFAULT_ITERATIONS, DEFAULT_TAU, LOG_FLOOR,
+    REFINE_MAX_ITERATIONS,
 };
 pub use resample::resize_bilinear_half_pixel;
 pub use segmentation::{BoundingBox, Segment, Segmentation};
