@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::exit::Exit;
-use crate::options::{MergeArgs, ModelArgs};
+use crate::options::ModelArgs;
 
 /// Write an image's aggregated self-attention maps as safetensors.
 ///
@@ -47,10 +47,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         diffseg::is_diffseg_attention,
     )?;
     let image = args.model.image_limits().open(&args.image)?;
-    // Merging options do not affect the attention: the defaults only satisfy the builder.
+    // The method does not affect the attention: the default only satisfies the builder.
     let segmenter = args
         .model
-        .builder(&MergeArgs::paper())
+        .builder(&diffseg::Method::default())
         .build()
         .context("cannot load the model")?;
     let attention = segmenter.attention(&image)?;

@@ -136,12 +136,9 @@ fn load_features(path: &Path) -> anyhow::Result<FeatureMap> {
 /// The image as planar RGB in [0, 1] (as DiffCut reads it), with its height and width.
 fn load_planar_rgb(path: &Path) -> anyhow::Result<(Vec<f32>, usize, usize)> {
     let rgb = diffseg::open_image(path)?.to_rgb8();
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    let mut planar = vec![0f32; 3 * height * width];
-    for (pixel, values) in rgb.pixels().enumerate() {
-        for channel in 0..3 {
-            planar[channel * height * width + pixel] = values[channel] as f32 / 255.0;
-        }
-    }
-    Ok((planar, height, width))
+    Ok((
+        diffseg::planar_rgb(&rgb),
+        rgb.height() as usize,
+        rgb.width() as usize,
+    ))
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use diffseg::eval::{self, Dataset, EvalReport, Sample, Scores};
-use diffseg::{Fit, Segmenter};
+use diffseg::eval::{self, Dataset, EvalReport, Protocol, Sample, Scores};
+use diffseg::{Fit, Method, Segmenter};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::{self, Exit};
@@ -38,6 +38,7 @@ Examples:
   diffseg eval --dataset cocostuff27 --root /data/coco --backend cuda --out coco.json
   diffseg eval --dataset cityscapes --root /data/cityscapes --tau 0.9 --markdown table.md
   diffseg eval --dataset cocostuff27 --root /data/coco --predictions results/
+  diffseg eval --dataset cocostuff27 --root /data/coco --predictions masks128/ --protocol diffcut
   diffseg eval --dataset cocostuff27 --root /data/coco --limit 50      # a quick check
   diffseg eval --dataset cocostuff27 --root /data/coco --list ids.txt --cache cache/")]
 pub struct Args {
@@ -61,21 +62,19 @@ pub struct Args {
     /// or merging settings is refused (its settings are recorded in it).
     #[arg(long, value_name = "DIR", conflicts_with = "predictions")]
     cache: Option<PathBuf>,
+    /// How predictions meet the ground truth: `paper` (DiffSeg's: 512×512, the centre
+    /// square resized) or `diffcut` (DiffCut's eval_diffcut.py: 128×128, the labels cropped
+    /// to min(width, height) − 1 and resized through its 1024 input; predictions must be
+    /// 128×128 label PNGs in --predictions). Both match each image's segments to classes
+    /// (Hungarian).
+    #[arg(long, default_value = "paper", value_name = "paper|diffcut", value_parser = ["paper", "diffcut"])]
+    protocol: String,
     #[command(flatten)]
     model: ModelArgs,
-    /// KL threshold τ: one value, or one per iteration, comma-separated (default:
-    /// 1.1 for COCO-Stuff-27, 0.9 for Cityscapes, as in the paper).
-    #[arg(long, value_delimiter = ',', value_name = "TAU")]
-    tau: Vec<f32>,
-    /// Anchors per side of the anchor grid (M).
-    #[arg(long, default_value_t = 16, value_name = "M")]
-    anchors: usize,
-    /// Merging iterations (N).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    iterations: usize,
-    /// Refine the proposals with one k-means run (off in the paper's benchmarks).
-    #[arg(long)]
-    refine: bool,
+    /// The merging options; `--tau` left out is the paper's for the dataset (1.1 for
+    /// COCO-Stuff-27, 0.9 for Cityscapes).
+    #[command(flatten)]
+    merge: MergeArgs,
     /// Images per model pass when running the model.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
@@ -114,11 +113,29 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let inputs = input_files(&args, &samples);
     refuse_unsafe_reports(&args, &inputs)?;
 
+    let protocol = match args.protocol.as_str() {
+        "diffcut" => Protocol::DiffCut {
+            input_size: eval::DIFFCUT_INPUT_SIZE,
+        },
+        _ => Protocol::Paper,
+    };
     let (scores, resized, source) = match &args.predictions {
         Some(folder) => {
-            let folder_scores = score_folder(args.dataset, &samples, folder)?;
-            let source = format!("label PNGs in {}", folder.display());
+            let folder_scores = score_folder(protocol, args.dataset, &samples, folder)?;
+            let source = match protocol {
+                Protocol::Paper => format!("label PNGs in {}", folder.display()),
+                _ => format!(
+                    "label PNGs in {}, scored with DiffCut's protocol ({side}×{side})",
+                    folder.display(),
+                    side = protocol.side()
+                ),
+            };
             (folder_scores.scores, folder_scores.resized, source)
+        }
+        None if protocol != Protocol::Paper => {
+            return Err(exit::usage(
+                "--protocol diffcut scores the 128×128 label PNGs of --predictions DIR",
+            ))
         }
         None => {
             let (scores, source) = run_model(&args, &samples, &inputs)?;
@@ -160,21 +177,6 @@ fn refuse_unsafe_reports(args: &Args, inputs: &HashMap<PathBuf, PathBuf>) -> any
 
 /// How every Markdown report of diffseg's begins.
 const MARKDOWN_TITLE: &str = "# DiffSeg evaluation on ";
-
-/// The merging options: the paper's, with the dataset's τ unless `--tau` is given.
-fn merge_args(args: &Args) -> MergeArgs {
-    let tau = if args.tau.is_empty() {
-        vec![args.dataset.default_tau()]
-    } else {
-        args.tau.clone()
-    };
-    MergeArgs {
-        tau,
-        anchors: args.anchors,
-        iterations: args.iterations,
-        refine: args.refine,
-    }
-}
 
 /// What the predictions in a cache folder were made with; a cache made otherwise
 /// is refused rather than mixed in.
@@ -228,8 +230,8 @@ fn run_model(
     samples: &[Sample],
     inputs: &HashMap<PathBuf, PathBuf>,
 ) -> anyhow::Result<(Scores, String)> {
-    let merge = merge_args(args);
-    let options = merge.checked_options()?;
+    // The paper's options, with the dataset's τ unless `--tau` is given.
+    let options = args.merge.merge_options(Some(args.dataset.default_tau()))?;
     let folder = args
         .cache
         .clone()
@@ -264,7 +266,8 @@ fn run_model(
             samples.len(),
             folder.display()
         );
-        Some(args.model.builder(&merge).fit(Fit::CenterCrop).build()?)
+        let method = Method::DiffSeg(options.clone());
+        Some(args.model.builder(&method).fit(Fit::CenterCrop).build()?)
     } else {
         None
     };
@@ -349,12 +352,13 @@ fn segment_into_cache(
 
 /// Scores a folder of predictions with a progress bar showing running ACC and mIoU.
 fn score_folder(
+    protocol: Protocol,
     dataset: Dataset,
     samples: &[Sample],
     folder: &Path,
 ) -> anyhow::Result<eval::FolderScores> {
     let progress = progress_bar(samples.len());
-    let scores = eval::score_predictions(dataset, samples, folder, |_, running| {
+    let scores = eval::score_predictions_with(protocol, dataset, samples, folder, |_, running| {
         progress.set_message(running_metrics(running));
         progress.inc(1);
     });

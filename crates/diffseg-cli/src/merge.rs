@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let options = args.merge.checked_options()?;
+    let options = args.merge.merge_options(None)?;
     if args.size == Some(0) {
         return Err(exit::usage("--size must be at least 1"));
     }

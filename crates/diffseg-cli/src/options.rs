@@ -1,10 +1,12 @@
-//! Command-line options shared by every command that runs the model or merges
-//! attention.
+//! Command-line options shared by every command that runs the model or segments.
 
 use std::path::PathBuf;
 
 use diffseg::weights::{FileVariant, DEFAULT_MODEL, DEFAULT_REVISION};
-use diffseg::{BackendKind, Fit, ImageLimits, MergeOptions, Precision, SegmenterBuilder};
+use diffseg::{
+    BackendKind, Fit, ImageLimits, MergeOptions, Method, MethodKind, MethodSettings, Precision,
+    SegmenterBuilder,
+};
 
 /// Where the model runs and which weights it loads.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,58 +47,63 @@ pub struct ModelArgs {
     pub max_pixels: u64,
 }
 
-/// The merging options of docs/method.md §5 (the paper's values by default).
-#[derive(clap::Args, Debug, Clone)]
+/// DiffSeg's merging options (docs/method.md §5), for every command that merges (`segment`,
+/// `merge`, `eval`): each flag and its meaning written once. A flag left out takes the
+/// paper's value, from [`diffseg::Method::from_settings`].
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct MergeArgs {
     /// KL threshold τ: one value for every iteration, or one per iteration,
-    /// comma-separated (1.1 for COCO-Stuff-27, 0.9 for Cityscapes). Smaller
-    /// values give more, smaller segments.
-    #[arg(long, value_delimiter = ',', default_value = "1.1", value_name = "TAU")]
+    /// comma-separated (default 1.1, the paper's for COCO-Stuff-27; 0.9 for Cityscapes).
+    /// Smaller values give more, smaller segments.
+    #[arg(long, value_delimiter = ',', value_name = "TAU")]
     pub tau: Vec<f32>,
-    /// Anchors per side of the anchor grid (M): M×M starting points of the merging.
-    #[arg(long, default_value_t = 16, value_name = "M")]
-    pub anchors: usize,
-    /// Merging iterations (N).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub iterations: usize,
+    /// Anchors per side of the anchor grid (M): M×M starting points of the merging
+    /// (default 16).
+    #[arg(long, value_name = "M")]
+    pub anchors: Option<usize>,
+    /// Merging iterations (N) (default 3).
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<usize>,
     /// Refine the proposals with one k-means run (off in the paper's benchmarks).
     #[arg(long)]
     pub refine: bool,
 }
 
 impl MergeArgs {
-    /// The paper's options (τ 1.1, 16 anchors, 3 iterations, no refinement).
-    pub fn paper() -> Self {
-        let options = MergeOptions::default();
-        Self {
-            tau: options.tau,
-            anchors: options.anchors,
-            iterations: options.iterations,
-            refine: options.refine,
+    /// What was given, each flag left out `None`; `default_tau` replaces the method's own
+    /// τ when `--tau` is left out (`eval` takes the dataset's).
+    pub fn settings(&self, default_tau: Option<f32>) -> MethodSettings {
+        let tau = match (self.tau.is_empty(), default_tau) {
+            (false, _) => Some(self.tau.clone()),
+            (true, tau) => tau.map(|tau| vec![tau]),
+        };
+        MethodSettings {
+            tau,
+            anchors: self.anchors,
+            iterations: self.iterations,
+            refine: self.refine.then_some(true),
+            ..MethodSettings::default()
         }
     }
 
-    /// The options these arguments describe, checked: out of range they are
-    /// a usage error, found before any work.
-    pub fn checked_options(&self) -> anyhow::Result<MergeOptions> {
-        let options = self.to_options();
-        options.validate().map_err(crate::exit::usage)?;
-        Ok(options)
+    /// The method these arguments describe, checked: out of range they are a usage error,
+    /// found before any work.
+    pub fn method(&self) -> anyhow::Result<Method> {
+        Method::from_settings(MethodKind::DiffSeg, &self.settings(None)).map_err(crate::exit::usage)
     }
 
-    /// The options these arguments describe.
-    pub fn to_options(&self) -> MergeOptions {
-        MergeOptions::default()
-            .with_taus(self.tau.clone())
-            .with_anchors(self.anchors)
-            .with_iterations(self.iterations)
-            .with_refine(self.refine)
+    /// The merging options these arguments describe, checked: out of range they are a
+    /// usage error, found before any work.
+    pub fn merge_options(&self, default_tau: Option<f32>) -> anyhow::Result<MergeOptions> {
+        self.settings(default_tau)
+            .merge_options()
+            .map_err(crate::exit::usage)
     }
 }
 
 impl ModelArgs {
-    /// A segmenter builder with these options (and the merge options given).
-    pub fn builder(&self, merge: &MergeArgs) -> SegmenterBuilder {
+    /// A segmenter builder with these options (and the method given).
+    pub fn builder(&self, method: &Method) -> SegmenterBuilder {
         let mut builder = diffseg::Segmenter::builder()
             .backend(self.backend)
             .model(&self.model)
@@ -105,7 +112,7 @@ impl ModelArgs {
             .fit(self.fit)
             .allow_download(!self.offline)
             .max_pixels(self.max_pixels)
-            .merge_options(merge.to_options());
+            .method(method.clone());
         if let Some(variant) = self.variant {
             builder = builder.variant(variant);
         }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use diffseg::weights::{FoundWeights, ResolvedWeights, WeightsOrigin};
 use diffseg::{
-    check_result, write_json_atomically, JsonStyle, OutputKind, OutputKinds, ResultState,
+    check_result, write_json_atomically, JsonStyle, Method, OutputKind, OutputKinds, ResultState,
     SegmentSettings, SegmenterBuilder, SegmentsFile,
 };
 use diffseg::{Segmentation, StageTimes};
@@ -294,12 +294,20 @@ fn refuse_foreign_report(path: &Path, what: &str, keys: &[&str]) -> anyhow::Resu
     Ok(diffseg::refuse_foreign(path, what, is_report)?)
 }
 
+/// The merging options a result records.
+fn merge_options(method: &Method) -> &diffseg::MergeOptions {
+    match method {
+        Method::DiffSeg(options) => options,
+    }
+}
+
 /// This run's settings, known before loading the model, and the weights
 /// they were read from, located and opened once for the whole run by the
 /// builder that loads the model (so at its revision); `None` when the
 /// weights are still to be downloaded (then the revision is not compared).
 fn expected_settings(
     args: &Args,
+    method: &Method,
     builder: &SegmenterBuilder,
 ) -> Result<(SegmentSettings, Option<ResolvedWeights>), diffseg::Error> {
     let located = builder.locate_weights()?;
@@ -315,7 +323,7 @@ fn expected_settings(
         &args.model.model,
         args.model.precision,
         args.model.fit,
-        &args.merge.to_options(),
+        merge_options(method),
     );
     Ok((settings, located))
 }
@@ -465,8 +473,8 @@ struct Plan {
 /// Lists the images, takes this shard's share, refuses unsafe outputs and
 /// checks each image's results: everything that needs no model.
 fn plan(args: &Args) -> anyhow::Result<Plan> {
-    // Bad merge options are a usage error, reported before any listing.
-    args.merge.checked_options()?;
+    // Bad method options are a usage error, reported before any listing.
+    let method = args.merge.method()?;
     let listed = match &args.files_from {
         Some(list) => read_file_list(list)
             .with_context(|| format!("cannot read the file list {}", list.display()))?,
@@ -516,8 +524,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
                 .into(),
         );
     }
-    let builder = args.model.builder(&args.merge);
-    let (expected, located) = expected_settings(args, &builder)?;
+    let builder = args.model.builder(&method);
+    let (expected, located) = expected_settings(args, &method, &builder)?;
     match &located {
         Some(weights) => tracing::info!(
             path = %weights.found().path.display(),
@@ -769,7 +777,7 @@ fn execute(
         &args.model.model,
         segmenter.precision(),
         segmenter.fit(),
-        segmenter.merge_options(),
+        merge_options(segmenter.method()),
     );
     tracing::info!(
         seconds = loading.elapsed().as_secs_f64(),

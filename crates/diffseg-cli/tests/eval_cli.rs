@@ -10,7 +10,10 @@ mod eval_support;
 use common::{diffseg_subcommand, path_str, stderr_of, stdout_of};
 use std::process::Output;
 
-use eval_support::{images, load_fixture, write_labels, write_predictions};
+use eval_support::{
+    images, load_diffcut_reference, load_fixture, write_diffcut_predictions, write_labels,
+    write_predictions,
+};
 use serde_json::Value;
 
 /// Ratios of identical integer counts, summed in another order.
@@ -176,4 +179,64 @@ fn names_the_missing_or_wrong_file() {
     let output = diffseg(&["--dataset", "ade20k", "--root", path_str(coco.path())]);
     assert!(!output.status.success());
     assert!(stderr_of(&output).contains("cocostuff27 or cityscapes"));
+}
+
+/// `--protocol diffcut` scores 128² predictions as DiffCut's eval_diffcut.py does (its
+/// input size 1024), against tools/reference/eval_diffcut_reference.py; without
+/// --predictions it is a usage error.
+#[test]
+fn diffcut_protocol_scores_like_its_reference() {
+    let (inputs, _) = load_fixture();
+    let reference = load_diffcut_reference();
+    for case in reference["cases"].as_array().unwrap() {
+        if case["input_size"] != 1024 {
+            continue;
+        }
+        let name = case["dataset"].as_str().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let predictions = tempfile::tempdir().unwrap();
+        let reports = tempfile::tempdir().unwrap();
+        write_labels(&inputs, name, root.path(), false);
+        write_diffcut_predictions(&inputs, &reference, name, predictions.path());
+        let count = images(&inputs, name).len().to_string();
+        let json = reports.path().join("report.json");
+        let common = [
+            "--dataset",
+            name,
+            "--root",
+            path_str(root.path()),
+            "--limit",
+            &count,
+            "--protocol",
+            "diffcut",
+        ];
+        let mut args = common.to_vec();
+        args.extend([
+            "--predictions",
+            path_str(predictions.path()),
+            "--out",
+            path_str(&json),
+        ]);
+        let output = diffseg(&args);
+        assert!(output.status.success(), "{name}: {}", stderr_of(&output));
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["labelled_pixels"], case["labelled"]);
+        for metric in ["acc", "miou"] {
+            let (ours, theirs) = (
+                report[metric].as_f64().unwrap(),
+                case[metric].as_f64().unwrap(),
+            );
+            assert!(
+                (ours - theirs).abs() <= RATIO_TOLERANCE,
+                "{name} {metric}: {ours} != {theirs}"
+            );
+        }
+        let output = diffseg(&common);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+        assert!(
+            stderr_of(&output).contains("--predictions"),
+            "{}",
+            stderr_of(&output)
+        );
+    }
 }

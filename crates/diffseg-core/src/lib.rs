@@ -39,7 +39,8 @@ pub use error::Error;
 pub use label::label_map;
 pub use merge::{
     anchor_grid, initial_proposals, kl_matrix, kl_matrix_composed, merge_proposals,
-    proposals_from_matches, refine, MergeOptions, Proposals, LOG_FLOOR, REFINE_MAX_ITERATIONS,
+    proposals_from_matches, refine, MergeOptions, Proposals, DEFAULT_ANCHORS, DEFAULT_ITERATIONS,
+    DEFAULT_TAU, LOG_FLOOR, REFINE_MAX_ITERATIONS,
 };
 pub use naming::{
     combine_resolutions, entry_maps, mean_per_resolution, name_segments, normalise_entry_maps,

@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyDictMethods};
 
 use crate::errors::{to_py_err, type_error, value_error};
 use crate::segmentation::PySegmentation;
-use crate::segmenter::merge_options;
+use crate::segmenter::merge_settings;
 
 /// Stable Diffusion's VAE downscaling: the model input is 8 times the
 /// largest attention grid (64 → 512).
@@ -150,16 +150,18 @@ impl BackendTask for Merge {
 /// image's own size when the dict holds the placement, else on the model's
 /// square input (8 × the largest grid: 512 for SD 1.x).
 #[pyfunction]
-#[pyo3(signature = (attention, tau = None, iterations = 3, anchors = 16, refine = false))]
+#[pyo3(signature = (attention, tau = None, iterations = None, anchors = None, refine = false))]
 pub fn merge(
     py: Python<'_>,
     attention: &Bound<'_, PyDict>,
     tau: Option<&Bound<'_, PyAny>>,
-    iterations: usize,
-    anchors: usize,
+    iterations: Option<usize>,
+    anchors: Option<usize>,
     refine: bool,
 ) -> PyResult<PySegmentation> {
-    let options = merge_options(tau, iterations, anchors, refine)?;
+    let options = merge_settings(tau, iterations, anchors, refine)?
+        .merge_options()
+        .map_err(to_py_err)?;
     let attention = attention_from_dict(attention)?;
     let Some(largest) = attention.maps.first() else {
         return Err(value_error("attention holds no maps"));

@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod attention;
+mod cut;
 mod errors;
 mod image_input;
 mod progress;
@@ -24,6 +25,7 @@ fn _diffseg(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<segmenter::PySegmenter>()?;
     module.add_class::<segmentation::PySegmentation>()?;
     module.add_function(wrap_pyfunction!(attention::merge, module)?)?;
+    module.add_function(wrap_pyfunction!(cut::cut, module)?)?;
     module.add(
         "WeightsNotFoundError",
         py.get_type::<errors::WeightsNotFoundError>(),

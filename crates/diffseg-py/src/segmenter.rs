@@ -4,30 +4,30 @@
 
 use std::path::PathBuf;
 
-use diffseg::{BackendKind, Fit, MergeOptions, Precision};
+use diffseg::{BackendKind, Fit, MergeOptions, Method, MethodKind, MethodSettings, Precision};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::IntoPyObjectExt;
 
 use crate::attention::attention_to_dict;
-use crate::errors::{core_to_py_err, to_py_err, type_error, value_error};
+use crate::errors::{to_py_err, type_error, value_error};
 use crate::image_input::ImageSource;
 use crate::progress::{self, PythonDownloadProgress};
 use crate::segmentation::PySegmentation;
 
 /// The KL thresholds from the `tau` argument: a number for every iteration,
-/// or a sequence with one per iteration; `None` is the paper's default.
-pub fn parse_tau(tau: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<f32>> {
+/// or a sequence with one per iteration; `None` when left out.
+pub fn parse_tau(tau: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<f32>>> {
     let Some(tau) = tau else {
-        return Ok(MergeOptions::default().tau);
+        return Ok(None);
     };
     if let Ok(one) = tau.extract::<f32>() {
-        return Ok(vec![one]);
+        return Ok(Some(vec![one]));
     }
     // A str is a sequence too, but never one of numbers.
     if !tau.is_instance_of::<PyString>() {
         if let Ok(many) = tau.extract::<Vec<f32>>() {
-            return Ok(many);
+            return Ok(Some(many));
         }
     }
     Err(type_error(format!(
@@ -36,20 +36,26 @@ pub fn parse_tau(tau: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<f32>> {
     )))
 }
 
-/// The merge options from the keyword arguments `Segmenter` and `merge` share.
-pub fn merge_options(
+/// The method settings from the keyword arguments `Segmenter` and `merge` share; each
+/// `None` takes the method's default when the method is built.
+pub fn merge_settings(
     tau: Option<&Bound<'_, PyAny>>,
-    iterations: usize,
-    anchors: usize,
+    iterations: Option<usize>,
+    anchors: Option<usize>,
     refine: bool,
-) -> PyResult<MergeOptions> {
-    let options = MergeOptions::default()
-        .with_taus(parse_tau(tau)?)
-        .with_iterations(iterations)
-        .with_anchors(anchors)
-        .with_refine(refine);
-    options.validate().map_err(core_to_py_err)?;
-    Ok(options)
+) -> PyResult<MethodSettings> {
+    Ok(MethodSettings {
+        tau: parse_tau(tau)?,
+        iterations,
+        anchors,
+        refine: refine.then_some(true),
+        ..MethodSettings::default()
+    })
+}
+
+/// The method the settings describe, checked (a `ValueError` when out of range).
+pub fn build_method(kind: MethodKind, settings: &MethodSettings) -> PyResult<Method> {
+    Method::from_settings(kind, settings).map_err(to_py_err)
 }
 
 /// Segments images with DiffSeg (one Stable Diffusion pass per image, its
@@ -58,6 +64,18 @@ pub fn merge_options(
 #[pyclass(module = "diffseg", name = "Segmenter", frozen)]
 pub struct PySegmenter {
     inner: diffseg::Segmenter,
+}
+
+impl PySegmenter {
+    /// DiffSeg's merging options; an `AttributeError` when another method runs.
+    fn merge(&self) -> PyResult<&MergeOptions> {
+        self.inner.merge_options().ok_or_else(|| {
+            pyo3::exceptions::PyAttributeError::new_err(format!(
+                "the {} method has no merging options",
+                self.inner.method().kind()
+            ))
+        })
+    }
 }
 
 #[pymethods]
@@ -70,8 +88,8 @@ impl PySegmenter {
         precision = "f32",
         fit = "pad",
         tau = None,
-        iterations = 3,
-        anchors = 16,
+        iterations = None,
+        anchors = None,
         refine = false,
         allow_download = true,
         max_pixels = diffseg::DEFAULT_MAX_PIXELS,
@@ -86,8 +104,8 @@ impl PySegmenter {
         precision: &str,
         fit: &str,
         tau: Option<&Bound<'_, PyAny>>,
-        iterations: usize,
-        anchors: usize,
+        iterations: Option<usize>,
+        anchors: Option<usize>,
         refine: bool,
         allow_download: bool,
         max_pixels: u64,
@@ -97,12 +115,14 @@ impl PySegmenter {
         let backend: BackendKind = backend.parse().map_err(name_error)?;
         let precision: Precision = precision.parse().map_err(name_error)?;
         let fit: Fit = fit.parse().map_err(name_error)?;
+        let settings = merge_settings(tau, iterations, anchors, refine)?;
+        let method = build_method(MethodKind::DiffSeg, &settings)?;
         let mut builder = diffseg::Segmenter::builder()
             .backend(backend)
             .model(model)
             .precision(precision)
             .fit(fit)
-            .merge_options(merge_options(tau, iterations, anchors, refine)?)
+            .method(method)
             .allow_download(allow_download)
             .max_pixels(max_pixels);
         if let Some(weights) = weights {
@@ -252,20 +272,20 @@ impl PySegmenter {
 
     /// The KL thresholds (one, or one per iteration).
     #[getter]
-    fn tau(&self) -> Vec<f32> {
-        self.inner.merge_options().tau.clone()
+    fn tau(&self) -> PyResult<Vec<f32>> {
+        Ok(self.merge()?.tau.clone())
     }
 
     /// Merge iterations.
     #[getter]
-    fn iterations(&self) -> usize {
-        self.inner.merge_options().iterations
+    fn iterations(&self) -> PyResult<usize> {
+        Ok(self.merge()?.iterations)
     }
 
     /// Anchors per side of the anchor grid.
     #[getter]
-    fn anchors(&self) -> usize {
-        self.inner.merge_options().anchors
+    fn anchors(&self) -> PyResult<usize> {
+        Ok(self.merge()?.anchors)
     }
 
     /// The most pixels (width × height) an image may have.
@@ -276,8 +296,8 @@ impl PySegmenter {
 
     /// Whether the k-means refinement runs.
     #[getter]
-    fn refine(&self) -> bool {
-        self.inner.merge_options().refine
+    fn refine(&self) -> PyResult<bool> {
+        Ok(self.merge()?.refine)
     }
 
     fn __repr__(&self) -> String {

@@ -383,6 +383,18 @@ pub enum Error {
         /// Why.
         error: image::ImageError,
     },
+    /// A ground-truth label map a protocol cannot bring to its grid.
+    #[error("label file {path} is {width}×{height}: {reason}")]
+    LabelSize {
+        /// The label file.
+        path: PathBuf,
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+        /// Why it does not fit.
+        reason: String,
+    },
     /// An image id list that cannot be used.
     #[error("image list {path}: {reason}")]
     ImageList {

@@ -739,3 +739,16 @@ mod tests {
         assert!(input.pixels[64..].iter().all(|&v| v == -1.0));
     }
 }
+
+/// An RGB image as planar `[3, height, width]` values in [0, 1], as PyTorch code (DiffCut's
+/// PAMR) reads images.
+pub fn planar_rgb(rgb: &image::RgbImage) -> Vec<f32> {
+    let plane = rgb.width() as usize * rgb.height() as usize;
+    let mut planar = vec![0f32; 3 * plane];
+    for (pixel, values) in rgb.pixels().enumerate() {
+        for channel in 0..3 {
+            planar[channel * plane + pixel] = f32::from(values[channel]) / 255.0;
+        }
+    }
+    planar
+}

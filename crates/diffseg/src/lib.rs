@@ -62,6 +62,7 @@ mod features;
 pub mod eval;
 mod hub;
 mod input;
+mod method;
 mod output;
 mod pipeline;
 mod segmentation;
@@ -78,9 +79,10 @@ pub use features::{
 };
 pub use error::Error;
 pub use input::{
-    open_image, open_image_allowing_damage, Fit, ImageLimits, Placement, DEFAULT_MAX_PIXELS,
-    MAX_IMAGE_SIDE,
+    open_image, open_image_allowing_damage, planar_rgb, Fit, ImageLimits, Placement,
+    DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE,
 };
+pub use method::{Method, MethodKind, MethodSettings};
 pub use output::{
     check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
     refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,

@@ -11,6 +11,7 @@ use image::DynamicImage;
 use crate::attention::SelfAttention;
 use crate::features::{FeatureOptions, Features};
 use crate::input::{Fit, ImageLimits, DEFAULT_MAX_PIXELS};
+use crate::method::Method;
 use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
@@ -246,7 +247,7 @@ pub struct Segmenter {
     backend: BackendKind,
     precision: Precision,
     fit: Fit,
-    options: MergeOptions,
+    method: Method,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -256,7 +257,7 @@ impl std::fmt::Debug for Segmenter {
             .field("backend", &self.backend)
             .field("precision", &self.precision)
             .field("fit", &self.fit)
-            .field("options", &self.options)
+            .field("method", &self.method)
             .field("input_size", &self.pipelines.input_size)
             .field("limits", &self.limits)
             .field("max_concurrent_runs", &self.pipelines.max_runs)
@@ -340,8 +341,9 @@ impl Segmenter {
 
     fn run(&self, images: &[DynamicImage], target: Target) -> Result<Vec<Segmentation>, Error> {
         self.check_size(images)?;
-        self.pipelines
-            .with(|pipeline| pipeline.segment(images, self.fit, &self.options, target))
+        self.pipelines.with(|pipeline| match &self.method {
+            Method::DiffSeg(options) => pipeline.segment(images, self.fit, options, target),
+        })
     }
 
     /// Checks every image against the pixel limit, before waiting for a handle.
@@ -394,15 +396,28 @@ impl Segmenter {
         self.fit
     }
 
-    /// The merging options.
-    pub fn merge_options(&self) -> &MergeOptions {
-        &self.options
+    /// The method and its options.
+    pub fn method(&self) -> &Method {
+        &self.method
     }
 
-    /// Changes the merging options (no reload: they apply after the model).
+    /// DiffSeg's merging options; `None` when another method runs.
+    pub fn merge_options(&self) -> Option<&MergeOptions> {
+        match &self.method {
+            Method::DiffSeg(options) => Some(options),
+        }
+    }
+
+    /// Changes the merging options, and so the method to DiffSeg (no reload: they apply
+    /// after the model).
     pub fn set_merge_options(&mut self, options: MergeOptions) -> Result<(), Error> {
-        options.validate()?;
-        self.options = options;
+        self.set_method(Method::DiffSeg(options))
+    }
+
+    /// Changes the method (no reload: every method runs on the same loaded model).
+    pub fn set_method(&mut self, method: Method) -> Result<(), Error> {
+        method.validate()?;
+        self.method = method;
         Ok(())
     }
 
@@ -427,7 +442,7 @@ pub struct SegmenterBuilder {
     hub: Option<HubSettings>,
     precision: Precision,
     fit: Fit,
-    options: MergeOptions,
+    method: Method,
     allow_download: bool,
     max_pixels: u64,
     max_concurrent_runs: Option<usize>,
@@ -444,7 +459,7 @@ impl Default for SegmenterBuilder {
             hub: None,
             precision: Precision::default(),
             fit: Fit::default(),
-            options: MergeOptions::default(),
+            method: Method::default(),
             allow_download: true,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_concurrent_runs: None,
@@ -505,9 +520,16 @@ impl SegmenterBuilder {
         self
     }
 
-    /// The merging options (τ per iteration, anchors, iterations, refinement).
+    /// DiffSeg with these merging options (τ per iteration, anchors, iterations,
+    /// refinement): the same as `.method(Method::DiffSeg(options))`.
     pub fn merge_options(mut self, options: MergeOptions) -> Self {
-        self.options = options;
+        self.method = Method::DiffSeg(options);
+        self
+    }
+
+    /// The method and its options (default: the paper's DiffSeg).
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = method;
         self
     }
 
@@ -585,7 +607,7 @@ impl SegmenterBuilder {
     /// The cap on concurrent runs, after checking it and the merge options:
     /// the settings that need no model.
     fn max_runs(&self) -> Result<usize, Error> {
-        self.options.validate()?;
+        self.method.validate()?;
         let max_runs = self
             .max_concurrent_runs
             .unwrap_or(default_max_concurrent_runs(self.backend));
@@ -627,7 +649,7 @@ impl SegmenterBuilder {
             backend: self.backend,
             precision: self.precision,
             fit: self.fit,
-            options: self.options,
+            method: self.method,
         })
     }
 }

@@ -10,11 +10,15 @@ mod eval_support;
 use std::path::Path;
 
 use diffseg::eval::{
-    check_images, check_labels, load_ground_truth, match_segments, score_predictions, score_sample,
-    Confusion, Dataset, EvalReport, Scores, EVAL_SIDE, NUM_CLASSES,
+    check_images, check_labels, load_ground_truth, match_segments, score_image, score_predictions,
+    score_predictions_with, score_sample, Confusion, Dataset, EvalReport, Protocol, Scores,
+    DIFFCUT_EVAL_SIDE, EVAL_SIDE, NUM_CLASSES,
 };
 use diffseg::Error;
-use eval_support::{images, load_fixture, numbers, prediction, write_labels, write_predictions};
+use eval_support::{
+    images, load_diffcut_reference, load_fixture, numbers, prediction, write_diffcut_predictions,
+    write_labels, write_predictions,
+};
 use serde_json::Value;
 
 /// Ratios of identical integer counts, summed in another order.
@@ -368,4 +372,86 @@ fn images_must_exist_and_match_their_labels() {
             .contains("lindau_000001_000019_gtFine_labelIds.png are 18×30"),
         "{error}"
     );
+}
+
+/// DiffCut's protocol (`eval_diffcut.py`: labels cropped to `min(H, W) − 1`, resized to
+/// the input size then to 128², per-image Hungarian) against
+/// `tools/reference/eval_diffcut_reference.py`, which resizes with torch's own
+/// `F.interpolate`; at two input sizes, from 128² prediction PNGs.
+#[test]
+fn diffcut_protocol_scores_as_its_reference() {
+    let (inputs, _) = load_fixture();
+    let reference = load_diffcut_reference();
+    let side = reference["mask_size"].as_u64().unwrap() as u32;
+    assert_eq!(side as usize, DIFFCUT_EVAL_SIDE);
+    let cases = reference["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4, "two datasets at two input sizes");
+    for case in cases {
+        let name = case["dataset"].as_str().unwrap();
+        let input_size = case["input_size"].as_u64().unwrap() as usize;
+        let root = tempfile::tempdir().unwrap();
+        let predictions = tempfile::tempdir().unwrap();
+        write_labels(&inputs, name, root.path(), false);
+        let fixture_images = images(&inputs, name);
+        write_diffcut_predictions(&inputs, &reference, name, predictions.path());
+        let samples = samples(name, root.path(), fixture_images.len());
+        let protocol = Protocol::DiffCut { input_size };
+        for (sample, want) in samples.iter().zip(case["per_image"].as_array().unwrap()) {
+            assert_eq!(sample.id, want["id"].as_str().unwrap());
+            let segments = diffseg::eval::decode_prediction_png(
+                predictions.path().join(sample.prediction_file_name()),
+            )
+            .unwrap()
+            .segments;
+            let counts = score_image(
+                &protocol.ground_truth(dataset(name), sample).unwrap(),
+                &segments,
+            );
+            let what = format!("{} at {input_size}", sample.id);
+            assert_eq!(
+                counts.labelled,
+                want["labelled"].as_u64().unwrap(),
+                "{what}"
+            );
+            assert_eq!(counts.tp.to_vec(), numbers::<u64>(&want["tp"]), "{what} TP");
+            assert_eq!(counts.fp.to_vec(), numbers::<u64>(&want["fp"]), "{what} FP");
+            assert_eq!(
+                counts.fn_.to_vec(),
+                numbers::<u64>(&want["fn"]),
+                "{what} FN"
+            );
+        }
+        let scores = score_predictions_with(
+            protocol,
+            dataset(name),
+            &samples,
+            predictions.path(),
+            |_, _| {},
+        )
+        .unwrap()
+        .scores;
+        assert_eq!(scores.counts.tp.to_vec(), numbers::<u64>(&case["tp"]));
+        assert_eq!(scores.counts.fp.to_vec(), numbers::<u64>(&case["fp"]));
+        assert_eq!(scores.counts.fn_.to_vec(), numbers::<u64>(&case["fn"]));
+        assert_close(
+            scores.accuracy().unwrap(),
+            case["acc"].as_f64().unwrap(),
+            "ACC",
+        );
+        assert_close(
+            scores.mean_iou().unwrap(),
+            case["miou"].as_f64().unwrap(),
+            "mIoU",
+        );
+        // The paper's 512² predictions are not DiffCut's grid: refused, naming the size.
+        let paper = tempfile::tempdir().unwrap();
+        write_predictions(&inputs, name, paper.path(), false);
+        let error =
+            score_predictions_with(protocol, dataset(name), &samples, paper.path(), |_, _| {})
+                .unwrap_err();
+        assert!(
+            matches!(error, Error::PredictionSize { width: 512, .. }),
+            "{error}"
+        );
+    }
 }

@@ -17,6 +17,7 @@ from ._diffseg import (
     Segmenter,
     WeightsNotFoundError,
     __version__,
+    cut,
     merge,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "Segmenter",
     "WeightsNotFoundError",
     "__version__",
+    "cut",
     "merge",
 ]

@@ -127,8 +127,8 @@ class Segmenter:
         precision: Literal["f32", "f16"] = "f32",
         fit: Literal["pad", "center-crop"] = "pad",
         tau: Optional[_Tau] = None,
-        iterations: int = 3,
-        anchors: int = 16,
+        iterations: Optional[int] = None,
+        anchors: Optional[int] = None,
         refine: bool = False,
         allow_download: bool = True,
         max_pixels: int = 67108864,
@@ -140,6 +140,8 @@ class Segmenter:
         weights: a diffusers folder or single-file .safetensors checkpoint; by default
         $DIFFSEG_WEIGHTS, then the Hugging Face cache of `model`, then a download
         (unless allow_download is False: then WeightsNotFoundError).
+        tau, iterations, anchors, refine: the merging options; None is the paper's value
+        (tau 1.1, 3 iterations, 16 anchors per side).
         max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
         default; a larger image (a file: from its header, before decoding) raises ValueError.
         progress: called with {"stage": "download", "file", "done", "total"} (bytes) as
@@ -190,11 +192,27 @@ class Segmenter:
 def merge(
     attention: Mapping[str, npt.NDArray[Any]],
     tau: Optional[_Tau] = None,
-    iterations: int = 3,
-    anchors: int = 16,
+    iterations: Optional[int] = None,
+    anchors: Optional[int] = None,
     refine: bool = False,
 ) -> Segmentation:
     """Merges attention (as `Segmenter.attention` returns it) into segments on the CPU,
     labelled as `Segmenter.segment` labels: at the image's size when the dict has its
     "placement", else on the model's square input (8 × the largest grid: 512 for SD 1.x).
-    tau=None is the paper's 1.1."""
+    None is the paper's value (tau 1.1, 3 iterations, 16 anchors per side)."""
+
+def cut(
+    features: npt.NDArray[np.float32],
+    tau: Optional[float] = None,
+    alpha: Optional[float] = None,
+    mask_size: Optional[int] = None,
+    pamr: bool = False,
+    median: bool = False,
+    image: Optional[_ImageInput] = None,
+) -> Segmentation:
+    """DiffCut without the model: the recursive normalized cut of features (float32
+    [h, w, c], as `diffseg features` writes them; at most 4096 pixels) on the CPU.
+    Labels lie on a mask_size × mask_size grid. None is the published value (tau 0.5,
+    in (0, 1]; alpha 10; mask_size 128). pamr=True refines the labels on image (a path,
+    PIL image or uint8 array; required then); median=True applies a 3×3 median filter
+    last. Bad options or features raise ValueError."""

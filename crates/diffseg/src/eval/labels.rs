@@ -109,6 +109,46 @@ pub(crate) fn crop_resize_nearest<T: Copy>(
     out
 }
 
+/// The side of the square DiffCut's `eval_diffcut.py` compares at (its mask size).
+pub const DIFFCUT_EVAL_SIDE: usize = 128;
+
+/// Python's `round(d / 2)` for an integer `d`: halves go to the even neighbour, as
+/// torchvision's `CenterCrop` rounds its offsets.
+fn half_round_even(d: usize) -> usize {
+    let (half, odd) = (d / 2, d % 2 == 1);
+    if odd && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+/// `eval_diffcut.py`'s label pre-processing, to [`DIFFCUT_EVAL_SIDE`]² values: its data
+/// loader's centre square of side `min(H, W) − 1` (torchvision's `CenterCrop`, offsets
+/// rounded half to even), resized to `input_size` by nearest-exact (half-pixel centres,
+/// [`nearest_source_index`]), then to 128 by torch's legacy nearest (`floor(i · in /
+/// out)`). `None` for a map too small to crop (a side of 1 pixel).
+pub(crate) fn diffcut_crop_resize(labels: &LabelImage, input_size: usize) -> Option<Vec<u8>> {
+    let (width, height) = (labels.width as usize, labels.height as usize);
+    let crop = width.min(height).checked_sub(1).filter(|&c| c > 0)?;
+    if input_size == 0 {
+        return None;
+    }
+    let top = half_round_even(height - crop);
+    let left = half_round_even(width - crop);
+    let source = |i: usize| {
+        let resized = (i * input_size / DIFFCUT_EVAL_SIDE).min(input_size - 1);
+        nearest_source_index(resized, crop, input_size)
+    };
+    let columns: Vec<usize> = (0..DIFFCUT_EVAL_SIDE).map(|x| left + source(x)).collect();
+    let mut out = Vec::with_capacity(DIFFCUT_EVAL_SIDE * DIFFCUT_EVAL_SIDE);
+    for y in 0..DIFFCUT_EVAL_SIDE {
+        let row = (top + source(y)) * width;
+        out.extend(columns.iter().map(|&x| labels.values[row + x]));
+    }
+    Some(out)
+}
+
 /// A predicted label map: segment indices, row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PredictionImage {
@@ -162,6 +202,19 @@ mod tests {
         // Downsampling 1024 → 512 samples the odd source pixels.
         assert_eq!(nearest_source_index(0, 1024, 512), 1);
         assert_eq!(nearest_source_index(511, 1024, 512), 1023);
+    }
+
+    #[test]
+    fn diffcut_offsets_round_half_to_even_as_python() {
+        // round(0.5) = 0, round(1.5) = 2, round(2.5) = 2, round(3) = 3.
+        let rounded: Vec<usize> = [1, 3, 5, 6].into_iter().map(half_round_even).collect();
+        assert_eq!(rounded, vec![0, 2, 2, 3]);
+        let tiny = LabelImage {
+            width: 1,
+            height: 5,
+            values: vec![0; 5],
+        };
+        assert_eq!(diffcut_crop_resize(&tiny, 1024), None);
     }
 
     #[test]

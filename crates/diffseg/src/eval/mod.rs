@@ -21,12 +21,82 @@ mod report;
 use std::path::{Path, PathBuf};
 
 pub use dataset::{check_images, check_labels, Dataset, Sample, IGNORED, NUM_CLASSES};
-pub use labels::{decode_prediction_png, PredictionImage, EVAL_SIDE};
+pub use labels::{decode_prediction_png, PredictionImage, DIFFCUT_EVAL_SIDE, EVAL_SIDE};
 pub use metric::{match_segments, score_image, ClassCounts, Confusion, Scores};
 pub use report::{ClassReport, EvalReport};
 
 use crate::Error;
-use labels::{center_crop_resize_nearest, crop_resize_nearest, read_label_png, LabelImage};
+use labels::{
+    center_crop_resize_nearest, crop_resize_nearest, diffcut_crop_resize, read_label_png,
+    LabelImage,
+};
+
+/// The input size of DiffCut's SD 1.4 setting (`eval_diffcut.py --img_size`), through
+/// which its protocol resizes the labels.
+pub const DIFFCUT_INPUT_SIZE: usize = 1024;
+
+/// How predictions and ground truth are brought to one grid before the per-image
+/// Hungarian matching (the same for both: each image's segments matched to classes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// DiffSeg's paper (docs/method.md §7): [`EVAL_SIDE`]², the centre square of side
+    /// `min(H, W)` resized by nearest neighbour.
+    Paper,
+    /// DiffCut's `eval_diffcut.py`: [`DIFFCUT_EVAL_SIDE`]², the labels cropped and
+    /// resized as its data loader does for the model's `input_size`, then to 128.
+    DiffCut {
+        /// The side the images were resized to for the model (1024 in DiffCut's SD 1.4
+        /// setting); the labels pass through it.
+        input_size: usize,
+    },
+}
+
+impl Protocol {
+    /// The side of the square grid compared.
+    pub fn side(&self) -> usize {
+        match self {
+            Protocol::Paper => EVAL_SIDE,
+            Protocol::DiffCut { .. } => DIFFCUT_EVAL_SIDE,
+        }
+    }
+
+    /// The protocol's name in reports: `paper` or `diffcut`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Paper => "paper",
+            Protocol::DiffCut { .. } => "diffcut",
+        }
+    }
+
+    /// The ground truth of `sample` on this protocol's grid: class indices or
+    /// [`IGNORED`], row-major.
+    pub fn ground_truth(&self, dataset: Dataset, sample: &Sample) -> Result<Vec<u8>, Error> {
+        self.ground_truth_from(dataset, sample, &read_label_png(&sample.label)?)
+    }
+
+    fn ground_truth_from(
+        &self,
+        dataset: Dataset,
+        sample: &Sample,
+        labels: &LabelImage,
+    ) -> Result<Vec<u8>, Error> {
+        match *self {
+            Protocol::Paper => Ok(ground_truth_from(dataset, labels, EVAL_SIDE)),
+            Protocol::DiffCut { input_size } => diffcut_crop_resize(labels, input_size)
+                .map(|raw| dataset.label_map().apply(&raw))
+                .ok_or_else(|| Error::LabelSize {
+                    path: sample.label.clone(),
+                    width: labels.width,
+                    height: labels.height,
+                    reason: format!(
+                        "DiffCut's protocol crops a square of side min(width, height) - 1 \
+                         and resizes it to the input size {input_size}: both must be at least 1"
+                    ),
+                }),
+        }
+    }
+}
 
 /// The ground truth of `sample` as the protocol compares it: `side`×`side` class
 /// indices in `0..27`, or [`IGNORED`], row-major. The protocol's side is
@@ -82,6 +152,20 @@ pub fn load_prediction(
             ),
         })
     }
+}
+
+/// A prediction that must be `side`×`side`.
+fn load_square_prediction(path: &Path, side: usize) -> Result<Vec<u16>, Error> {
+    let prediction = decode_prediction_png(path)?;
+    if (prediction.width as usize, prediction.height as usize) != (side, side) {
+        return Err(Error::PredictionSize {
+            path: path.to_path_buf(),
+            width: prediction.width,
+            height: prediction.height,
+            expected: format!("{side}×{side} (DiffCut's protocol compares its mask size)"),
+        });
+    }
+    Ok(prediction.segments)
 }
 
 /// The prediction file of every sample in `folder` ([`Sample::find_prediction`]), or
@@ -143,6 +227,19 @@ pub fn score_predictions(
     dataset: Dataset,
     samples: &[Sample],
     folder: impl AsRef<Path>,
+    progress: impl FnMut(&Sample, &Scores),
+) -> Result<FolderScores, Error> {
+    score_predictions_with(Protocol::Paper, dataset, samples, folder, progress)
+}
+
+/// [`score_predictions`] with any [`Protocol`]. With [`Protocol::DiffCut`] every
+/// prediction must be on its [`DIFFCUT_EVAL_SIDE`]² grid (what `eval_diffcut.py`
+/// compares: the labels DiffCut assigns at its mask size).
+pub fn score_predictions_with(
+    protocol: Protocol,
+    dataset: Dataset,
+    samples: &[Sample],
+    folder: impl AsRef<Path>,
     mut progress: impl FnMut(&Sample, &Scores),
 ) -> Result<FolderScores, Error> {
     let folder = folder.as_ref();
@@ -151,8 +248,11 @@ pub fn score_predictions(
     let mut result = FolderScores::default();
     for (sample, path) in samples.iter().zip(&predictions) {
         let labels = read_label_png(&sample.label)?;
-        let (prediction, resized) = load_prediction(path, EVAL_SIDE, labels.width, labels.height)?;
-        let classes = ground_truth_from(dataset, &labels, EVAL_SIDE);
+        let (prediction, resized) = match protocol {
+            Protocol::Paper => load_prediction(path, EVAL_SIDE, labels.width, labels.height)?,
+            Protocol::DiffCut { .. } => (load_square_prediction(path, DIFFCUT_EVAL_SIDE)?, false),
+        };
+        let classes = protocol.ground_truth_from(dataset, sample, &labels)?;
         result.scores.add(&score_image(&classes, &prediction));
         result.resized += usize::from(resized);
         progress(sample, &result.scores);

@@ -123,3 +123,25 @@ pub fn write_predictions(inputs: &Value, dataset: &str, folder: &Path, nested: b
         }
     }
 }
+
+/// `tools/reference/eval_diffcut_reference.py`'s output (`eval_diffcut.json`): 128²
+/// predictions per image and the expected counts under DiffCut's protocol.
+pub fn load_diffcut_reference() -> Value {
+    serde_json::from_str(include_str!("../fixtures/eval/eval_diffcut.json")).unwrap()
+}
+
+/// Writes the reference's 128² predictions of `dataset` into `folder` as 16-bit
+/// `<image stem>.png`.
+pub fn write_diffcut_predictions(inputs: &Value, reference: &Value, dataset: &str, folder: &Path) {
+    let side = reference["mask_size"].as_u64().unwrap() as u32;
+    for (image, pred) in images(inputs, dataset)
+        .iter()
+        .zip(reference[dataset].as_array().unwrap())
+    {
+        let path = folder.join(format!("{}.png", image["id"].as_str().unwrap()));
+        ImageBuffer::<Luma<u16>, _>::from_raw(side, side, numbers(pred))
+            .unwrap()
+            .save(path)
+            .unwrap();
+    }
+}
