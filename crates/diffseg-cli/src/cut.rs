@@ -30,6 +30,7 @@ const FEATURES_TENSOR: &str = "features";
 Examples:
   diffseg cut features.safetensors --out labels.png
   diffseg cut features.safetensors --tau 0.5 --alpha 10 --out labels.png --json labels.json
+  diffseg cut features.safetensors --tau auto --out labels.png
   diffseg cut features.safetensors --pamr --image photo.jpg --median --out labels.png")]
 pub struct Args {
     /// Safetensors file holding `features`: one self-attention layer's output, `[h, w, c]`
@@ -45,9 +46,11 @@ pub struct Args {
     /// Indent the `--json` file for reading by eye (by default it is compact, one line).
     #[arg(long, requires = "json")]
     pub pretty: bool,
-    /// Split a region while its best normalized cut is below this (0 < τ ≤ 1).
-    #[arg(long, default_value_t = DEFAULT_CUT_TAU)]
-    pub tau: f32,
+    /// Split a region while its best normalized cut is below this (0 < τ ≤ 1), or `auto`:
+    /// DiffCut's eigengap variant chooses the number of segments itself (no τ; α is then
+    /// its own: it tries 1, 5, 10 and 15).
+    #[arg(long, default_value_t = Tau::Value(DEFAULT_CUT_TAU), value_name = "TAU|auto")]
+    pub tau: Tau,
     /// Exponent sharpening the affinities (> 0).
     #[arg(long, default_value_t = DEFAULT_CUT_ALPHA)]
     pub alpha: f32,
@@ -67,9 +70,44 @@ pub struct Args {
     pub image: Option<PathBuf>,
 }
 
+/// `--tau`: a threshold, or `auto` for the eigengap variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tau {
+    Value(f32),
+    Auto,
+}
+
+impl std::str::FromStr for Tau {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Tau::Auto);
+        }
+        text.parse()
+            .map(Tau::Value)
+            .map_err(|_| format!("`{text}` is neither a number nor `auto`"))
+    }
+}
+
+impl std::fmt::Display for Tau {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tau::Value(tau) => write!(f, "{tau}"),
+            Tau::Auto => f.write_str("auto"),
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<Exit> {
-    let options = CutOptions::new(args.tau, args.alpha, args.mask_size, args.pamr, args.median)
-        .map_err(exit::usage)?;
+    // With `auto` τ is unused; the default stands in so that the other options are checked.
+    let (tau, auto) = match args.tau {
+        Tau::Value(tau) => (tau, false),
+        Tau::Auto => (DEFAULT_CUT_TAU, true),
+    };
+    let options = CutOptions::new(tau, args.alpha, args.mask_size, args.pamr, args.median)
+        .map_err(exit::usage)?
+        .with_auto_tau(auto);
     let outputs = LabelOutputs {
         png: &args.out,
         json: args.json.as_deref(),
