@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion};
-use diffseg_core::{merge_attention, segment_attention, AttentionMaps, MergeOptions};
+use diffseg_core::{
+    aggregate, kl_matrix, kl_matrix_composed, merge_attention, segment_attention, AttentionMaps,
+    MergeOptions,
+};
 use safetensors::SafeTensors;
 
 const FIXTURE: &str = "crates/diffseg-core/tests/fixtures/merge.safetensors";
@@ -94,6 +97,16 @@ fn bench_backend<B: Backend>(
                 .expect("segment")
                 .segment_count()
         })
+    });
+    // Iteration 0's KL alone: 256 maps against all 4096 (on ndarray, diffseg-cpu's one-pass
+    // kernel, and beside it Burn's composition, which gives the same values bit for bit).
+    let maps_64 = aggregate(&maps).maps;
+    let anchors = maps_64.clone().slice([0..256]);
+    group.bench_function("kl 256x4096 against 4096x4096", |b| {
+        b.iter(|| kl_matrix(anchors.clone(), maps_64.clone()).dims())
+    });
+    group.bench_function("kl 256x4096 against 4096x4096, composed", |b| {
+        b.iter(|| kl_matrix_composed(anchors.clone(), maps_64.clone()).dims())
     });
     group.finish();
 }
