@@ -27,8 +27,8 @@ use crate::Error;
 pub(crate) const BOS_TOKEN_ID: i64 = 49406;
 /// CLIP's end-of-text token, which SD 1.x's tokenizer also pads with.
 pub(crate) const EOS_TOKEN_ID: i64 = 49407;
-/// Context length of SD's text encoder.
-pub(crate) const MAX_TOKENS: usize = 77;
+/// Context length of SD's text encoder: every prompt is this many token ids.
+pub const MAX_TOKENS: usize = 77;
 
 /// Token ids of the empty prompt as SD 1.x's tokenizer produces them:
 /// BOS, then EOS repeated as padding to 77 tokens (method section 2).
@@ -42,6 +42,19 @@ pub const EMPTY_PROMPT_IDS: [i64; MAX_TOKENS] = {
 pub fn empty_prompt_ids<B: Backend>(device: &B::Device) -> Tensor<B, 2, Int> {
     Tensor::from_data(
         TensorData::new(EMPTY_PROMPT_IDS.to_vec(), [1, MAX_TOKENS]),
+        device,
+    )
+}
+
+/// Prompts' token ids (one row of 77 per prompt, e.g. from
+/// [`crate::ClipTokenizer::prompt_ids`]) as a `[prompts, 77]` tensor for
+/// [`ClipTextModel::forward`].
+pub fn prompt_ids_tensor<B: Backend>(
+    prompts: &[[i64; MAX_TOKENS]],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(prompts.concat(), [prompts.len(), MAX_TOKENS]),
         device,
     )
 }

@@ -231,6 +231,31 @@ pub enum Error {
         /// Its shape in the file; `None` when the file lacks it.
         found: Option<Vec<usize>>,
     },
+    /// A tokenizer folder lacks files the CLIP tokenizer is read from (needed to
+    /// tokenize vocabulary entries; plain segmentation does without).
+    #[error(
+        "{}: no CLIP tokenizer: missing {}; a diffusers model keeps it in tokenizer/ \
+         (vocab.json and merges.txt); for a single-file checkpoint pass a tokenizer folder",
+        folder.display(),
+        missing.join(", ")
+    )]
+    MissingTokenizer {
+        /// The folder looked in.
+        folder: PathBuf,
+        /// The files it lacks, e.g. `merges.txt`.
+        missing: Vec<String>,
+    },
+
+    /// A tokenizer file cannot be used: unreadable, malformed, too large, or
+    /// lacking CLIP's special tokens.
+    #[error("{}: invalid CLIP tokenizer: {reason}", path.display())]
+    BadTokenizer {
+        /// The tokenizer file, or its folder when the library does not say which file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A tensor that should be finite holds NaN or infinite values
     /// ([`crate::ensure_finite`]).
     #[error(

@@ -29,6 +29,7 @@ mod precision;
 mod resnet;
 mod sampling;
 mod schedule;
+mod tokenizer;
 mod transformer;
 mod unet;
 mod up_block;
@@ -46,7 +47,10 @@ use burn::tensor::backend::Backend;
 
 pub use capture::{AttentionLayer, AttentionSink, HeadReduction};
 pub use check::ensure_finite;
-pub use clip::{empty_prompt_ids, ClipActivation, ClipTextConfig, ClipTextModel, EMPTY_PROMPT_IDS};
+pub use clip::{
+    empty_prompt_ids, prompt_ids_tensor, ClipActivation, ClipTextConfig, ClipTextModel,
+    EMPTY_PROMPT_IDS, MAX_TOKENS,
+};
 pub use config::limits;
 pub use error::{Error, MismatchReport, ShapeMismatch};
 pub use naming::{
@@ -55,6 +59,7 @@ pub use naming::{
 };
 pub use precision::StableNorm;
 pub use schedule::{add_noise, alpha_cumprod, TRAIN_TIMESTEPS};
+pub use tokenizer::{ClipTokenizer, TOKENIZER_FILES};
 pub use unet::{UNet2DConditionModel, UNet2DConditionModelConfig, UNetBlockKind};
 pub use vae::{AutoencoderKL, AutoencoderKLConfig};
 pub use weights::{Component, Network, NetworkConfig, OpenedWeights, Variant, WeightsSource};
