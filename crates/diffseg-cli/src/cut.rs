@@ -4,30 +4,26 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
-use diffseg::Segmentation;
-use diffseg_core::{
-    cut_features, CutOptions, FeatureMap, PlanarImage, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU,
-    DEFAULT_MASK_SIZE,
-};
-use safetensors::{Dtype, SafeTensors};
+use anyhow::Context;
+use diffseg::Features;
+use diffseg_core::{CutOptions, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU, DEFAULT_MASK_SIZE};
 
 use crate::exit::{self, Exit};
 use crate::label_outputs::{self, LabelOutputs};
-
-/// The tensor the features file must hold.
-const FEATURES_TENSOR: &str = "features";
 
 /// Segment saved features (`[h, w, c]`) with DiffCut's recursive normalized cut.
 ///
 /// Runs only DiffCut's cut (no model, no weights): the affinity of the features'
 /// cosine similarities raised to α, two-way normalized cuts applied recursively
 /// while a region's best cut is below τ, then each pixel of the MASK_SIZE square
-/// assigned to the closest segment (docs/method.md §9). Writing the features from an
-/// image is not in diffseg yet: they come from elsewhere (e.g. DiffCut's own code).
+/// assigned to the closest segment (docs/method.md §9). With the placement metadata
+/// `diffseg features` writes, the labels are mapped onto the image's own pixels, as
+/// `diffseg segment` maps its labels; without it (features from elsewhere, e.g.
+/// DiffCut's own code) the label map is the MASK_SIZE square.
 #[derive(clap::Args)]
 #[command(after_help = "\
 Examples:
+  diffseg features photo.jpg --out features.safetensors
   diffseg cut features.safetensors --out labels.png
   diffseg cut features.safetensors --tau 0.5 --alpha 10 --out labels.png --json labels.json
   diffseg cut features.safetensors --tau auto --out labels.png
@@ -36,7 +32,8 @@ pub struct Args {
     /// Safetensors file holding `features`: one self-attention layer's output, `[h, w, c]`
     /// f32 (or f16/bf16), row-major.
     pub features: PathBuf,
-    /// Label PNG to write, MASK_SIZE×MASK_SIZE (pixel value = segment index; an 8-bit
+    /// Label PNG to write, at the image's size when the features say where the image
+    /// lies, else MASK_SIZE×MASK_SIZE (pixel value = segment index; an 8-bit
     /// palette PNG in the overlay's colours up to 256 segments, else 16-bit grey).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -65,7 +62,8 @@ pub struct Args {
     /// after PAMR).
     #[arg(long)]
     pub median: bool,
-    /// The image the features came from, for --pamr (resized to the label map).
+    /// The image the features came from, for --pamr (its model-input square, or the
+    /// whole image when the features have no placement, resized to the label map).
     #[arg(long)]
     pub image: Option<PathBuf>,
 }
@@ -114,69 +112,14 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         json_style: label_outputs::json_style(args.pretty),
     };
     outputs.refuse_unsafe(std::iter::once(&args.features).chain(&args.image))?;
-    let features = load_features(&args.features).map_err(exit::input_failed)?;
-    let pixels = match (&args.image, args.pamr) {
-        (Some(path), true) => Some(load_planar_rgb(path)?),
+    let features = Features::load_safetensors(&args.features).map_err(exit::input_failed)?;
+    let image = match (&args.image, args.pamr) {
+        (Some(path), true) => Some(diffseg::open_image(path)?),
         _ => None,
     };
-    let image = pixels
-        .as_ref()
-        .map(|(values, height, width)| PlanarImage::new(values, 3, *height, *width))
-        .transpose()?;
-    let segmentation: Segmentation = cut_features(&features, &options, image.as_ref())
-        .with_context(|| format!("cutting {}", args.features.display()))?
-        .into();
+    let segmentation = features
+        .cut(&options, image.as_ref())
+        .with_context(|| format!("cutting {}", args.features.display()))?;
     outputs.write(&segmentation)?;
     Ok(Exit::Done)
-}
-
-/// Reads the `features` tensor `[h, w, c]` of a safetensors file.
-fn load_features(path: &Path) -> anyhow::Result<FeatureMap> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let tensors = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let view = tensors.tensor(FEATURES_TENSOR).with_context(|| {
-        format!(
-            "{}: no tensor `{FEATURES_TENSOR}` [h, w, c]",
-            path.display()
-        )
-    })?;
-    let shape = view.shape().to_vec();
-    let [height, width, channels] = shape[..] else {
-        bail!(
-            "{}: `{FEATURES_TENSOR}` has shape {shape:?}, expected [h, w, c]",
-            path.display()
-        );
-    };
-    let data = view.data();
-    let values: Vec<f32> = match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        other => bail!(
-            "{}: `{FEATURES_TENSOR}` is {other:?}, expected f32, f16 or bf16",
-            path.display()
-        ),
-    };
-    FeatureMap::new(values, height, width, channels)
-        .with_context(|| format!("{}: `{FEATURES_TENSOR}`", path.display()))
-}
-
-/// The image as planar RGB in [0, 1] (as DiffCut reads it), with its height and width.
-fn load_planar_rgb(path: &Path) -> anyhow::Result<(Vec<f32>, usize, usize)> {
-    let rgb = diffseg::open_image(path)?.to_rgb8();
-    Ok((
-        diffseg::planar_rgb(&rgb),
-        rgb.height() as usize,
-        rgb.width() as usize,
-    ))
 }

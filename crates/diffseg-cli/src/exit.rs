@@ -90,15 +90,17 @@ fn for_library_error(error: &diffseg::Error) -> Exit {
     match error {
         Error::PrecisionUnavailable { .. }
         | Error::UnknownName { .. }
+        | Error::FeatureOptions(_)
         | Error::OutputIsInput { .. }
         | Error::NotOurs { .. } => Exit::Usage,
-        // A command on one input (`attention IMAGE`, `merge FILE`) whose input fails.
+        // A command on one input (`attention IMAGE`, `merge FILE`, `cut FILE`) whose input fails.
         Error::ImageRead { .. }
         | Error::ImageDecode { .. }
         | Error::ImageDamaged { .. }
         | Error::ImageTooLarge { .. }
         | Error::TooManyPixels { .. }
         | Error::EmptyImage
+        | Error::Features { .. }
         | Error::Attention { .. } => Exit::InputsFailed,
         _ => Exit::CannotRun,
     }

@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod attention;
+mod features;
 mod coco;
 mod cut;
 mod eval;
@@ -51,6 +52,7 @@ enum Command {
     Segment(segment::Args),
     Attention(attention::Args),
     Merge(merge::Args),
+    Features(features::Args),
     Cut(cut::Args),
     Eval(eval::Args),
     Fetch(fetch::Args),
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Attention(args) => attention::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Features(args) => features::run(args),
         Command::Cut(args) => cut::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Fetch(args) => fetch::run(args),

@@ -159,3 +159,31 @@ fn bad_inputs_are_errors() {
     std::fs::write(&not_safetensors, b"not a safetensors file").unwrap();
     assert_fails(&not_safetensors, &[], &["junk.safetensors", "safetensors"]);
 }
+
+/// `diffseg features` then `diffseg cut` labels the image at its own size (the
+/// placement travels in the file), on the tiny model at a small input size; the
+/// file is diffseg's, so a second run may replace it.
+#[test]
+fn features_then_cut_labels_the_image() {
+    let folder = tempfile::tempdir().unwrap();
+    let image = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/images"))
+        .join("chelsea.png");
+    let (width, height) = image::image_dimensions(&image).unwrap();
+    let features = folder.path().join("chelsea.features.safetensors");
+    let weights = common::tiny_weights();
+    for _ in 0..2 {
+        let output = common::diffseg(&[
+            "features",
+            path_str(&image),
+            "--out",
+            path_str(&features),
+            "--input-size",
+            "128",
+            "--weights",
+            &weights,
+        ]);
+        assert!(output.status.success(), "{}", common::text(&output));
+    }
+    let labels = cut(&features, &[]);
+    assert_eq!(labels.dimensions(), (width, height));
+}
