@@ -66,12 +66,17 @@ mod pipeline;
 mod segmentation;
 mod segmenter;
 mod timing;
+mod vocabulary;
 pub mod weights;
 
 pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::MergeOptions;
 pub use error::Error;
+pub use vocabulary::{
+    EntryColumns, Vocabulary, VocabularyError, VocabularyPreset, VocabularyPrompt, MAX_ENTRIES,
+    MAX_ENTRY_BYTES, MAX_TEMPLATE_BYTES,
+};
 pub use input::{
     open_image, open_image_allowing_damage, Fit, ImageLimits, Placement, DEFAULT_MAX_PIXELS,
     MAX_IMAGE_SIDE,
