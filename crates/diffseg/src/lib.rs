@@ -68,6 +68,7 @@ mod pipeline;
 mod segmentation;
 mod segmenter;
 mod timing;
+mod vocabulary;
 pub mod weights;
 
 pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
@@ -78,6 +79,10 @@ pub use features::{
     FEATURES_TENSOR,
 };
 pub use error::Error;
+pub use vocabulary::{
+    EntryColumns, Vocabulary, VocabularyError, VocabularyPreset, VocabularyPrompt, MAX_ENTRIES,
+    MAX_ENTRY_BYTES, MAX_TEMPLATE_BYTES,
+};
 pub use input::{
     open_image, open_image_allowing_damage, planar_rgb, Fit, ImageLimits, Placement,
     DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE,

@@ -10,8 +10,9 @@ use diffseg_core::{
     MergeOptions, Proposals,
 };
 use diffseg_sd::{
-    add_noise, empty_prompt_ids, ensure_finite, AttentionLayer, AttentionSink, OpenedWeights, StableDiffusion,
-    StableDiffusionConfig, WeightsSource,
+    add_noise, ensure_finite, prompt_ids_tensor, AttentionLayer, AttentionSink,
+    ClipTokenizer, OpenedWeights, StableDiffusion, StableDiffusionConfig, WeightsSource,
+    EMPTY_PROMPT_IDS, MAX_TOKENS,
 };
 
 use image::DynamicImage;
@@ -40,6 +41,20 @@ fn load_error(path: &Path, error: impl std::error::Error + Send + Sync + 'static
         path: path.to_path_buf(),
         error: Box::new(error),
     }
+}
+
+/// The empty prompt's token ids (method section 2): from the model's own
+/// tokenizer where its diffusers folder has a `tokenizer/` (SD 2.x pads with
+/// another token than SD 1.x), else SD 1.x's: plain segmentation needs no
+/// tokenizer. A `tokenizer/` that cannot be read is an error, not ignored.
+fn empty_prompt(weights: &Path) -> Result<[i64; MAX_TOKENS], Error> {
+    let folder = weights.join(crate::weights::TOKENIZER_DIR);
+    if !(weights.is_dir() && folder.is_dir()) {
+        return Ok(EMPTY_PROMPT_IDS);
+    }
+    ClipTokenizer::from_folder(&folder)
+        .map(|tokenizer| tokenizer.empty_prompt_ids())
+        .map_err(|error| load_error(weights, error))
 }
 
 /// DiffSeg on a Burn backend and device of the caller's choosing: the model
@@ -120,8 +135,11 @@ impl<B: Backend> Pipeline<B> {
         let mut times = StageTimes::default();
         let model = timed::<B, _>(&device, &mut times.load, || load(&device))
             .map_err(|error| load_error(path, error))?;
+        let prompt = empty_prompt(path)?;
         let empty_prompt = timed::<B, _>(&device, &mut times.text_encoder, || {
-            model.text_encoder.forward(empty_prompt_ids::<B>(&device))
+            model
+                .text_encoder
+                .forward(prompt_ids_tensor::<B>(&[prompt], &device))
         });
         ensure_finite(&empty_prompt, "the empty-prompt text embedding")
             .map_err(|error| Error::Model(error.to_string()))?;

@@ -33,7 +33,7 @@ use crate::{Error, Precision};
 /// for [`crate::Pipeline::load_opened`].
 pub use diffseg_sd::{OpenedWeights, Variant, WeightsSource};
 
-use diffseg_sd::Component;
+use diffseg_sd::{ClipTokenizer, Component, TOKENIZER_FILES};
 
 /// The default model: Stable Diffusion 1.5.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -378,6 +378,51 @@ impl HubModel {
         ))
     }
 
+    /// The model's CLIP tokenizer folder, `tokenizer/` of the snapshot: its
+    /// `vocab.json` and `merges.txt`, and `tokenizer_config.json` where the
+    /// repository has one, downloaded into the cache like the weights (files
+    /// already there are not asked for again). Only naming segments needs them,
+    /// so [`HubModel::fetch`] leaves them out.
+    pub fn fetch_tokenizer(&self, progress: &mut dyn DownloadProgress) -> Result<PathBuf, Error> {
+        let cached = self
+            .snapshot()
+            .map(|snapshot| snapshot.join(TOKENIZER_DIR))
+            .filter(|folder| TOKENIZER_FILES.iter().all(|file| folder.join(file).is_file()));
+        if let Some(folder) = cached {
+            return Ok(folder);
+        }
+        if self.settings.offline {
+            return Err(self.missing_tokenizer("downloads are off (HF_HUB_OFFLINE is set)"));
+        }
+        let client = Client::new(self)?;
+        let mut folder = None;
+        for file in TOKENIZER_FILES {
+            let path = self.download(&client, &format!("{TOKENIZER_DIR}/{file}"), progress)?;
+            folder = path.parent().map(Path::to_path_buf);
+        }
+        match self.download(&client, &format!("{TOKENIZER_DIR}/{TOKENIZER_CONFIG}"), progress) {
+            Ok(_)
+            | Err(Error::HubNotFound {
+                missing: HubMissing::File,
+                ..
+            }) => {}
+            Err(error) => return Err(error),
+        }
+        folder.ok_or_else(|| self.missing_tokenizer("the download named no folder"))
+    }
+
+    fn missing_tokenizer(&self, reason: &str) -> Error {
+        Error::WeightsNotFound {
+            model: self.id.clone(),
+            reason: reason.to_string(),
+            cache: self.settings.cache.clone(),
+            files: TOKENIZER_FILES
+                .iter()
+                .map(|file| format!("{TOKENIZER_DIR}/{file}"))
+                .collect(),
+        }
+    }
+
     /// The chosen variant's weights of `component`, else the other's where
     /// the repository lacks them.
     fn download_weights(
@@ -714,6 +759,34 @@ fn existing(path: &Path, origin: WeightsOrigin) -> Result<FoundWeights, Error> {
             origin,
         })
     }
+}
+
+/// The folder of a diffusers model's CLIP tokenizer.
+pub const TOKENIZER_DIR: &str = "tokenizer";
+/// Settings file of a tokenizer folder, fetched where the repository has it.
+const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
+
+/// The CLIP tokenizer folder of a run's weights: `explicit` (`--tokenizer`,
+/// the way for a single-file checkpoint), else the diffusers folder's
+/// `tokenizer/`. A single-file checkpoint without `explicit` has none:
+/// [`diffseg_sd::Error::MissingTokenizer`] names the checkpoint. Plain
+/// segmentation never asks for it; naming segments does.
+pub fn tokenizer_folder(weights: &Path, explicit: Option<&Path>) -> Result<PathBuf, diffseg_sd::Error> {
+    if let Some(folder) = explicit {
+        return Ok(folder.to_path_buf());
+    }
+    if weights.is_dir() {
+        return Ok(weights.join(TOKENIZER_DIR));
+    }
+    Err(diffseg_sd::Error::MissingTokenizer {
+        folder: weights.to_path_buf(),
+        missing: vec!["a tokenizer folder (a single-file checkpoint holds none)".into()],
+    })
+}
+
+/// The CLIP tokenizer of a run's weights ([`tokenizer_folder`]), read.
+pub fn load_tokenizer(weights: &Path, explicit: Option<&Path>) -> Result<ClipTokenizer, diffseg_sd::Error> {
+    ClipTokenizer::from_folder(tokenizer_folder(weights, explicit)?)
 }
 
 /// The Hugging Face cache folder the environment names (for messages and

@@ -926,3 +926,51 @@ fn a_revisions_weights_carry_its_own_commit_not_mains() {
     let segmenter = builder("v1").build_with(located).unwrap();
     assert!(segmenter.weights().path.ends_with(tagged));
 }
+
+#[test]
+fn the_tokenizer_is_fetched_on_request_like_the_other_files() {
+    let vocab = r#"{"a": 0, "b": 1, "a</w>": 2, "b</w>": 3, "ab</w>": 4, "<|startoftext|>": 5, "<|endoftext|>": 6}"#;
+    let merges = "#version: 0.2\na b</w>\n";
+    let mut repo = ServedRepo::tiny(MODEL);
+    repo.files
+        .insert("tokenizer/vocab.json".into(), vocab.as_bytes().to_vec());
+    repo.files
+        .insert("tokenizer/merges.txt".into(), merges.as_bytes().to_vec());
+    let server = HubServer::start(vec![repo]);
+    let cache = TempDir::new().unwrap();
+    let model = model(&server, &cache);
+
+    // The weights' download leaves the tokenizer out: plain segmentation does without.
+    let snapshot = model.fetch(&mut ()).unwrap();
+    assert!(!snapshot.join("tokenizer").exists());
+    let folder = model.fetch_tokenizer(&mut ()).unwrap();
+    assert_eq!(folder, snapshot.join("tokenizer"));
+    assert_eq!(
+        std::fs::read_to_string(folder.join("vocab.json")).unwrap(),
+        vocab
+    );
+    // The repository has no tokenizer_config.json: asked for, not required.
+    assert!(server
+        .requests()
+        .iter()
+        .any(|request| request.path.ends_with("tokenizer/tokenizer_config.json")));
+    let tokenizer = diffseg_sd::ClipTokenizer::from_folder(&folder).unwrap();
+    assert_eq!(tokenizer.prompt_ids("ab").unwrap()[..3], [5, 4, 6]);
+
+    let before = server.requests().len();
+    assert_eq!(model.fetch_tokenizer(&mut ()).unwrap(), folder);
+    assert_eq!(server.requests().len(), before, "the cached tokenizer was asked for");
+}
+
+#[test]
+fn a_repository_without_a_tokenizer_names_the_missing_file() {
+    let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
+    let cache = TempDir::new().unwrap();
+    let error = model(&server, &cache)
+        .fetch_tokenizer(&mut ())
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::HubNotFound { missing: HubMissing::File, file, .. } if file.contains("tokenizer/vocab.json")),
+        "{error}"
+    );
+}
