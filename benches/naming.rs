@@ -17,8 +17,8 @@ use burn::tensor::{backend::Backend, Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use diffseg_core::{entry_maps, name_segments, segment_entry_scores, LayerEntryMaps, Segmentation};
 use diffseg_sd::{
-    encode_vocabulary, layer_entry_attention, AttentionLayer, CrossAttentionQueries,
-    PromptChunk, StableDiffusionConfig,
+    encode_vocabulary, layer_entry_attention, AttentionLayer, CrossAttentionQueries, PromptChunk,
+    StableDiffusionConfig,
 };
 
 /// Entries per vocabulary, as the COCO-Stuff-27 and Cityscapes-27 presets.
@@ -66,7 +66,11 @@ fn queries<B: Backend>(device: &B::Device) -> CrossAttentionQueries<B> {
                 width: side,
                 heads: 8,
             };
-            let tensor = Tensor::random([1, side * side, width], Distribution::Normal(0.0, 1.0), device);
+            let tensor = Tensor::random(
+                [1, side * side, width],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
             queries.push(&layer, tensor);
         }
     }
@@ -81,10 +85,12 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
     let chunks = chunks();
     let queries = queries::<B>(&device);
     // 20 horizontal bands over a 512×512 label map.
-    let labels = (0..512 * 512).map(|pixel| (pixel / 512 * 20 / 512) as u32).collect();
+    let labels = (0..512 * 512)
+        .map(|pixel| (pixel / 512 * 20 / 512) as u32)
+        .collect();
     let segmentation = Segmentation::from_labels(labels, 512, 512).expect("a full label map");
-    let vocabulary = encode_vocabulary(&sd.text_encoder, &sd.unet, &chunks, &device)
-        .expect("valid chunks");
+    let vocabulary =
+        encode_vocabulary(&sd.text_encoder, &sd.unet, &chunks, &device).expect("valid chunks");
     assert_eq!(vocabulary.entries(), ENTRIES);
 
     let mut group = c.benchmark_group("naming_27_entries_sd15_64x64");
@@ -99,7 +105,9 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
                 .expect("queries fit the keys")
                 .into_iter()
                 .map(|layer| LayerEntryMaps {
-                    maps: layer.maps.reshape([ENTRIES, layer.layer.height * layer.layer.width]),
+                    maps: layer
+                        .maps
+                        .reshape([ENTRIES, layer.layer.height * layer.layer.width]),
                     height: layer.layer.height,
                     width: layer.layer.width,
                 })

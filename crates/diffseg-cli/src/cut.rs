@@ -2,7 +2,7 @@
 //! normalized cut (`diffseg_core::cut_features`). Runs on the CPU: the cut is small dense
 //! linear algebra on one `pixels x pixels` matrix.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use diffseg::Features;
@@ -112,7 +112,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         json_style: label_outputs::json_style(args.pretty),
     };
     outputs.refuse_unsafe(std::iter::once(&args.features).chain(&args.image))?;
-    let features = Features::load_safetensors(&args.features).map_err(exit::input_failed)?;
+    let features = Features::load_safetensors(&args.features)
+        .map_err(|error| exit::input_failed(error.into()))?;
     let image = match (&args.image, args.pamr) {
         (Some(path), true) => Some(diffseg::open_image(path)?),
         _ => None,

@@ -8,7 +8,7 @@ use anyhow::Context;
 use diffseg::{FeatureOptions, DEFAULT_FEATURE_SEED, DIFFCUT_INPUT_SIZE, DIFFCUT_TIMESTEP};
 
 use crate::exit::{self, Exit};
-use crate::options::{MergeArgs, ModelArgs};
+use crate::options::ModelArgs;
 
 /// Write an image's DiffCut features as safetensors.
 ///
@@ -55,10 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     // Every safetensors file diffseg writes carries its mark, features included.
     diffseg::refuse_foreign(&args.out, "a features file", diffseg::is_diffseg_attention)?;
     let image = args.model.image_limits().open(&args.image)?;
-    // Merging options do not affect the features: the defaults only satisfy the builder.
+    // The method does not affect the features: the default only satisfies the builder.
     let segmenter = args
         .model
-        .builder(&MergeArgs::paper())
+        .builder(&diffseg::Method::default())
         .build()
         .context("cannot load the model")?;
     let features = segmenter.features(&image, &options)?;

@@ -5,11 +5,11 @@
 #![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod attention;
-mod features;
 mod coco;
 mod cut;
 mod eval;
 mod exit;
+mod features;
 mod fetch;
 mod info;
 mod jobs;

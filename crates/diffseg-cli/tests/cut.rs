@@ -166,8 +166,11 @@ fn bad_inputs_are_errors() {
 #[test]
 fn features_then_cut_labels_the_image() {
     let folder = tempfile::tempdir().unwrap();
-    let image = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/images"))
-        .join("chelsea.png");
+    let image = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/images"
+    ))
+    .join("chelsea.png");
     let (width, height) = image::image_dimensions(&image).unwrap();
     let features = folder.path().join("chelsea.features.safetensors");
     let weights = common::tiny_weights();

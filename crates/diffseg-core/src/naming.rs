@@ -124,7 +124,9 @@ pub fn combine_resolutions<B: Backend>(resolutions: &[LayerEntryMaps<B>]) -> Ent
     for (grid, side) in resolutions.iter().zip(sides) {
         let entries = grid.maps.dims()[0];
         let upsampled = resize_bilinear_half_pixel(
-            grid.maps.clone().reshape([entries, grid.height, grid.width]),
+            grid.maps
+                .clone()
+                .reshape([entries, grid.height, grid.width]),
             height,
             width,
         )
@@ -267,7 +269,9 @@ mod tests {
         let segmentation = Segmentation::from_labels(labels, 6, 5).unwrap();
         let names = name_segments(&segment_entry_scores(&maps, &segmentation).unwrap(), 3);
         assert_eq!(names.len(), 5);
-        assert!(names.iter().all(|name| name.ranked.len() == 1 && name.best().unwrap().0 == 0));
+        assert!(names
+            .iter()
+            .all(|name| name.ranked.len() == 1 && name.best().unwrap().0 == 0));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use diffseg_cpu::matmul;
 /// to the last index). Each row sums to 1.
 pub(crate) fn interpolation_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
     let mut matrix = vec![0f32; out_size * in_size];
-    for (out, taps) in interpolation_taps(in_size, out_size).into_iter().enumerate() {
+    for (out, taps) in interpolation_taps(in_size, out_size)
+        .into_iter()
+        .enumerate()
+    {
         for (source, weight) in taps {
             matrix[out * in_size + source] += weight;
         }

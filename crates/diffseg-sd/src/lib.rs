@@ -54,8 +54,8 @@ pub use clip::{
 pub use config::limits;
 pub use error::{Error, MismatchReport, ShapeMismatch};
 pub use naming::{
-    encode_vocabulary, entry_token_mean, layer_entry_attention,
-    token_attention, CrossAttentionQueries, LayerEntryAttention, PromptChunk, VocabularyKeys,
+    encode_vocabulary, entry_token_mean, layer_entry_attention, token_attention,
+    CrossAttentionQueries, LayerEntryAttention, PromptChunk, VocabularyKeys,
 };
 pub use precision::StableNorm;
 pub use schedule::{add_noise, alpha_cumprod, TRAIN_TIMESTEPS};

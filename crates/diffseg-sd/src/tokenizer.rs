@@ -35,7 +35,8 @@ const EOS_TOKEN: &str = "<|endoftext|>";
 const MAX_FILE_BYTES: u64 = 64 << 20;
 /// transformers' CLIP pre-tokenizer split: the special tokens, English contractions,
 /// runs of letters, single digits, runs of other non-space characters.
-const SPLIT_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// CLIP's BPE tokenizer with SD's prompt layout: BOS, the text's tokens (at most
 /// 75), EOS, then padding to 77.

@@ -676,7 +676,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
         let (mut hidden, temb) = self.embed(sample, timestep);
         for block in &self.down_blocks[..hooked] {
-            hidden = block.forward(hidden, temb.clone(), context.clone(), None, "").0;
+            hidden = block
+                .forward(hidden, temb.clone(), context.clone(), None, "")
+                .0;
         }
         Ok(self.down_blocks[hooked].last_self_attention(hidden, temb, context))
     }

@@ -36,7 +36,10 @@ impl DiffCutReference {
         let view = SafeTensors::deserialize(&self.bytes).expect("parse the fixture");
         let tensor = view.tensor(name).expect("tensor in the fixture");
         let values = f32_values(&tensor, name);
-        Tensor::from_data(TensorData::new(values, tensor.shape().to_vec()), &Default::default())
+        Tensor::from_data(
+            TensorData::new(values, tensor.shape().to_vec()),
+            &Default::default(),
+        )
     }
 
     fn alpha_cumprod_50(&self) -> f64 {

@@ -33,7 +33,10 @@ fn ids_equal_transformers_clip_tokenizer() {
     for case in &reference.cases {
         let ids = tokenizer.prompt_ids(&case.text).unwrap();
         if ids[..] != case.ids[..] {
-            differing.push(format!("{:?}: ours {ids:?}, transformers {:?}", case.text, case.ids));
+            differing.push(format!(
+                "{:?}: ours {ids:?}, transformers {:?}",
+                case.text, case.ids
+            ));
         }
     }
     assert!(
@@ -44,11 +47,9 @@ fn ids_equal_transformers_clip_tokenizer() {
         differing.join("\n")
     );
     // The reference does reach truncation, or the test would not show it.
-    assert!(reference
-        .cases
-        .iter()
-        .any(|case| case.ids[MAX_TOKENS - 1] == i64::from(tokenizer.eos_id())
-            && case.ids[MAX_TOKENS - 2] != i64::from(tokenizer.pad_id())));
+    assert!(reference.cases.iter().any(|case| case.ids[MAX_TOKENS - 1]
+        == i64::from(tokenizer.eos_id())
+        && case.ids[MAX_TOKENS - 2] != i64::from(tokenizer.pad_id())));
 }
 
 #[test]
@@ -121,7 +122,11 @@ fn malformed_files_are_typed_errors() {
 
     // A vocabulary without CLIP's special tokens.
     let folder = tempfile::tempdir().unwrap();
-    std::fs::write(folder.path().join("vocab.json"), r#"{"a": 0, "b": 1, "ab": 2}"#).unwrap();
+    std::fs::write(
+        folder.path().join("vocab.json"),
+        r#"{"a": 0, "b": 1, "ab": 2}"#,
+    )
+    .unwrap();
     std::fs::write(folder.path().join("merges.txt"), "#version: 0.2\na b\n").unwrap();
     let error = ClipTokenizer::from_folder(folder.path()).unwrap_err();
     assert!(
@@ -140,8 +145,8 @@ fn preset_prompts_embed_as_transformers_embeds_them() {
     use burn::tensor::Tensor;
     use diffseg_sd::{prompt_ids_tensor, ClipTextModel, Variant, WeightsSource};
 
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/vocabulary-text-encoder");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vocabulary-text-encoder");
     let model = tempfile::tempdir().unwrap();
     let folder = model.path().join("text_encoder");
     std::fs::create_dir(&folder).unwrap();

@@ -167,7 +167,8 @@ impl Features {
     ) -> Result<(Vec<f32>, usize, usize), Error> {
         match &self.placement {
             Some(placement) => {
-                if (placement.image_width, placement.image_height) != (image.width(), image.height())
+                if (placement.image_width, placement.image_height)
+                    != (image.width(), image.height())
                 {
                     return Err(diffseg_core::Error::Size(format!(
                         "the image for PAMR is {}×{}, the features' placement says {}×{}",
@@ -184,7 +185,11 @@ impl Features {
                     Fit::CenterCrop
                 };
                 let input = prepare_image(image, mask_size, fit)?;
-                let values = input.pixels.iter().map(|value| (value + 1.0) / 2.0).collect();
+                let values = input
+                    .pixels
+                    .iter()
+                    .map(|value| (value + 1.0) / 2.0)
+                    .collect();
                 Ok((values, mask_size, mask_size))
             }
             None => {
@@ -302,13 +307,25 @@ mod tests {
 
     #[test]
     fn options_refuse_absurd_values() {
-        for (size, timestep) in [(0, 50), (12, 50), (MAX_INPUT_SIZE + 8, 50), (usize::MAX, 50), (1024, 1000)] {
+        for (size, timestep) in [
+            (0, 50),
+            (12, 50),
+            (MAX_INPUT_SIZE + 8, 50),
+            (usize::MAX, 50),
+            (1024, 1000),
+        ] {
             assert!(
-                matches!(FeatureOptions::new(size, timestep, 0), Err(Error::FeatureOptions(_))),
+                matches!(
+                    FeatureOptions::new(size, timestep, 0),
+                    Err(Error::FeatureOptions(_))
+                ),
                 "size {size} timestep {timestep}"
             );
         }
-        assert_eq!(FeatureOptions::new(1024, 50, 42).unwrap(), FeatureOptions::default());
+        assert_eq!(
+            FeatureOptions::new(1024, 50, 42).unwrap(),
+            FeatureOptions::default()
+        );
     }
 
     #[test]

@@ -58,8 +58,8 @@ use burn_ndarray as _;
 mod attention;
 pub mod backend;
 mod error;
-mod features;
 pub mod eval;
+mod features;
 mod hub;
 mod input;
 mod method;
@@ -74,14 +74,10 @@ pub mod weights;
 pub use attention::{is_diffseg_attention, SelfAttention, SelfAttentionMap};
 pub use backend::{BackendKind, BackendTask, BackendUnavailable, Precision};
 pub use diffseg_core::{CutOptions, FeatureMap, MergeOptions};
+pub use error::Error;
 pub use features::{
     FeatureOptions, Features, DEFAULT_FEATURE_SEED, DIFFCUT_INPUT_SIZE, DIFFCUT_TIMESTEP,
     FEATURES_TENSOR,
-};
-pub use error::Error;
-pub use vocabulary::{
-    EntryColumns, Vocabulary, VocabularyError, VocabularyPreset, VocabularyPrompt, MAX_ENTRIES,
-    MAX_ENTRY_BYTES, MAX_TEMPLATE_BYTES,
 };
 pub use input::{
     open_image, open_image_allowing_damage, planar_rgb, Fit, ImageLimits, Placement,
@@ -98,3 +94,7 @@ pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{palette_colour, BoundingBox, OverlayStyle, Segment, Segmentation};
 pub use segmenter::{Segmenter, SegmenterBuilder};
 pub use timing::StageTimes;
+pub use vocabulary::{
+    EntryColumns, Vocabulary, VocabularyError, VocabularyPreset, VocabularyPrompt, MAX_ENTRIES,
+    MAX_ENTRY_BYTES, MAX_TEMPLATE_BYTES,
+};

@@ -10,9 +10,9 @@ use diffseg_core::{
     MergeOptions, Proposals,
 };
 use diffseg_sd::{
-    add_noise, ensure_finite, prompt_ids_tensor, AttentionLayer, AttentionSink,
-    ClipTokenizer, OpenedWeights, StableDiffusion, StableDiffusionConfig, WeightsSource,
-    EMPTY_PROMPT_IDS, MAX_TOKENS,
+    add_noise, ensure_finite, prompt_ids_tensor, AttentionLayer, AttentionSink, ClipTokenizer,
+    OpenedWeights, StableDiffusion, StableDiffusionConfig, WeightsSource, EMPTY_PROMPT_IDS,
+    MAX_TOKENS,
 };
 
 use image::DynamicImage;

@@ -127,8 +127,10 @@ pub enum VocabularyPreset {
 
 impl VocabularyPreset {
     /// Every preset.
-    pub const ALL: [VocabularyPreset; 2] =
-        [VocabularyPreset::CocoStuff27, VocabularyPreset::Cityscapes27];
+    pub const ALL: [VocabularyPreset; 2] = [
+        VocabularyPreset::CocoStuff27,
+        VocabularyPreset::Cityscapes27,
+    ];
 
     /// The name `--vocabulary` takes.
     pub fn name(self) -> &'static str {

@@ -387,7 +387,11 @@ impl HubModel {
         let cached = self
             .snapshot()
             .map(|snapshot| snapshot.join(TOKENIZER_DIR))
-            .filter(|folder| TOKENIZER_FILES.iter().all(|file| folder.join(file).is_file()));
+            .filter(|folder| {
+                TOKENIZER_FILES
+                    .iter()
+                    .all(|file| folder.join(file).is_file())
+            });
         if let Some(folder) = cached {
             return Ok(folder);
         }
@@ -400,7 +404,11 @@ impl HubModel {
             let path = self.download(&client, &format!("{TOKENIZER_DIR}/{file}"), progress)?;
             folder = path.parent().map(Path::to_path_buf);
         }
-        match self.download(&client, &format!("{TOKENIZER_DIR}/{TOKENIZER_CONFIG}"), progress) {
+        match self.download(
+            &client,
+            &format!("{TOKENIZER_DIR}/{TOKENIZER_CONFIG}"),
+            progress,
+        ) {
             Ok(_)
             | Err(Error::HubNotFound {
                 missing: HubMissing::File,
@@ -771,7 +779,10 @@ const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 /// `tokenizer/`. A single-file checkpoint without `explicit` has none:
 /// [`diffseg_sd::Error::MissingTokenizer`] names the checkpoint. Plain
 /// segmentation never asks for it; naming segments does.
-pub fn tokenizer_folder(weights: &Path, explicit: Option<&Path>) -> Result<PathBuf, diffseg_sd::Error> {
+pub fn tokenizer_folder(
+    weights: &Path,
+    explicit: Option<&Path>,
+) -> Result<PathBuf, diffseg_sd::Error> {
     if let Some(folder) = explicit {
         return Ok(folder.to_path_buf());
     }
@@ -785,7 +796,10 @@ pub fn tokenizer_folder(weights: &Path, explicit: Option<&Path>) -> Result<PathB
 }
 
 /// The CLIP tokenizer of a run's weights ([`tokenizer_folder`]), read.
-pub fn load_tokenizer(weights: &Path, explicit: Option<&Path>) -> Result<ClipTokenizer, diffseg_sd::Error> {
+pub fn load_tokenizer(
+    weights: &Path,
+    explicit: Option<&Path>,
+) -> Result<ClipTokenizer, diffseg_sd::Error> {
     ClipTokenizer::from_folder(tokenizer_folder(weights, explicit)?)
 }
 

@@ -22,7 +22,10 @@ fn segmenter(fit: Fit) -> Segmenter {
 }
 
 fn photo(name: &str) -> DynamicImage {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/images"));
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/images"
+    ));
     diffseg::open_image(path.join(name)).unwrap()
 }
 
@@ -41,10 +44,16 @@ fn features_then_cut_is_segment_diffcut() {
         let cut = CutOptions::new(0.5, 10.0, 64, pamr, pamr).unwrap();
         let features = segmenter.features(&image, &options(42)).unwrap();
         assert_eq!(
-            (features.map.height(), features.map.width(), features.map.channels()),
+            (
+                features.map.height(),
+                features.map.width(),
+                features.map.channels()
+            ),
             (8, 8, 16)
         );
-        let direct = segmenter.segment_diffcut(&image, &options(42), &cut).unwrap();
+        let direct = segmenter
+            .segment_diffcut(&image, &options(42), &cut)
+            .unwrap();
         assert_eq!((direct.width(), direct.height()), (203, 141), "{fit:?}");
         let recut = features.cut(&cut, Some(&image)).unwrap();
         assert_eq!(recut.labels(), direct.labels(), "{fit:?}");
@@ -53,7 +62,10 @@ fn features_then_cut_is_segment_diffcut() {
         features.save_safetensors(&path).unwrap();
         let loaded = Features::load_safetensors(&path).unwrap();
         assert_eq!(loaded, features);
-        assert_eq!(loaded.cut(&cut, Some(&image)).unwrap().labels(), direct.labels());
+        assert_eq!(
+            loaded.cut(&cut, Some(&image)).unwrap().labels(),
+            direct.labels()
+        );
     }
 }
 
@@ -63,7 +75,10 @@ fn the_seed_fixes_the_features() {
     let segmenter = segmenter(Fit::CenterCrop);
     let first = segmenter.features(&image, &options(1)).unwrap();
     assert_eq!(segmenter.features(&image, &options(1)).unwrap(), first);
-    assert_ne!(segmenter.features(&image, &options(2)).unwrap().map, first.map);
+    assert_ne!(
+        segmenter.features(&image, &options(2)).unwrap().map,
+        first.map
+    );
     // Without its placement, the cut labels the mask-size square.
     let square = Features {
         placement: None,

@@ -959,16 +959,18 @@ fn the_tokenizer_is_fetched_on_request_like_the_other_files() {
 
     let before = server.requests().len();
     assert_eq!(model.fetch_tokenizer(&mut ()).unwrap(), folder);
-    assert_eq!(server.requests().len(), before, "the cached tokenizer was asked for");
+    assert_eq!(
+        server.requests().len(),
+        before,
+        "the cached tokenizer was asked for"
+    );
 }
 
 #[test]
 fn a_repository_without_a_tokenizer_names_the_missing_file() {
     let server = HubServer::start(vec![ServedRepo::tiny(MODEL)]);
     let cache = TempDir::new().unwrap();
-    let error = model(&server, &cache)
-        .fetch_tokenizer(&mut ())
-        .unwrap_err();
+    let error = model(&server, &cache).fetch_tokenizer(&mut ()).unwrap_err();
     assert!(
         matches!(&error, Error::HubNotFound { missing: HubMissing::File, file, .. } if file.contains("tokenizer/vocab.json")),
         "{error}"

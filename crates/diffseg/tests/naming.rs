@@ -10,8 +10,8 @@ use diffseg_core::{
     entry_maps, name_segments, segment_entry_scores, EntryMaps, LayerEntryMaps, Segmentation,
 };
 use diffseg_sd::{
-    encode_vocabulary, layer_entry_attention, CrossAttentionQueries, PromptChunk,
-    StableDiffusion, WeightsSource,
+    encode_vocabulary, layer_entry_attention, CrossAttentionQueries, PromptChunk, StableDiffusion,
+    WeightsSource,
 };
 use safetensors::SafeTensors;
 
@@ -25,7 +25,10 @@ const MAP_ATOL: f32 = 2e-5;
 const SCORE_ATOL: f32 = 2e-5;
 
 fn tiny() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../diffseg-sd/tests/fixtures/tiny"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../diffseg-sd/tests/fixtures/tiny"
+    ))
 }
 
 struct Fixture {
@@ -99,14 +102,13 @@ fn captured_queries(sd: &StableDiffusion<B>) -> CrossAttentionQueries<B> {
         TensorData::new(latent, [shape[0], shape[1], shape[2], shape[3]]),
         &device,
     );
-    let context = sd
-        .text_encoder
-        .forward(Tensor::<B, 2, Int>::from_data(
-            TensorData::new(diffseg_sd::EMPTY_PROMPT_IDS.to_vec(), [1, 77]),
-            &device,
-        ));
+    let context = sd.text_encoder.forward(Tensor::<B, 2, Int>::from_data(
+        TensorData::new(diffseg_sd::EMPTY_PROMPT_IDS.to_vec(), [1, 77]),
+        &device,
+    ));
     let mut queries = CrossAttentionQueries::default();
-    sd.unet.capture_attention(latent, 300.0, context, &mut queries);
+    sd.unet
+        .capture_attention(latent, 300.0, context, &mut queries);
     queries
 }
 
@@ -118,8 +120,8 @@ fn load() -> StableDiffusion<B> {
 /// The entry maps of image 0 of the batch.
 fn maps_for(sd: &StableDiffusion<B>, chunks: &[PromptChunk]) -> EntryMaps<B> {
     let queries = captured_queries(sd);
-    let vocabulary = encode_vocabulary(&sd.text_encoder, &sd.unet, chunks, &Default::default())
-        .unwrap();
+    let vocabulary =
+        encode_vocabulary(&sd.text_encoder, &sd.unet, chunks, &Default::default()).unwrap();
     let layers: Vec<LayerEntryMaps<B>> = layer_entry_attention(&queries, &vocabulary)
         .unwrap()
         .into_iter()
@@ -137,8 +139,12 @@ fn maps_for(sd: &StableDiffusion<B>, chunks: &[PromptChunk]) -> EntryMaps<B> {
 
 fn label_map(names: &Fixture) -> Segmentation {
     let (labels, shape) = names.i64s("label_map");
-    Segmentation::from_labels(labels.iter().map(|&l| l as u32).collect(), shape[1], shape[0])
-        .unwrap()
+    Segmentation::from_labels(
+        labels.iter().map(|&l| l as u32).collect(),
+        shape[1],
+        shape[0],
+    )
+    .unwrap()
 }
 
 #[test]
@@ -228,6 +234,9 @@ fn malformed_chunks_are_errors() {
     };
     for chunk in [short, past_end] {
         let error = encode_vocabulary(&sd.text_encoder, &sd.unet, &[chunk], &device).unwrap_err();
-        assert!(matches!(error, diffseg_sd::Error::PromptChunk { chunk: 0, .. }), "{error}");
+        assert!(
+            matches!(error, diffseg_sd::Error::PromptChunk { chunk: 0, .. }),
+            "{error}"
+        );
     }
 }

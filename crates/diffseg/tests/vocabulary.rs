@@ -48,7 +48,14 @@ fn invalid_vocabularies_are_typed_errors() {
     ));
     let error = Vocabulary::parse("sky,road,Sky").unwrap_err();
     assert!(
-        matches!(&error, VocabularyError::Duplicate { first: 0, second: 2, .. }),
+        matches!(
+            &error,
+            VocabularyError::Duplicate {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
         "{error}"
     );
     let long = "x".repeat(MAX_ENTRY_BYTES + 1);
@@ -129,7 +136,10 @@ fn a_template_s_words_are_not_the_entry_s_columns() {
     assert_eq!(road.columns.len(), 2);
 
     // A template gluing the entry to its own letters leaves it no columns of its own.
-    let glued = Vocabulary::parse("sky").unwrap().with_template("x{}y").unwrap();
+    let glued = Vocabulary::parse("sky")
+        .unwrap()
+        .with_template("x{}y")
+        .unwrap();
     assert!(matches!(
         glued.prompts(&tokenizer),
         Err(VocabularyError::TemplateMergesEntry { .. })
@@ -214,8 +224,8 @@ fn the_tokenizer_is_found_beside_diffusers_weights_or_given() {
 
 /// The tiny model as a diffusers folder with a `tokenizer/` beside its networks.
 fn tiny_with_tokenizer(tokenizer: &std::path::Path) -> tempfile::TempDir {
-    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../diffseg-sd/tests/fixtures/tiny");
+    let tiny =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny");
     let model = tempfile::tempdir().unwrap();
     for (folder, file) in [
         ("unet", "config.json"),
@@ -255,8 +265,8 @@ fn segment(weights: &std::path::Path) -> Result<diffseg::Segmentation, diffseg::
 fn a_model_s_tokenizer_gives_the_same_segmentation_as_the_constants() {
     let (tokenizer_folder, _tokenizer) = tokenizer();
     let with = tiny_with_tokenizer(tokenizer_folder.path());
-    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../diffseg-sd/tests/fixtures/tiny");
+    let tiny =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../diffseg-sd/tests/fixtures/tiny");
     let constants = segment(&tiny).unwrap();
     let read = segment(with.path()).unwrap();
     assert_eq!(read.labels(), constants.labels(), "bit for bit");
