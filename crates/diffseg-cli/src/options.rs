@@ -86,18 +86,57 @@ impl MergeArgs {
         }
     }
 
-    /// The method these arguments describe, checked: out of range they are a usage error,
-    /// found before any work.
-    pub fn method(&self) -> anyhow::Result<Method> {
-        Method::from_settings(MethodKind::DiffSeg, &self.settings(None)).map_err(crate::exit::usage)
-    }
-
     /// The merging options these arguments describe, checked: out of range they are a
     /// usage error, found before any work.
     pub fn merge_options(&self, default_tau: Option<f32>) -> anyhow::Result<MergeOptions> {
         self.settings(default_tau)
             .merge_options()
             .map_err(crate::exit::usage)
+    }
+}
+
+/// The method choice and DiffCut's own options, for `segment`. DiffSeg's options are
+/// [`MergeArgs`] (`--tau` serves both: left out, each method takes its own default).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MethodArgs {
+    /// The method: `diffseg` (self-attention maps merged by KL divergence) or `diffcut`
+    /// (one layer's features cut by a recursive normalized cut; --tau defaults to 0.5 then).
+    #[arg(long, default_value_t = MethodKind::DiffSeg, value_name = "METHOD")]
+    pub method: MethodKind,
+    /// DiffCut: exponent sharpening the affinities (default 10).
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f32>,
+    /// DiffCut: side of the square grid the segments are assigned on (default 128).
+    #[arg(long, value_name = "S")]
+    pub mask_size: Option<usize>,
+    /// DiffCut: refine the labels with PAMR on the image.
+    #[arg(long)]
+    pub pamr: bool,
+    /// DiffCut: smooth the labels last with a 3×3 median filter.
+    #[arg(long)]
+    pub median: bool,
+    /// DiffCut: side of the model's square input in pixels, a multiple of 8 (default 1024).
+    #[arg(long, value_name = "PIXELS")]
+    pub input_size: Option<usize>,
+    /// DiffCut: seed of the noise added to the latent (default 42).
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+}
+
+impl MethodArgs {
+    /// The method chosen, with `merge`'s flags and these, checked: out of range, or an
+    /// option of the other method, they are a usage error, found before any work.
+    pub fn method(&self, merge: &MergeArgs) -> anyhow::Result<Method> {
+        let settings = MethodSettings {
+            alpha: self.alpha,
+            mask_size: self.mask_size,
+            pamr: self.pamr.then_some(true),
+            median: self.median.then_some(true),
+            input_size: self.input_size,
+            seed: self.seed,
+            ..merge.settings(None)
+        };
+        Method::from_settings(self.method, &settings).map_err(crate::exit::usage)
     }
 }
 

@@ -36,7 +36,7 @@ use image::DynamicImage;
 use crate::coco::{self, CocoFile};
 use crate::exit::{self, Exit};
 use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
-use crate::options::{MergeArgs, ModelArgs};
+use crate::options::{MergeArgs, MethodArgs, ModelArgs};
 use crate::progress::Progress;
 
 /// Segment images (files or folders) into label PNGs, overlays and JSON.
@@ -137,6 +137,8 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub merge: MergeArgs,
+    #[command(flatten)]
+    pub method: MethodArgs,
 }
 
 /// Where a job stands before the run.
@@ -294,13 +296,6 @@ fn refuse_foreign_report(path: &Path, what: &str, keys: &[&str]) -> anyhow::Resu
     Ok(diffseg::refuse_foreign(path, what, is_report)?)
 }
 
-/// The merging options a result records.
-fn merge_options(method: &Method) -> &diffseg::MergeOptions {
-    match method {
-        Method::DiffSeg(options) => options,
-    }
-}
-
 /// This run's settings, known before loading the model, and the weights
 /// they were read from, located and opened once for the whole run by the
 /// builder that loads the model (so at its revision); `None` when the
@@ -318,12 +313,12 @@ fn expected_settings(
         origin: WeightsOrigin::Downloaded,
     };
     let found = located.as_ref().map_or(&pending, ResolvedWeights::found);
-    let settings = SegmentSettings::new(
+    let settings = SegmentSettings::for_method(
         found,
         &args.model.model,
         args.model.precision,
         args.model.fit,
-        merge_options(method),
+        method,
     );
     Ok((settings, located))
 }
@@ -474,7 +469,7 @@ struct Plan {
 /// checks each image's results: everything that needs no model.
 fn plan(args: &Args) -> anyhow::Result<Plan> {
     // Bad method options are a usage error, reported before any listing.
-    let method = args.merge.method()?;
+    let method = args.method.method(&args.merge)?;
     let listed = match &args.files_from {
         Some(list) => read_file_list(list)
             .with_context(|| format!("cannot read the file list {}", list.display()))?,
@@ -772,12 +767,12 @@ fn execute(
             loading.elapsed().as_secs_f64()
         ),
     );
-    let settings = SegmentSettings::new(
+    let settings = SegmentSettings::for_method(
         segmenter.weights(),
         &args.model.model,
         segmenter.precision(),
         segmenter.fit(),
-        merge_options(segmenter.method()),
+        segmenter.method(),
     );
     tracing::info!(
         seconds = loading.elapsed().as_secs_f64(),
@@ -981,7 +976,7 @@ mod tests {
         assert_eq!(expected.revision.as_deref(), Some("abc123"));
         assert_eq!(settings_difference(&expected, &expected, false), None);
         let mut recorded = expected.clone();
-        recorded.merge.tau = vec![0.9];
+        recorded.merge.as_mut().expect("a DiffSeg run").tau = vec![0.9];
         recorded.revision = Some("old".into());
         let difference = settings_difference(&recorded, &expected, false).unwrap();
         assert!(
@@ -990,7 +985,7 @@ mod tests {
         );
         assert!(difference.contains("merge options"), "{difference}");
         // A revision still to be downloaded is not compared.
-        recorded.merge.tau = expected.merge.tau.clone();
+        recorded.merge = expected.merge.clone();
         assert_eq!(settings_difference(&recorded, &expected, true), None);
     }
 }

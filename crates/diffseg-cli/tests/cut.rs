@@ -190,3 +190,80 @@ fn features_then_cut_labels_the_image() {
     let labels = cut(&features, &[]);
     assert_eq!(labels.dimensions(), (width, height));
 }
+
+/// `segment --method diffcut` on a folder labels each image as `features` then
+/// `cut` do with the same options (the same labels, pixel for pixel), records
+/// DiffCut's options in its JSON, and a second run finds the results done.
+#[test]
+fn segment_with_diffcut_equals_features_then_cut() {
+    let folder = tempfile::tempdir().unwrap();
+    let images = folder.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let photo = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/images"
+    ))
+    .join("chelsea.png");
+    std::fs::copy(&photo, images.join("chelsea.png")).unwrap();
+    let out = folder.path().join("out");
+    let weights = common::tiny_weights();
+    let segment = |extra: &[&str]| {
+        let mut args = vec![
+            "segment",
+            path_str(&images),
+            "--out",
+            path_str(&out),
+            "--weights",
+            &weights,
+            "--method",
+            "diffcut",
+            "--input-size",
+            "128",
+            "--outputs",
+            "labels,json",
+        ];
+        args.extend_from_slice(extra);
+        common::diffseg(&args)
+    };
+    let output = segment(&[]);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let (segmented, width, height) = diffseg::read_label_png(&out.join("chelsea.png")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("chelsea.json")).unwrap()).unwrap();
+    let settings = &json["settings"];
+    assert!(settings.get("merge").is_none(), "{settings}");
+    assert_eq!(settings["diffcut"]["input_size"], 128, "{settings}");
+
+    let features = folder.path().join("chelsea.features.safetensors");
+    let output = common::diffseg(&[
+        "features",
+        path_str(&images.join("chelsea.png")),
+        "--out",
+        path_str(&features),
+        "--input-size",
+        "128",
+        "--weights",
+        &weights,
+    ]);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let cut = cut(&features, &[]);
+    assert_eq!(cut.dimensions(), (width, height));
+    let cut: Vec<u32> = cut.into_raw().into_iter().map(u32::from).collect();
+    assert_eq!(cut, segmented);
+
+    // Done already: the second run skips it; DiffSeg's options are refused with DiffCut.
+    let again = segment(&[]);
+    assert!(again.status.success(), "{}", common::text(&again));
+    assert!(
+        common::text(&again).contains("0 segmented, 1 skipped"),
+        "{}",
+        common::text(&again)
+    );
+    let refused = segment(&["--anchors", "8"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", common::text(&refused));
+    assert!(
+        common::text(&refused).contains("anchors is an option of DiffSeg"),
+        "{}",
+        common::text(&refused)
+    );
+}

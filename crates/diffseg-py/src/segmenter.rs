@@ -94,6 +94,13 @@ impl PySegmenter {
         allow_download = true,
         max_pixels = diffseg::DEFAULT_MAX_PIXELS,
         progress = None,
+        method = "diffseg",
+        alpha = None,
+        mask_size = None,
+        pamr = false,
+        median = false,
+        input_size = None,
+        seed = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -110,13 +117,30 @@ impl PySegmenter {
         allow_download: bool,
         max_pixels: u64,
         progress: Option<&Bound<'_, PyAny>>,
+        method: &str,
+        alpha: Option<f32>,
+        mask_size: Option<usize>,
+        pamr: bool,
+        median: bool,
+        input_size: Option<usize>,
+        seed: Option<u64>,
     ) -> PyResult<Self> {
         let name_error = |error: diffseg::Error| value_error(error.to_string());
         let backend: BackendKind = backend.parse().map_err(name_error)?;
         let precision: Precision = precision.parse().map_err(name_error)?;
         let fit: Fit = fit.parse().map_err(name_error)?;
-        let settings = merge_settings(tau, iterations, anchors, refine)?;
-        let method = build_method(MethodKind::DiffSeg, &settings)?;
+        let kind: MethodKind = method.parse().map_err(name_error)?;
+        // DiffCut's options; given with DiffSeg they are refused by name.
+        let settings = MethodSettings {
+            alpha,
+            mask_size,
+            pamr: pamr.then_some(true),
+            median: median.then_some(true),
+            input_size,
+            seed,
+            ..merge_settings(tau, iterations, anchors, refine)?
+        };
+        let method = build_method(kind, &settings)?;
         let mut builder = diffseg::Segmenter::builder()
             .backend(backend)
             .model(model)

@@ -80,3 +80,31 @@ def test_bad_features():
     with pytest.raises(ValueError, match="at most 4096 pixels"):
         diffseg.cut(np.ones((65, 64, 1), np.float32))
 
+
+
+def test_segmenter_runs_diffcut(rgb_path):
+    from conftest import TINY_WEIGHTS
+
+    segmenter = diffseg.Segmenter(
+        weights=TINY_WEIGHTS, allow_download=False, method="diffcut", input_size=64, mask_size=32
+    )
+    result = segmenter.segment(rgb_path)
+    # Labels at the image's own size (96×72), as DiffSeg's.
+    assert result.labels.shape == (72, 96)
+    assert result.num_segments >= 1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(method="diffcut", anchors=8), "anchors is an option of DiffSeg"),
+        (dict(method="diffseg", alpha=5.0), "alpha is an option of DiffCut"),
+        (dict(method="diffcut", input_size=100), "multiple of 8"),
+        (dict(method="kmeans"), "unknown method"),
+    ],
+)
+def test_method_options_are_checked(options, message):
+    from conftest import TINY_WEIGHTS
+
+    with pytest.raises(ValueError, match=message):
+        diffseg.Segmenter(weights=TINY_WEIGHTS, allow_download=False, **options)

@@ -227,6 +227,11 @@ pub enum Error {
     #[error("invalid feature options: {0}")]
     FeatureOptions(String),
 
+    /// A combination the library does not offer (yet), e.g. DiffCut labels on
+    /// the model's input grid.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
     /// A features file that cannot be read or is not DiffCut features.
     #[error("features {path}: {reason}")]
     Features {

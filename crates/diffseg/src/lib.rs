@@ -83,12 +83,12 @@ pub use input::{
     open_image, open_image_allowing_damage, planar_rgb, Fit, ImageLimits, Placement,
     DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE,
 };
-pub use method::{Method, MethodKind, MethodSettings};
+pub use method::{DiffCutOptions, Method, MethodKind, MethodSettings};
 pub use output::{
     check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
     refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,
-    CocoRle, FileRecord, JsonStyle, OutputKind, OutputKinds, ResultPaths, ResultState,
-    SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
+    CocoRle, DiffCutSettings, FileRecord, JsonStyle, OutputKind, OutputKinds, ResultPaths,
+    ResultState, SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
 };
 pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{palette_colour, BoundingBox, OverlayStyle, Segment, Segmentation};

@@ -10,6 +10,7 @@ use diffseg_core::{
     DEFAULT_ITERATIONS, DEFAULT_MASK_SIZE, DEFAULT_TAU,
 };
 
+use crate::features::{FeatureOptions, DEFAULT_FEATURE_SEED, DIFFCUT_INPUT_SIZE, DIFFCUT_TIMESTEP};
 use crate::Error;
 
 /// A segmentation method with its checked options.
@@ -36,6 +37,19 @@ use crate::Error;
 pub enum Method {
     /// DiffSeg (Tian et al., CVPR 2024): self-attention maps merged by KL divergence.
     DiffSeg(MergeOptions),
+    /// DiffCut (Couairon et al., NeurIPS 2024): one self-attention layer's output cut by a
+    /// recursive normalized cut (docs/method.md §9).
+    DiffCut(DiffCutOptions),
+}
+
+/// DiffCut's options: how the features are made (model side) and how they are cut.
+/// Both parts are checked when built, so a value of this type is always valid.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DiffCutOptions {
+    /// Input size, timestep and noise seed of the UNet pass.
+    pub features: FeatureOptions,
+    /// τ, α, mask size and refinement of the cut.
+    pub cut: CutOptions,
 }
 
 impl Default for Method {
@@ -54,6 +68,13 @@ impl Method {
                 settings.refuse_others(kind)?;
                 Ok(Method::DiffSeg(settings.merge_options()?))
             }
+            MethodKind::DiffCut => {
+                settings.refuse_others(kind)?;
+                Ok(Method::DiffCut(DiffCutOptions {
+                    features: settings.feature_options()?,
+                    cut: settings.cut_options()?,
+                }))
+            }
         }
     }
 
@@ -61,6 +82,7 @@ impl Method {
     pub fn kind(&self) -> MethodKind {
         match self {
             Method::DiffSeg(_) => MethodKind::DiffSeg,
+            Method::DiffCut(_) => MethodKind::DiffCut,
         }
     }
 
@@ -68,6 +90,8 @@ impl Method {
     pub fn validate(&self) -> Result<(), Error> {
         match self {
             Method::DiffSeg(options) => Ok(options.validate()?),
+            // Its parts can only be built checked.
+            Method::DiffCut(_) => Ok(()),
         }
     }
 }
@@ -84,16 +108,29 @@ pub enum MethodKind {
     /// `diffseg`.
     #[default]
     DiffSeg,
+    /// `diffcut`.
+    DiffCut,
 }
 
 impl MethodKind {
     /// Every method, in the order help texts list them.
-    pub const ALL: [MethodKind; 1] = [MethodKind::DiffSeg];
+    pub const ALL: [MethodKind; 2] = [MethodKind::DiffSeg, MethodKind::DiffCut];
 
     /// The name `--method` takes.
     pub fn name(self) -> &'static str {
         match self {
             MethodKind::DiffSeg => "diffseg",
+            MethodKind::DiffCut => "diffcut",
+        }
+    }
+}
+
+impl MethodKind {
+    /// The method's name as its paper writes it, for messages.
+    fn title(self) -> &'static str {
+        match self {
+            MethodKind::DiffSeg => "DiffSeg",
+            MethodKind::DiffCut => "DiffCut",
         }
     }
 }
@@ -142,24 +179,57 @@ pub struct MethodSettings {
     pub pamr: Option<bool>,
     /// DiffCut: the 3×3 median filter last.
     pub median: Option<bool>,
+    /// DiffCut: the side of the model's square input in pixels.
+    pub input_size: Option<usize>,
+    /// DiffCut: the seed of the noise added to the latent.
+    pub seed: Option<u64>,
 }
 
 impl MethodSettings {
     /// [`Error::Segment`] naming the first option given that `kind` does not take.
     fn refuse_others(&self, kind: MethodKind) -> Result<(), Error> {
-        let cut = [
-            ("alpha", self.alpha.is_some()),
-            ("mask size", self.mask_size.is_some()),
-            ("pamr", self.pamr.is_some()),
-            ("median", self.median.is_some()),
-        ];
-        match (kind, cut.iter().find(|(_, set)| *set)) {
-            (MethodKind::DiffSeg, Some((name, _))) => Err(diffseg_core::Error::Options(format!(
-                "{name} is an option of DiffCut, not of DiffSeg"
+        let (others, owner) = match kind {
+            MethodKind::DiffSeg => (
+                [
+                    ("alpha", self.alpha.is_some()),
+                    ("mask size", self.mask_size.is_some()),
+                    ("pamr", self.pamr.is_some()),
+                    ("median", self.median.is_some()),
+                    ("input size", self.input_size.is_some()),
+                    ("seed", self.seed.is_some()),
+                ]
+                .to_vec(),
+                MethodKind::DiffCut,
+            ),
+            MethodKind::DiffCut => (
+                [
+                    ("anchors", self.anchors.is_some()),
+                    ("iterations", self.iterations.is_some()),
+                    ("refine", self.refine.is_some()),
+                ]
+                .to_vec(),
+                MethodKind::DiffSeg,
+            ),
+        };
+        match others.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(diffseg_core::Error::Options(format!(
+                "{name} is an option of {}, not of {}",
+                owner.title(),
+                kind.title()
             ))
             .into()),
-            _ => Ok(()),
+            None => Ok(()),
         }
+    }
+
+    /// DiffCut's model-side options from these settings, each left out at DiffCut's value
+    /// (a [`DIFFCUT_INPUT_SIZE`]-pixel input, our [`DEFAULT_FEATURE_SEED`]), checked.
+    pub fn feature_options(&self) -> Result<FeatureOptions, Error> {
+        FeatureOptions::new(
+            self.input_size.unwrap_or(DIFFCUT_INPUT_SIZE),
+            DIFFCUT_TIMESTEP,
+            self.seed.unwrap_or(DEFAULT_FEATURE_SEED),
+        )
     }
 
     /// DiffCut's cut options from these settings, each left out at the published value

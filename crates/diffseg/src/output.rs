@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::weights::{FoundWeights, WeightsOrigin};
-use crate::{Error, Fit, MergeOptions, Precision};
+use crate::{DiffCutOptions, Error, Fit, MergeOptions, Method, Precision};
 
 /// A segmentation described for JSON output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,21 +285,43 @@ pub struct SegmentSettings {
     pub precision: String,
     /// How the image was fitted to the model's input (`pad`, `center-crop`).
     pub fit: String,
-    /// The merging options.
-    pub merge: MergeOptions,
+    /// DiffSeg's merging options; `None` for another method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeOptions>,
+    /// DiffCut's options; `None` for another method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffcut: Option<DiffCutSettings>,
     /// The version of the diffseg crate that made the segmentation.
     pub version: String,
 }
 
 impl SegmentSettings {
-    /// The settings of a run of `model` (a Hugging Face id) with the weights
-    /// found, in this version of the crate.
+    /// The settings of a DiffSeg run of `model` (a Hugging Face id) with the
+    /// weights found, in this version of the crate.
     pub fn new(
         weights: &FoundWeights,
         model: &str,
         precision: Precision,
         fit: Fit,
         merge: &MergeOptions,
+    ) -> SegmentSettings {
+        Self::for_method(
+            weights,
+            model,
+            precision,
+            fit,
+            &Method::DiffSeg(merge.clone()),
+        )
+    }
+
+    /// The settings of a run of `method` on `model` (a Hugging Face id) with
+    /// the weights found, in this version of the crate.
+    pub fn for_method(
+        weights: &FoundWeights,
+        model: &str,
+        precision: Precision,
+        fit: Fit,
+        method: &Method,
     ) -> SegmentSettings {
         let from_hub = matches!(
             weights.origin,
@@ -320,8 +342,55 @@ impl SegmentSettings {
             revision,
             precision: precision.to_string(),
             fit: fit.to_string(),
-            merge: merge.clone(),
+            merge: match method {
+                Method::DiffSeg(options) => Some(options.clone()),
+                Method::DiffCut(_) => None,
+            },
+            diffcut: match method {
+                Method::DiffSeg(_) => None,
+                Method::DiffCut(options) => Some(DiffCutSettings::from(options)),
+            },
             version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// DiffCut's options as a result records them (see [`SegmentSettings`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiffCutSettings {
+    /// The cut's threshold τ (unused when `auto_tau`).
+    pub tau: f32,
+    /// The eigengap variant, which reads the segment count off the spectrum.
+    pub auto_tau: bool,
+    /// The affinity exponent α.
+    pub alpha: f32,
+    /// The side of the square label grid.
+    pub mask_size: usize,
+    /// PAMR refinement on the image.
+    pub pamr: bool,
+    /// The 3×3 median filter last.
+    pub median: bool,
+    /// The side of the model's square input in pixels.
+    pub input_size: usize,
+    /// The timestep of the noise and of the UNet pass.
+    pub timestep: usize,
+    /// The seed of the noise.
+    pub seed: u64,
+}
+
+impl From<&DiffCutOptions> for DiffCutSettings {
+    fn from(options: &DiffCutOptions) -> Self {
+        let (cut, features) = (&options.cut, &options.features);
+        DiffCutSettings {
+            tau: cut.tau(),
+            auto_tau: cut.auto_tau(),
+            alpha: cut.alpha(),
+            mask_size: cut.mask_size(),
+            pamr: cut.pamr(),
+            median: cut.median(),
+            input_size: features.input_size(),
+            timestep: features.timestep(),
+            seed: features.seed(),
         }
     }
 }

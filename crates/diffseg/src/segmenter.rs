@@ -341,9 +341,25 @@ impl Segmenter {
 
     fn run(&self, images: &[DynamicImage], target: Target) -> Result<Vec<Segmentation>, Error> {
         self.check_size(images)?;
-        self.pipelines.with(|pipeline| match &self.method {
-            Method::DiffSeg(options) => pipeline.segment(images, self.fit, options, target),
-        })
+        self.pipelines
+            .with(|pipeline| match (&self.method, target) {
+                (Method::DiffSeg(options), _) => {
+                    pipeline.segment(images, self.fit, options, target)
+                }
+                // One image at a time: DiffCut's pass is a partial UNet at 1024 pixels.
+                (Method::DiffCut(options), Target::Image) => images
+                    .iter()
+                    .map(|image| {
+                        pipeline.segment_diffcut(image, self.fit, &options.features, &options.cut)
+                    })
+                    .collect(),
+                (Method::DiffCut(_), Target::ModelInput) => Err(Error::Unsupported(
+                    "DiffCut labels on the model's input grid (segment_model_input, eval's model \
+                 runs): segment the images, or score DiffCut's 128² predictions with eval's \
+                 DiffCut protocol"
+                        .into(),
+                )),
+            })
     }
 
     /// Checks every image against the pixel limit, before waiting for a handle.
@@ -405,6 +421,7 @@ impl Segmenter {
     pub fn merge_options(&self) -> Option<&MergeOptions> {
         match &self.method {
             Method::DiffSeg(options) => Some(options),
+            Method::DiffCut(_) => None,
         }
     }
 

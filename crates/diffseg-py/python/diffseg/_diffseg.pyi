@@ -133,6 +133,13 @@ class Segmenter:
         allow_download: bool = True,
         max_pixels: int = 67108864,
         progress: Union[_Progress, None, Literal[False]] = None,
+        method: Literal["diffseg", "diffcut"] = "diffseg",
+        alpha: Optional[float] = None,
+        mask_size: Optional[int] = None,
+        pamr: bool = False,
+        median: bool = False,
+        input_size: Optional[int] = None,
+        seed: Optional[int] = None,
     ) -> "Segmenter":
         """Finds (or downloads) the weights and loads the model.
 
@@ -140,8 +147,13 @@ class Segmenter:
         weights: a diffusers folder or single-file .safetensors checkpoint; by default
         $DIFFSEG_WEIGHTS, then the Hugging Face cache of `model`, then a download
         (unless allow_download is False: then WeightsNotFoundError).
-        tau, iterations, anchors, refine: the merging options; None is the paper's value
-        (tau 1.1, 3 iterations, 16 anchors per side).
+        method: "diffseg" (self-attention merged by KL divergence) or "diffcut" (one layer's
+        features cut by a recursive normalized cut, docs/method.md §9).
+        tau, iterations, anchors, refine: DiffSeg's merging options; None is the paper's value
+        (tau 1.1, 3 iterations, 16 anchors per side). With "diffcut", tau is the cut's
+        threshold (None: 0.5) and iterations, anchors, refine are refused.
+        alpha, mask_size, pamr, median, input_size, seed: DiffCut's options (None: alpha 10,
+        128² mask, a 1024-pixel input, seed 42); refused with "diffseg".
         max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
         default; a larger image (a file: from its header, before decoding) raises ValueError.
         progress: called with {"stage": "download", "file", "done", "total"} (bytes) as
