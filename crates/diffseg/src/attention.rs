@@ -138,16 +138,8 @@ impl SelfAttention {
             path: path.to_path_buf(),
             reason,
         };
-        let file =
-            std::fs::File::open(path).map_err(|error| problem(format!("cannot read: {error}")))?;
-        // SAFETY: the mapping is read-only and dropped before this returns. Like
-        // every memory-mapped reader (safetensors, candle, burn-store), it assumes
-        // nobody truncates or rewrites the file meanwhile.
-        let bytes = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|error| problem(format!("cannot read: {error}")))?;
         // One parse of the header: it lists the tensors and holds the placement.
-        let (header_len, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
+        let (bytes, header_len, header) = map_safetensors(path).map_err(problem)?;
         let data = &bytes[HEADER_SIZE_BYTES + header_len..];
         let mut grids = BTreeMap::new();
         for (name, info) in header.tensors() {
@@ -287,6 +279,23 @@ impl SelfAttention {
 
 /// The metadata of a file diffseg writes: the writer's mark (which lets a
 /// later run replace the file) and the placement, when known.
+/// The file mapped into memory, with its header's length and parsed header
+/// (what diffseg's safetensors readers share); the error is the reason alone,
+/// for the caller's own error naming the file.
+pub(crate) fn map_safetensors(
+    path: &Path,
+) -> Result<(memmap2::Mmap, usize, safetensors::tensor::Metadata), String> {
+    let file = std::fs::File::open(path).map_err(|error| format!("cannot read: {error}"))?;
+    // SAFETY: the mapping is read-only and dropped by the caller before it returns.
+    // Like every memory-mapped reader (safetensors, candle, burn-store), it assumes
+    // nobody truncates or rewrites the file meanwhile.
+    let bytes =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|error| format!("cannot read: {error}"))?;
+    let (header_len, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|error| format!("not a safetensors file ({error})"))?;
+    Ok((bytes, header_len, header))
+}
+
 pub(crate) fn writer_metadata(placement: Option<Placement>) -> HashMap<String, String> {
     let mut metadata = HashMap::from([(
         WRITER_KEY.to_string(),

@@ -10,9 +10,11 @@ use image::DynamicImage;
 use rand_chacha::{rand_core::SeedableRng, ChaCha8Rng};
 use rand_distr::{Distribution, StandardNormal};
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
-use crate::attention::{check_placement, metadata_placement, writer_metadata, HEADER_SIZE_BYTES};
+use crate::attention::{
+    check_placement, map_safetensors, metadata_placement, writer_metadata, HEADER_SIZE_BYTES,
+};
 use crate::input::{prepare_image, Fit, ImageLimits, Placement};
 use crate::output::write_atomically;
 use crate::pipeline::square_to_image;
@@ -250,13 +252,7 @@ impl Features {
             path: path.to_path_buf(),
             reason,
         };
-        let file =
-            std::fs::File::open(path).map_err(|error| problem(format!("cannot read: {error}")))?;
-        // SAFETY: as in `SelfAttention::load_safetensors`: read-only, dropped here.
-        let bytes = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|error| problem(format!("cannot read: {error}")))?;
-        let (header_len, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|error| problem(format!("not a safetensors file ({error})")))?;
+        let (bytes, header_len, header) = map_safetensors(path).map_err(problem)?;
         let info = header
             .info(FEATURES_TENSOR)
             .ok_or_else(|| problem(format!("no tensor `{FEATURES_TENSOR}` [h, w, c]")))?;
