@@ -1,7 +1,7 @@
 //! The CLI on bad inputs: one clear error line, a non-zero exit, no output
 //! files, never a panic.
 
-mod common;
+use crate::common;
 
 use common::{command, tiny_weights};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! `diffseg cut` end to end: the built binary on feature files written here.
 
-mod common;
+use crate::common;
 
 use common::{diffseg_subcommand, path_str};
 use std::path::{Path, PathBuf};

@@ -2,10 +2,9 @@
 //! `tools/reference/eval_reference.py`: the JSON report against the reference's
 //! values, the Markdown report, and the error messages.
 
-mod common;
+use crate::common;
 
-#[path = "../../diffseg/tests/eval_support/mod.rs"]
-mod eval_support;
+use crate::eval_support;
 
 use common::{diffseg_subcommand, path_str, stderr_of, stdout_of};
 use std::process::Output;

@@ -2,12 +2,11 @@
 //! SD fixtures of diffseg-sd: predictions land in the cache folder, a second run
 //! reuses them, a run with other settings refuses the cache.
 
-mod common;
+use crate::common;
 
 // Shared with the prediction-folder tests; this one writes no predictions.
 #[allow(dead_code)]
-#[path = "../../diffseg/tests/eval_support/mod.rs"]
-mod eval_support;
+use crate::eval_support;
 
 use common::{diffseg_subcommand, path_str, stderr_of, tiny_weights};
 use std::path::{Path, PathBuf};

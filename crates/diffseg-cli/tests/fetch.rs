@@ -3,7 +3,7 @@
 //! `diffseg/tests/support/hub_server.rs`), with `HF_HOME` in a temporary
 //! folder: the environment variables as the Python hub client reads them.
 
-mod common;
+use crate::common;
 
 #[path = "../../diffseg/tests/support/hub_server.rs"]
 mod hub_server;

@@ -3,7 +3,7 @@
 //! redoes results of other settings; the output folder inside the input;
 //! symbolic link loops; damaged images refused.
 
-mod common;
+use crate::common;
 
 use common::{command, stderr_of, text, tiny_weights};
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! `diffseg merge` end to end: the built binary on attention files written here.
 
-mod common;
+use crate::common;
 
 use common::{diffseg_subcommand, path_str, read_labels};
 use std::path::{Path, PathBuf};

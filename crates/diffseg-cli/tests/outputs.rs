@@ -2,7 +2,7 @@
 //! input or a file it did not write, whole results only (a full disk, a run
 //! killed at any moment), each input file once however it is spelled.
 
-mod common;
+use crate::common;
 
 use common::{diffseg, diffseg_subcommand, path_str, read_labels, stderr_of, text, tiny_weights};
 use std::path::{Path, PathBuf};

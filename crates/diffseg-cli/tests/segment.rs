@@ -1,7 +1,7 @@
 //! `diffseg segment` end to end on the tiny random-weight SD fixture: a folder
 //! with good and bad images in, results out, a resumed run skipping done work.
 
-mod common;
+use crate::common;
 
 use common::{diffseg, read_labels, text, tiny_weights};
 use std::path::{Path, PathBuf};

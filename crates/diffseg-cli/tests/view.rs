@@ -1,7 +1,7 @@
 //! `diffseg view`: the gallery of a folder of results, on the tiny
 //! random-weight SD fixture (τ 0.004, so each image gets several segments).
 
-mod common;
+use crate::common;
 
 use common::{diffseg, path_str, text, tiny_weights};
 use std::path::{Path, PathBuf};

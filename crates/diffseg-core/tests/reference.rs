@@ -2,8 +2,7 @@
 //! numpy equivalent of google/diffseg `diffseg/segmentor.py`) wrote the fixtures from the same
 //! synthetic attention that these tests rebuild from the committed per-cell features.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

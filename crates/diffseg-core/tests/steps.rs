@@ -1,7 +1,6 @@
 //! Behaviour of the individual steps on small hand-made inputs.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use burn::tensor::backend::Backend;
 use common::{host, tensor2, tensor3};

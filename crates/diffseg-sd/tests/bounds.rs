@@ -5,7 +5,7 @@
 //! Each config test edits one `config.json` of a temporary copy of the tiny
 //! fixture and loads it through the public loader.
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

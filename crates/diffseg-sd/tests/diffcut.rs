@@ -8,7 +8,7 @@
 //! bound ([`NOISE_PRED_ATOL`], 60 layers against ~25 here). A wrong layer,
 //! a missing residual or an off-by-one timestep is off by > 1e-2.
 
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};

@@ -3,7 +3,7 @@
 //! `tools/reference/sd_fixtures.py`, PyTorch f32 on CPU). The bounds and why
 //! they are what they are: `common/mod.rs`.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{backend::Backend, Tensor};
 use diffseg_sd::{

@@ -6,7 +6,7 @@
 //! Case counts are small (a few seconds in all); a failure is shrunk to a
 //! minimal input by proptest and belongs in a named regression test.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! same parameters, and every broken input is a typed error that names the
 //! file and the problem.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! Counts are integers and must match exactly; ACC, mIoU and IoU are ratios of
 //! those integers, compared to 1e-12 (float summation order differs).
 
-mod eval_support;
+use crate::eval_support;
 
 use std::path::Path;
 

@@ -1,5 +1,5 @@
 //! What the CLI's integration tests share: the fixture weights and running the
-//! `diffseg` binary. Each test file is its own crate and uses only part of this.
+//! `diffseg` binary. Each test module uses only part of this.
 #![allow(dead_code)]
 
 use std::path::Path;

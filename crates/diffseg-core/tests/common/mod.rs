@@ -1,6 +1,6 @@
 //! Fixture loading and the backend-instantiating macro shared by the integration tests.
 
-#![allow(dead_code)] // each test binary uses a different subset of these helpers
+#![allow(dead_code)] // the fullsize binary and the others use different subsets of these helpers
 
 use std::path::PathBuf;
 

@@ -1,0 +1,10 @@
+//! diffseg-core's integration tests, one module per file, built as one test binary (`core`):
+//! one link and one copy of the generic code they instantiate, instead of one per file.
+//! Cargo's `autotests` is off, so a new test file is declared here; the CLI's
+//! `layout` test fails on a file that is not.
+
+#[macro_use]
+mod common;
+mod diffcut;
+mod reference;
+mod steps;
