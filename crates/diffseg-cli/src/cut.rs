@@ -10,6 +10,7 @@ use diffseg_core::{CutOptions, DEFAULT_CUT_ALPHA, DEFAULT_CUT_TAU, DEFAULT_MASK_
 
 use crate::exit::{self, Exit};
 use crate::label_outputs::{self, LabelOutputs};
+use crate::options::Tau;
 
 /// Segment saved features (`[h, w, c]`) with DiffCut's recursive normalized cut.
 ///
@@ -66,35 +67,6 @@ pub struct Args {
     /// whole image when the features have no placement, resized to the label map).
     #[arg(long)]
     pub image: Option<PathBuf>,
-}
-
-/// `--tau`: a threshold, or `auto` for the eigengap variant.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Tau {
-    Value(f32),
-    Auto,
-}
-
-impl std::str::FromStr for Tau {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(Tau::Auto);
-        }
-        text.parse()
-            .map(Tau::Value)
-            .map_err(|_| format!("`{text}` is neither a number nor `auto`"))
-    }
-}
-
-impl std::fmt::Display for Tau {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Tau::Value(tau) => write!(f, "{tau}"),
-            Tau::Auto => f.write_str("auto"),
-        }
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<Exit> {

@@ -7,18 +7,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use diffseg::eval::{self, Dataset, EvalReport, Protocol, Sample, Scores};
-use diffseg::{Fit, Method, Segmenter};
+use diffseg::{DiffCutSettings, Fit, MergeOptions, Method, Segmenter};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::{self, Exit};
-use crate::options::{MergeArgs, ModelArgs};
+use crate::options::{MergeArgs, MethodArgs, ModelArgs};
 
 /// Score segmentations on COCO-Stuff-27 or Cityscapes with the paper's protocol.
 ///
 /// With `--predictions DIR` the label PNGs in DIR are scored. Without it the model
-/// segments each image (centre crop, as the protocol says: `--fit` is ignored) and
-/// its label PNG is kept in the `--cache` folder, so an interrupted evaluation
-/// resumes where it stopped.
+/// segments each image (centre crop, as the protocol says: `--fit` is ignored) with
+/// `--method` and its label PNG is kept in the `--cache` folder, so an interrupted
+/// evaluation resumes where it stopped. DiffSeg labels the model's 512×512 input.
+/// DiffCut labels, with `--protocol diffcut`, the 128×128 mask of the image cropped as
+/// eval_diffcut.py crops it (side min(W, H) − 1, resized to --input-size), and with the
+/// paper's protocol the image's own pixels, as `diffseg segment` does.
 ///
 /// Predictions are label PNGs (8-bit palette or 8/16-bit greyscale, pixel = segment
 /// index) named `<image stem>.png`:
@@ -38,6 +41,7 @@ Examples:
   diffseg eval --dataset cocostuff27 --root /data/coco --backend cuda --out coco.json
   diffseg eval --dataset cityscapes --root /data/cityscapes --tau 0.9 --markdown table.md
   diffseg eval --dataset cocostuff27 --root /data/coco --predictions results/
+  diffseg eval --dataset cocostuff27 --root /data/coco --method diffcut --protocol diffcut
   diffseg eval --dataset cocostuff27 --root /data/coco --predictions masks128/ --protocol diffcut
   diffseg eval --dataset cocostuff27 --root /data/coco --limit 50      # a quick check
   diffseg eval --dataset cocostuff27 --root /data/coco --list ids.txt --cache cache/")]
@@ -64,17 +68,19 @@ pub struct Args {
     cache: Option<PathBuf>,
     /// How predictions meet the ground truth: `paper` (DiffSeg's: 512×512, the centre
     /// square resized) or `diffcut` (DiffCut's eval_diffcut.py: 128×128, the labels cropped
-    /// to min(width, height) − 1 and resized through its 1024 input; predictions must be
-    /// 128×128 label PNGs in --predictions). Both match each image's segments to classes
-    /// (Hungarian).
+    /// to min(width, height) − 1 and resized through the model's input, --input-size,
+    /// 1024 by default; predictions are 128×128 label PNGs, in --predictions or made by
+    /// --method diffcut). Both match each image's segments to classes (Hungarian).
     #[arg(long, default_value = "paper", value_name = "paper|diffcut", value_parser = ["paper", "diffcut"])]
     protocol: String,
     #[command(flatten)]
     model: ModelArgs,
     /// The merging options; `--tau` left out is the paper's for the dataset (1.1 for
-    /// COCO-Stuff-27, 0.9 for Cityscapes).
+    /// COCO-Stuff-27, 0.9 for Cityscapes) with DiffSeg, 0.5 with DiffCut.
     #[command(flatten)]
     merge: MergeArgs,
+    #[command(flatten)]
+    method: MethodArgs,
     /// Images per model pass when running the model.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
@@ -113,9 +119,19 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     let inputs = input_files(&args, &samples);
     refuse_unsafe_reports(&args, &inputs)?;
 
+    let method = match &args.predictions {
+        Some(_) => None,
+        None => Some(
+            args.method
+                .method(&args.merge, Some(args.dataset.default_tau()))?,
+        ),
+    };
     let protocol = match args.protocol.as_str() {
         "diffcut" => Protocol::DiffCut {
-            input_size: eval::DIFFCUT_INPUT_SIZE,
+            input_size: match &method {
+                Some(Method::DiffCut(options)) => options.features.input_size(),
+                _ => args.method.input_size.unwrap_or(eval::DIFFCUT_INPUT_SIZE),
+            },
         },
         _ => Protocol::Paper,
     };
@@ -132,14 +148,10 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
             };
             (folder_scores.scores, folder_scores.resized, source)
         }
-        None if protocol != Protocol::Paper => {
-            return Err(exit::usage(
-                "--protocol diffcut scores the 128×128 label PNGs of --predictions DIR",
-            ))
-        }
         None => {
-            let (scores, source) = run_model(&args, &samples, &inputs)?;
-            (scores, 0, source)
+            let method = method.expect("made when there is no --predictions");
+            check_protocol(&method, protocol)?;
+            run_model(&args, &samples, &inputs, &method, protocol)?
         }
     };
     let mut report = EvalReport::new(args.dataset, &scores, samples.len(), source);
@@ -178,18 +190,48 @@ fn refuse_unsafe_reports(args: &Args, inputs: &HashMap<PathBuf, PathBuf>) -> any
 /// How every Markdown report of diffseg's begins.
 const MARKDOWN_TITLE: &str = "# DiffSeg evaluation on ";
 
+/// Refuses, before any work, a protocol the method's labels do not fit: DiffCut's
+/// compares the 128×128 labels DiffCut assigns, which DiffSeg does not make.
+fn check_protocol(method: &Method, protocol: Protocol) -> anyhow::Result<()> {
+    match (method, protocol) {
+        (Method::DiffSeg(_), Protocol::DiffCut { .. }) => Err(exit::usage(
+            "--protocol diffcut scores DiffCut's 128×128 labels: run it with --method diffcut, \
+             or score the label PNGs of --predictions DIR",
+        )),
+        (Method::DiffCut(options), Protocol::DiffCut { .. })
+            if options.cut.mask_size() != eval::DIFFCUT_EVAL_SIDE =>
+        {
+            Err(exit::usage(format!(
+                "--protocol diffcut compares {side}×{side} labels: --mask-size must be {side}",
+                side = eval::DIFFCUT_EVAL_SIDE
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What the predictions in a cache folder were made with; a cache made otherwise
-/// is refused rather than mixed in.
+/// is refused rather than mixed in. A DiffSeg cache keeps the fields it had before
+/// DiffCut existed (its merging options at the top level), so older caches still
+/// resume.
 #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
 struct CacheSettings {
     dataset: String,
     model: String,
     weights: Option<PathBuf>,
     precision: String,
-    tau: Vec<f32>,
-    anchors: usize,
-    iterations: usize,
-    refine: bool,
+    #[serde(flatten)]
+    merge: Option<MergeOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    diffcut: Option<DiffCutSettings>,
+    /// `paper` or `diffcut`: the grid the cached labels are on.
+    #[serde(default = "paper_protocol")]
+    protocol: String,
+}
+
+/// The protocol of a cache that does not record one (made before DiffCut's existed).
+fn paper_protocol() -> String {
+    Protocol::Paper.name().to_string()
 }
 
 /// The file in a cache folder that records its [`CacheSettings`].
@@ -224,14 +266,15 @@ fn open_cache(folder: &Path, settings: &CacheSettings) -> anyhow::Result<()> {
 }
 
 /// Segments every image not yet in the cache, keeping each prediction there, and
-/// scores all of them.
+/// scores all of them: the scores, how many predictions were at their image's size
+/// (DiffCut under the paper's protocol), and where they came from.
 fn run_model(
     args: &Args,
     samples: &[Sample],
     inputs: &HashMap<PathBuf, PathBuf>,
-) -> anyhow::Result<(Scores, String)> {
-    // The paper's options, with the dataset's τ unless `--tau` is given.
-    let options = args.merge.merge_options(Some(args.dataset.default_tau()))?;
+    method: &Method,
+    protocol: Protocol,
+) -> anyhow::Result<(Scores, usize, String)> {
     let folder = args
         .cache
         .clone()
@@ -241,10 +284,15 @@ fn run_model(
         model: args.model.model.clone(),
         weights: args.model.weights.clone(),
         precision: args.model.precision.to_string(),
-        tau: options.tau.clone(),
-        anchors: options.anchors,
-        iterations: options.iterations,
-        refine: options.refine,
+        merge: match method {
+            Method::DiffSeg(options) => Some(options.clone()),
+            Method::DiffCut(_) => None,
+        },
+        diffcut: match method {
+            Method::DiffSeg(_) => None,
+            Method::DiffCut(options) => Some(DiffCutSettings::from(options)),
+        },
+        protocol: protocol.name().to_string(),
     };
     let cached = |sample: &Sample| folder.join(sample.prediction_file_name());
     for sample in samples {
@@ -266,63 +314,103 @@ fn run_model(
             samples.len(),
             folder.display()
         );
-        let method = Method::DiffSeg(options.clone());
-        Some(args.model.builder(&method).fit(Fit::CenterCrop).build()?)
+        Some(args.model.builder(method).fit(Fit::CenterCrop).build()?)
     } else {
         None
     };
     let progress = progress_bar(samples.len());
     let mut scores = Scores::default();
+    let mut resized = 0;
     for chunk in samples.chunks(args.batch_size as usize) {
         if let Some(segmenter) = &segmenter {
             let to_segment: Vec<&Sample> = chunk.iter().filter(|s| !cached(s).is_file()).collect();
-            segment_into_cache(segmenter, &to_segment, &folder)?;
+            segment_into_cache(segmenter, protocol, &to_segment, &folder)?;
         }
         for sample in chunk {
             let path = cached(sample);
-            let prediction = eval::decode_prediction_png(&path)?;
-            // Scored on the grid the model saw (512 for SD 1.x): the cache's square.
-            if prediction.width != prediction.height {
-                return Err(diffseg::Error::PredictionSize {
-                    path,
-                    width: prediction.width,
-                    height: prediction.height,
-                    expected: "a square label map on the model's input grid".into(),
+            let counts = match method {
+                Method::DiffSeg(_) => score_model_square(args.dataset, sample, path)?,
+                Method::DiffCut(_) => {
+                    let (counts, was_resized) =
+                        eval::score_prediction_file(protocol, args.dataset, sample, &path)?;
+                    resized += usize::from(was_resized);
+                    counts
                 }
-                .into());
-            }
-            let side = prediction.width as usize;
-            scores.add(&eval::score_sample(
-                args.dataset,
-                sample,
-                &prediction.segments,
-                side,
-            )?);
+            };
+            scores.add(&counts);
             progress.set_message(running_metrics(&scores));
             progress.inc(1);
         }
     }
     progress.finish_and_clear();
-    let source = format!(
-        "{} (τ {:?}, M {}, N {}, refine {}), cached in {}",
-        args.model
-            .weights
-            .as_ref()
-            .map_or(args.model.model.clone(), |w| w.display().to_string()),
-        options.tau,
-        options.anchors,
-        options.iterations,
-        options.refine,
-        folder.display()
-    );
-    Ok((scores, source))
+    let model = args
+        .model
+        .weights
+        .as_ref()
+        .map_or(args.model.model.clone(), |w| w.display().to_string());
+    let source = match method {
+        Method::DiffSeg(options) => format!(
+            "{model} (τ {:?}, M {}, N {}, refine {}), cached in {}",
+            options.tau,
+            options.anchors,
+            options.iterations,
+            options.refine,
+            folder.display()
+        ),
+        Method::DiffCut(options) => format!(
+            "{model} (DiffCut: {}, α {}, input {}, seed {}, mask {}, PAMR {}, median {}; \
+             {} protocol), cached in {}",
+            match options.cut.auto_tau() {
+                true => "τ auto".to_string(),
+                false => format!("τ {}", options.cut.tau()),
+            },
+            options.cut.alpha(),
+            options.features.input_size(),
+            options.features.seed(),
+            options.cut.mask_size(),
+            options.cut.pamr(),
+            options.cut.median(),
+            protocol.name(),
+            folder.display()
+        ),
+    };
+    Ok((scores, resized, source))
 }
 
-/// Segments `samples` as one batch on the model's square input grid (the centre
-/// crop: the protocol's 512×512 for SD 1.x) and writes each label map into the
-/// cache folder as `<image stem>.png` (atomically).
+/// Scores a cached DiffSeg prediction: on the grid the model saw (512 for SD 1.x),
+/// the cache's square.
+fn score_model_square(
+    dataset: Dataset,
+    sample: &Sample,
+    path: PathBuf,
+) -> anyhow::Result<eval::ClassCounts> {
+    let prediction = eval::decode_prediction_png(&path)?;
+    if prediction.width != prediction.height {
+        return Err(diffseg::Error::PredictionSize {
+            path,
+            width: prediction.width,
+            height: prediction.height,
+            expected: "a square label map on the model's input grid".into(),
+        }
+        .into());
+    }
+    let side = prediction.width as usize;
+    Ok(eval::score_sample(
+        dataset,
+        sample,
+        &prediction.segments,
+        side,
+    )?)
+}
+
+/// Segments `samples` as one batch and writes each label map into the cache folder
+/// as `<image stem>.png` (atomically). DiffSeg labels its square input grid (the
+/// centre crop: the protocol's 512×512 for SD 1.x). DiffCut labels, with its protocol,
+/// its mask-size square of the image cropped as eval_diffcut.py crops it, and with the
+/// paper's the image's own pixels.
 fn segment_into_cache(
     segmenter: &Segmenter,
+    protocol: Protocol,
     samples: &[&Sample],
     folder: &Path,
 ) -> anyhow::Result<()> {
@@ -333,17 +421,24 @@ fn segment_into_cache(
         .iter()
         .map(|sample| diffseg::open_image(&sample.image))
         .collect::<Result<Vec<_>, _>>()?;
-    let segmentations = segmenter
-        .segment_model_input_batch(&images)
-        .with_context(|| format!("segmenting {}", samples[0].image.display()))?;
+    let context = || format!("segmenting {}", samples[0].image.display());
+    let segmentations = match (segmenter.method(), protocol) {
+        (Method::DiffSeg(_), _) => segmenter
+            .segment_model_input_batch(&images)
+            .with_context(context)?,
+        (Method::DiffCut(_), Protocol::DiffCut { .. }) => {
+            let crops = samples
+                .iter()
+                .zip(&images)
+                .map(|(sample, image)| eval::diffcut_crop(sample, image))
+                .collect::<Result<Vec<_>, _>>()?;
+            segmenter
+                .segment_model_input_batch(&crops)
+                .with_context(context)?
+        }
+        (Method::DiffCut(_), _) => segmenter.segment_batch(&images).with_context(context)?,
+    };
     for (sample, segmentation) in samples.iter().zip(&segmentations) {
-        anyhow::ensure!(
-            segmentation.width() == segmentation.height(),
-            "{}: the model returned a {}×{} label map, not its square input grid",
-            sample.image.display(),
-            segmentation.width(),
-            segmentation.height()
-        );
         let path = folder.join(sample.prediction_file_name());
         segmentation.save_label_png(&path)?;
     }

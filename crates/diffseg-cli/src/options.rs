@@ -54,9 +54,10 @@ pub struct ModelArgs {
 pub struct MergeArgs {
     /// KL threshold τ: one value for every iteration, or one per iteration,
     /// comma-separated (default 1.1, the paper's for COCO-Stuff-27; 0.9 for Cityscapes).
-    /// Smaller values give more, smaller segments.
-    #[arg(long, value_delimiter = ',', value_name = "TAU")]
-    pub tau: Vec<f32>,
+    /// Smaller values give more, smaller segments. With DiffCut: its cut threshold
+    /// (default 0.5), or `auto` for its eigengap variant, which needs none.
+    #[arg(long, value_delimiter = ',', value_name = "TAU|auto")]
+    pub tau: Vec<Tau>,
     /// Anchors per side of the anchor grid (M): M×M starting points of the merging
     /// (default 16).
     #[arg(long, value_name = "M")]
@@ -73,12 +74,23 @@ impl MergeArgs {
     /// What was given, each flag left out `None`; `default_tau` replaces the method's own
     /// τ when `--tau` is left out (`eval` takes the dataset's).
     pub fn settings(&self, default_tau: Option<f32>) -> MethodSettings {
-        let tau = match (self.tau.is_empty(), default_tau) {
-            (false, _) => Some(self.tau.clone()),
+        let auto = self.tau.contains(&Tau::Auto);
+        let values: Vec<f32> = self
+            .tau
+            .iter()
+            .filter_map(|tau| match tau {
+                Tau::Value(tau) => Some(*tau),
+                Tau::Auto => None,
+            })
+            .collect();
+        let tau = match (values.is_empty(), default_tau) {
+            (false, _) => Some(values),
+            (true, _) if auto => None,
             (true, tau) => tau.map(|tau| vec![tau]),
         };
         MethodSettings {
             tau,
+            auto_tau: auto.then_some(true),
             anchors: self.anchors,
             iterations: self.iterations,
             refine: self.refine.then_some(true),
@@ -95,7 +107,7 @@ impl MergeArgs {
     }
 }
 
-/// The method choice and DiffCut's own options, for `segment`. DiffSeg's options are
+/// The method choice and DiffCut's own options, for `segment` and `eval`. DiffSeg's options are
 /// [`MergeArgs`] (`--tau` serves both: left out, each method takes its own default).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct MethodArgs {
@@ -126,7 +138,10 @@ pub struct MethodArgs {
 impl MethodArgs {
     /// The method chosen, with `merge`'s flags and these, checked: out of range, or an
     /// option of the other method, they are a usage error, found before any work.
-    pub fn method(&self, merge: &MergeArgs) -> anyhow::Result<Method> {
+    /// `diffseg_tau` replaces DiffSeg's τ when `--tau` is left out (`eval` takes the
+    /// dataset's); DiffCut keeps its own.
+    pub fn method(&self, merge: &MergeArgs, diffseg_tau: Option<f32>) -> anyhow::Result<Method> {
+        let default_tau = diffseg_tau.filter(|_| self.method == MethodKind::DiffSeg);
         let settings = MethodSettings {
             alpha: self.alpha,
             mask_size: self.mask_size,
@@ -134,7 +149,7 @@ impl MethodArgs {
             median: self.median.then_some(true),
             input_size: self.input_size,
             seed: self.seed,
-            ..merge.settings(None)
+            ..merge.settings(default_tau)
         };
         Method::from_settings(self.method, &settings).map_err(crate::exit::usage)
     }
@@ -173,4 +188,33 @@ pub struct HubArgs {
     /// Branch, tag or commit hash of the model repository.
     #[arg(long, default_value = DEFAULT_REVISION, value_name = "REV")]
     pub revision: String,
+}
+
+/// `--tau`: a threshold, or `auto` for the eigengap variant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tau {
+    Value(f32),
+    Auto,
+}
+
+impl std::str::FromStr for Tau {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Tau::Auto);
+        }
+        text.parse()
+            .map(Tau::Value)
+            .map_err(|_| format!("`{text}` is neither a number nor `auto`"))
+    }
+}
+
+impl std::fmt::Display for Tau {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tau::Value(tau) => write!(f, "{tau}"),
+            Tau::Auto => f.write_str("auto"),
+        }
+    }
 }

@@ -469,7 +469,7 @@ struct Plan {
 /// checks each image's results: everything that needs no model.
 fn plan(args: &Args) -> anyhow::Result<Plan> {
     // Bad method options are a usage error, reported before any listing.
-    let method = args.method.method(&args.merge)?;
+    let method = args.method.method(&args.merge, None)?;
     let listed = match &args.files_from {
         Some(list) => read_file_list(list)
             .with_context(|| format!("cannot read the file list {}", list.display()))?,

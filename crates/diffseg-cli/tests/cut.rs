@@ -246,10 +246,43 @@ fn segment_with_diffcut_equals_features_then_cut() {
         &weights,
     ]);
     assert!(output.status.success(), "{}", common::text(&output));
-    let cut = cut(&features, &[]);
-    assert_eq!(cut.dimensions(), (width, height));
-    let cut: Vec<u32> = cut.into_raw().into_iter().map(u32::from).collect();
-    assert_eq!(cut, segmented);
+    let labels = cut(&features, &[]);
+    assert_eq!(labels.dimensions(), (width, height));
+    let labels: Vec<u32> = labels.into_raw().into_iter().map(u32::from).collect();
+    assert_eq!(labels, segmented);
+
+    // The eigengap variant: `segment --tau auto` labels as `cut --tau auto` does, and
+    // records it; DiffSeg refuses it by name.
+    let auto_out = folder.path().join("auto");
+    let mut args = vec![
+        "segment",
+        path_str(&images),
+        "--out",
+        path_str(&auto_out),
+        "--weights",
+        &weights,
+        "--outputs",
+        "labels,json",
+        "--tau",
+        "auto",
+    ];
+    let refused = common::diffseg(&args);
+    assert_eq!(refused.status.code(), Some(2), "{}", common::text(&refused));
+    assert!(
+        common::text(&refused).contains("tau auto is DiffCut's eigengap variant"),
+        "{}",
+        common::text(&refused)
+    );
+    args.extend(["--method", "diffcut", "--input-size", "128"]);
+    let output = common::diffseg(&args);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let (auto, _, _) = diffseg::read_label_png(&auto_out.join("chelsea.png")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(auto_out.join("chelsea.json")).unwrap()).unwrap();
+    assert_eq!(json["settings"]["diffcut"]["auto_tau"], true, "{json}");
+    let auto_cut = cut(&features, &["--tau", "auto"]);
+    let auto_cut: Vec<u32> = auto_cut.into_raw().into_iter().map(u32::from).collect();
+    assert_eq!(auto_cut, auto);
 
     // Done already: the second run skips it; DiffSeg's options are refused with DiffCut.
     let again = segment(&[]);

@@ -176,3 +176,195 @@ fn an_image_and_its_labels_of_different_sizes_are_refused() {
         "{stderr}"
     );
 }
+
+/// The model part of the tests below: `eval --method diffcut` on the Cityscapes
+/// fixture at a 128-pixel input (a 4×4 feature map on the tiny model), its report.
+fn eval_diffcut(root: &Path, cache: &Path, json: &Path, extra: &[&str]) -> Value {
+    let weights = tiny_weights();
+    let mut args = vec![
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path_str(root),
+        "--cache",
+        path_str(cache),
+        "--weights",
+        &weights,
+        "--method",
+        "diffcut",
+        "--input-size",
+        "128",
+        "--out",
+        path_str(json),
+    ];
+    args.extend_from_slice(extra);
+    let output = diffseg(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+/// `eval --predictions` on `folder` with `extra`, its report.
+fn eval_folder(root: &Path, folder: &Path, json: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path_str(root),
+        "--predictions",
+        path_str(folder),
+        "--out",
+        path_str(json),
+    ];
+    args.extend_from_slice(extra);
+    let output = diffseg(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+/// The square eval_diffcut.py's data loader crops, written here from its code
+/// (side `min(h, w) - 1`, offsets Python's `round`, half to even) rather than
+/// taken from the library: `(left, top, side)`.
+fn diffcut_crop(width: u32, height: u32) -> (u32, u32, u32) {
+    let side = width.min(height) - 1;
+    let offset = |extent: u32| ((extent - side) as f64 / 2.0).round_ties_even() as u32;
+    (offset(width), offset(height), side)
+}
+
+/// With DiffCut's protocol, `eval --method diffcut` labels each image as `features`
+/// then `cut` label the square eval_diffcut.py crops (128×128, the same labels pixel
+/// for pixel), and scores them as `eval --predictions` scores those.
+#[test]
+fn diffcut_protocol_labels_the_cropped_image_as_features_then_cut() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    eval_support::write_labels(&inputs, "cityscapes", root.path(), false);
+    write_images(&inputs, root.path(), None);
+    let cache = work.path().join("cache");
+    let protocol = ["--protocol", "diffcut"];
+    let report = eval_diffcut(
+        root.path(),
+        &cache,
+        &work.path().join("model.json"),
+        &protocol,
+    );
+    assert_eq!(report["images_scored"], 3);
+
+    let weights = tiny_weights();
+    let predictions = work.path().join("predictions");
+    std::fs::create_dir(&predictions).unwrap();
+    for image in images(&inputs, "cityscapes") {
+        let id = image["id"].as_str().unwrap();
+        let city = id.split('_').next().unwrap();
+        let source = root.path().join(format!("leftImg8bit/val/{city}/{id}.png"));
+        let photo = image::open(&source).unwrap();
+        let (left, top, side) = diffcut_crop(photo.width(), photo.height());
+        let crop = work.path().join(format!("{id}.crop.png"));
+        photo.crop_imm(left, top, side, side).save(&crop).unwrap();
+        let features = work.path().join(format!("{id}.safetensors"));
+        let output = common::diffseg(&[
+            "features",
+            path_str(&crop),
+            "--out",
+            path_str(&features),
+            "--input-size",
+            "128",
+            "--weights",
+            &weights,
+        ]);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        // Without the placement, `cut` labels its 128² square, not the crop's pixels.
+        let bytes = std::fs::read(&features).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let bare =
+            safetensors::serialize([("features", tensors.tensor("features").unwrap())], None)
+                .unwrap();
+        std::fs::write(&features, bare).unwrap();
+        let labels = predictions.join(format!("{id}.png"));
+        let output = common::diffseg(&["cut", path_str(&features), "--out", path_str(&labels)]);
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        let cached = common::read_labels(&cache.join(format!("{id}.png")));
+        assert_eq!(cached.dimensions(), (128, 128), "{id}");
+        assert_eq!(cached, common::read_labels(&labels), "{id}");
+    }
+    let mut folder_args = protocol.to_vec();
+    folder_args.extend(["--input-size", "128"]);
+    let folder = eval_folder(
+        root.path(),
+        &predictions,
+        &work.path().join("folder.json"),
+        &folder_args,
+    );
+    for metric in ["acc", "miou", "labelled_pixels", "classes"] {
+        assert_eq!(report[metric], folder[metric], "{metric}");
+    }
+}
+
+/// With the paper's protocol, `eval --method diffcut` labels each image at its own
+/// size as `segment --method diffcut --fit center-crop` does, and scores as `eval
+/// --predictions` scores those; its cache refuses DiffCut's protocol.
+#[test]
+fn diffcut_paper_protocol_scores_as_segment_then_predictions() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    eval_support::write_labels(&inputs, "cityscapes", root.path(), false);
+    write_images(&inputs, root.path(), None);
+    let cache = work.path().join("cache");
+    let report = eval_diffcut(root.path(), &cache, &work.path().join("model.json"), &[]);
+
+    let out = work.path().join("segmented");
+    let weights = tiny_weights();
+    let output = common::diffseg(&[
+        "segment",
+        path_str(&root.path().join("leftImg8bit/val")),
+        "--out",
+        path_str(&out),
+        "--weights",
+        &weights,
+        "--method",
+        "diffcut",
+        "--input-size",
+        "128",
+        "--fit",
+        "center-crop",
+        "--outputs",
+        "labels",
+    ]);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let folder = eval_folder(root.path(), &out, &work.path().join("folder.json"), &[]);
+    for metric in ["acc", "miou", "labelled_pixels", "classes"] {
+        assert_eq!(report[metric], folder[metric], "{metric}");
+    }
+    for image in images(&inputs, "cityscapes") {
+        let id = image["id"].as_str().unwrap();
+        let cached = common::read_labels(&cache.join(format!("{id}.png")));
+        let width = image["width"].as_u64().unwrap() as u32;
+        let height = image["height"].as_u64().unwrap() as u32;
+        assert_eq!(cached.dimensions(), (width, height), "{id}");
+    }
+
+    let weights = tiny_weights();
+    let refused = diffseg(&[
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path_str(root.path()),
+        "--cache",
+        path_str(&cache),
+        "--weights",
+        &weights,
+        "--method",
+        "diffcut",
+        "--input-size",
+        "128",
+        "--protocol",
+        "diffcut",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr_of(&refused).contains("other settings"),
+        "{}",
+        stderr_of(&refused)
+    );
+}

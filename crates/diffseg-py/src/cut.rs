@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use crate::errors::{to_py_err, type_error, value_error};
 use crate::image_input::ImageSource;
 use crate::segmentation::PySegmentation;
-use crate::segmenter::parse_tau;
+use crate::segmenter::tau_settings;
 
 /// Segments DiffCut features (float32 numpy `[h, w, c]`, as `diffseg features` writes
 /// them) with the recursive normalized cut, on the CPU; labels on a `mask_size`² grid.
@@ -30,12 +30,11 @@ pub fn cut(
     image: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PySegmentation> {
     let options = MethodSettings {
-        tau: parse_tau(tau)?,
         alpha,
         mask_size,
         pamr: Some(pamr),
         median: Some(median),
-        ..MethodSettings::default()
+        ..tau_settings(tau)?
     }
     .cut_options()
     .map_err(to_py_err)?;

@@ -45,7 +45,7 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         | Error::EmptyImage
         | Error::InvalidInputSize(_)
         | Error::FeatureOptions(_)
-        | Error::Unsupported(_)
+        | Error::ImageSize { .. }
         | Error::Features { .. }
         | Error::Attention { .. } => PyValueError::new_err(message),
         Error::Segment(error) => core_to_py_err(error),

@@ -15,23 +15,33 @@ use crate::image_input::ImageSource;
 use crate::progress::{self, PythonDownloadProgress};
 use crate::segmentation::PySegmentation;
 
-/// The KL thresholds from the `tau` argument: a number for every iteration,
-/// or a sequence with one per iteration; `None` when left out.
-pub fn parse_tau(tau: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<f32>>> {
+/// The settings the `tau` argument gives: a number for every iteration, a sequence
+/// with one per iteration, or `"auto"` (DiffCut's eigengap variant); nothing when left
+/// out.
+pub fn tau_settings(tau: Option<&Bound<'_, PyAny>>) -> PyResult<MethodSettings> {
     let Some(tau) = tau else {
-        return Ok(None);
+        return Ok(MethodSettings::default());
+    };
+    let values = |tau: Vec<f32>| MethodSettings {
+        tau: Some(tau),
+        ..MethodSettings::default()
     };
     if let Ok(one) = tau.extract::<f32>() {
-        return Ok(Some(vec![one]));
+        return Ok(values(vec![one]));
     }
-    // A str is a sequence too, but never one of numbers.
-    if !tau.is_instance_of::<PyString>() {
-        if let Ok(many) = tau.extract::<Vec<f32>>() {
-            return Ok(Some(many));
+    if tau.is_instance_of::<PyString>() {
+        if tau.extract::<String>()?.eq_ignore_ascii_case("auto") {
+            return Ok(MethodSettings {
+                auto_tau: Some(true),
+                ..MethodSettings::default()
+            });
         }
+    // A str is a sequence too, but never one of numbers.
+    } else if let Ok(many) = tau.extract::<Vec<f32>>() {
+        return Ok(values(many));
     }
     Err(type_error(format!(
-        "tau must be a number or a sequence of numbers, got {}",
+        "tau must be a number, a sequence of numbers or \"auto\", got {}",
         tau.get_type().name()?
     )))
 }
@@ -45,11 +55,10 @@ pub fn merge_settings(
     refine: bool,
 ) -> PyResult<MethodSettings> {
     Ok(MethodSettings {
-        tau: parse_tau(tau)?,
         iterations,
         anchors,
         refine: refine.then_some(true),
-        ..MethodSettings::default()
+        ..tau_settings(tau)?
     })
 }
 

@@ -81,6 +81,12 @@ def test_bad_features():
         diffseg.cut(np.ones((65, 64, 1), np.float32))
 
 
+def test_tau_auto_is_the_eigengap_variant():
+    features = two_regions()
+    auto = diffseg.cut(features, tau="auto", mask_size=16)
+    assert auto.num_segments == 2
+    np.testing.assert_array_equal(auto.labels, diffseg.cut(features, tau="AUTO", mask_size=16).labels)
+
 
 def test_segmenter_runs_diffcut(rgb_path):
     from conftest import TINY_WEIGHTS
@@ -92,6 +98,11 @@ def test_segmenter_runs_diffcut(rgb_path):
     # Labels at the image's own size (96×72), as DiffSeg's.
     assert result.labels.shape == (72, 96)
     assert result.num_segments >= 1
+    auto = diffseg.Segmenter(
+        weights=TINY_WEIGHTS, allow_download=False, method="diffcut", input_size=64, mask_size=32,
+        tau="auto",
+    ).segment(rgb_path)
+    assert auto.labels.shape == (72, 96)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +112,7 @@ def test_segmenter_runs_diffcut(rgb_path):
         (dict(method="diffseg", alpha=5.0), "alpha is an option of DiffCut"),
         (dict(method="diffcut", input_size=100), "multiple of 8"),
         (dict(method="kmeans"), "unknown method"),
+        (dict(method="diffseg", tau="auto"), "tau auto is DiffCut's eigengap variant"),
     ],
 )
 def test_method_options_are_checked(options, message):

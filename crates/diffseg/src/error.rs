@@ -227,10 +227,18 @@ pub enum Error {
     #[error("invalid feature options: {0}")]
     FeatureOptions(String),
 
-    /// A combination the library does not offer (yet), e.g. DiffCut labels on
-    /// the model's input grid.
-    #[error("not supported: {0}")]
-    Unsupported(String),
+    /// An image an evaluation protocol cannot bring to the model's input.
+    #[error("image {path} is {width}×{height}: {reason}")]
+    ImageSize {
+        /// The image file.
+        path: PathBuf,
+        /// Its width.
+        width: u32,
+        /// Its height.
+        height: u32,
+        /// Why it does not fit.
+        reason: String,
+    },
 
     /// A features file that cannot be read or is not DiffCut features.
     #[error("features {path}: {reason}")]

@@ -163,8 +163,12 @@ impl FromStr for MethodKind {
 /// method's default. [`Method::from_settings`] checks them and builds the [`Method`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MethodSettings {
-    /// DiffSeg: the KL threshold, one for every iteration or one per iteration.
+    /// The threshold: DiffSeg's KL threshold, one for every iteration or one per
+    /// iteration; DiffCut's cut threshold, one value.
     pub tau: Option<Vec<f32>>,
+    /// DiffCut: the eigengap variant chooses the segments instead of τ (`--tau auto`);
+    /// `tau` must then be left out.
+    pub auto_tau: Option<bool>,
     /// DiffSeg: anchors per side of the anchor grid.
     pub anchors: Option<usize>,
     /// DiffSeg: merge iterations.
@@ -234,9 +238,17 @@ impl MethodSettings {
 
     /// DiffCut's cut options from these settings, each left out at the published value
     /// (τ [`DEFAULT_CUT_TAU`], α [`DEFAULT_CUT_ALPHA`], [`DEFAULT_MASK_SIZE`]², no PAMR, no
-    /// median filter), checked. `tau` must then be one value: the cut has no iterations.
+    /// median filter), checked. `tau` must then be one value: the cut has no iterations;
+    /// with `auto_tau` it must be left out ([`CutOptions::with_auto_tau`]).
     pub fn cut_options(&self) -> Result<CutOptions, Error> {
+        let auto_tau = self.auto_tau.unwrap_or(false);
         let tau = match self.tau.as_deref() {
+            Some(_) if auto_tau => {
+                return Err(diffseg_core::Error::CutOptions(
+                    "tau auto and a tau value given: the eigengap variant takes no tau".into(),
+                )
+                .into())
+            }
             None => DEFAULT_CUT_TAU,
             Some([tau]) => *tau,
             Some(taus) => {
@@ -253,12 +265,21 @@ impl MethodSettings {
             self.mask_size.unwrap_or(DEFAULT_MASK_SIZE),
             self.pamr.unwrap_or(false),
             self.median.unwrap_or(false),
-        )?)
+        )?
+        .with_auto_tau(auto_tau))
     }
 
     /// DiffSeg's merging options from these settings, each left out at the paper's value,
     /// checked.
     pub fn merge_options(&self) -> Result<MergeOptions, Error> {
+        if self.auto_tau == Some(true) {
+            return Err(diffseg_core::Error::Options(
+                "tau auto is DiffCut's eigengap variant: DiffSeg's merge needs a KL threshold \
+                 (a number, e.g. 1.1)"
+                    .into(),
+            )
+            .into());
+        }
         Ok(MergeOptions::new(
             self.tau.clone().unwrap_or_else(|| vec![DEFAULT_TAU]),
             self.anchors.unwrap_or(DEFAULT_ANCHORS),

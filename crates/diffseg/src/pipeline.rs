@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use diffseg_core::{
-    label_map, merge_attention, AttentionAccumulator, AttentionMaps, CutOptions, FeatureMap,
-    MergeOptions, Proposals,
+    cut_features, label_map, merge_attention, AttentionAccumulator, AttentionMaps, CutOptions,
+    FeatureMap, MergeOptions, PlanarImage, Proposals,
 };
 use diffseg_sd::{
     add_noise, ensure_finite, prompt_ids_tensor, AttentionLayer, AttentionSink, ClipTokenizer,
@@ -236,9 +236,33 @@ impl<B: Backend> Pipeline<B> {
         feature_options: &FeatureOptions,
         cut_options: &CutOptions,
     ) -> Result<Segmentation, Error> {
-        let features = self.features(image, fit, feature_options)?;
+        self.segment_diffcut_to(image, fit, feature_options, cut_options, Target::Image)
+    }
+
+    /// [`Self::segment_diffcut`] on `target`'s grid. On the model's input, the
+    /// labels are the mask-size square itself and PAMR refines them against the
+    /// model's input resized to the mask size, as `eval_diffcut.py` does.
+    pub(crate) fn segment_diffcut_to(
+        &self,
+        image: &DynamicImage,
+        fit: Fit,
+        feature_options: &FeatureOptions,
+        cut_options: &CutOptions,
+        target: Target,
+    ) -> Result<Segmentation, Error> {
         let start = std::time::Instant::now();
-        let segmentation = features.cut(cut_options, Some(image))?;
+        let input = prepare_image(image, feature_options.input_size(), fit)?;
+        self.times().prepare += start.elapsed();
+        let map = self.diffcut_features(&input, feature_options)?;
+        let start = std::time::Instant::now();
+        let segmentation = match target {
+            Target::Image => Features {
+                map,
+                placement: Some(input.placement),
+            }
+            .cut(cut_options, Some(image))?,
+            Target::ModelInput => cut_model_input(&map, cut_options, &input)?,
+        };
         let mut total = self.times();
         total.merge += start.elapsed();
         total.images += 1;
@@ -441,6 +465,28 @@ impl<B: Backend> Pipeline<B> {
             placement: Some(input.placement),
         })
     }
+}
+
+/// DiffCut's cut of `map` on its mask-size square, PAMR (when asked) against the
+/// model's `input` in [0, 1] (DiffCut reads images as `x / 255`; `cut_features`
+/// resizes it to the mask size).
+fn cut_model_input(
+    map: &FeatureMap,
+    options: &CutOptions,
+    input: &ModelInput,
+) -> Result<Segmentation, Error> {
+    let unit: Option<Vec<f32>> = options.pamr().then(|| {
+        input
+            .pixels
+            .iter()
+            .map(|value| (value + 1.0) / 2.0)
+            .collect()
+    });
+    let image = unit
+        .as_deref()
+        .map(|values| PlanarImage::new(values, 3, input.size, input.size))
+        .transpose()?;
+    Ok(cut_features(map, options, image.as_ref())?.into())
 }
 
 /// Labels the model's `side`×`side` input square from the final proposals.

@@ -45,6 +45,7 @@ trait LoadedPipeline: Send {
         fit: Fit,
         feature_options: &FeatureOptions,
         cut_options: &CutOptions,
+        target: Target,
     ) -> Result<Segmentation, Error>;
     fn stage_times(&self) -> StageTimes;
     /// Another handle on the same weights, for another thread.
@@ -85,8 +86,9 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
         fit: Fit,
         feature_options: &FeatureOptions,
         cut_options: &CutOptions,
+        target: Target,
     ) -> Result<Segmentation, Error> {
-        Pipeline::segment_diffcut(self, image, fit, feature_options, cut_options)
+        self.segment_diffcut_to(image, fit, feature_options, cut_options, target)
     }
 
     fn stage_times(&self) -> StageTimes {
@@ -290,7 +292,10 @@ impl Segmenter {
 
     /// Segments one image on the model's square input grid (e.g. 512×512) of
     /// the fitted image, without mapping back: with [`Fit::CenterCrop`] this is
-    /// exactly the paper's evaluation protocol (docs/method.md §1 and §6).
+    /// exactly the paper's evaluation protocol (docs/method.md §1 and §6). With
+    /// DiffCut the grid is the mask-size square (128×128 by default) of the fitted
+    /// input, PAMR against that input: `eval_diffcut.py`'s labels when the image is
+    /// cropped as its data loader does ([`crate::eval::diffcut_crop`]).
     pub fn segment_model_input(&self, image: &DynamicImage) -> Result<Segmentation, Error> {
         Ok(self
             .run(std::slice::from_ref(image), Target::ModelInput)?
@@ -335,7 +340,7 @@ impl Segmenter {
     ) -> Result<Segmentation, Error> {
         self.check_size(std::slice::from_ref(image))?;
         self.pipelines.with(|pipeline| {
-            pipeline.segment_diffcut(image, self.fit, feature_options, cut_options)
+            pipeline.segment_diffcut(image, self.fit, feature_options, cut_options, Target::Image)
         })
     }
 
@@ -347,18 +352,18 @@ impl Segmenter {
                     pipeline.segment(images, self.fit, options, target)
                 }
                 // One image at a time: DiffCut's pass is a partial UNet at 1024 pixels.
-                (Method::DiffCut(options), Target::Image) => images
+                (Method::DiffCut(options), target) => images
                     .iter()
                     .map(|image| {
-                        pipeline.segment_diffcut(image, self.fit, &options.features, &options.cut)
+                        pipeline.segment_diffcut(
+                            image,
+                            self.fit,
+                            &options.features,
+                            &options.cut,
+                            target,
+                        )
                     })
                     .collect(),
-                (Method::DiffCut(_), Target::ModelInput) => Err(Error::Unsupported(
-                    "DiffCut labels on the model's input grid (segment_model_input, eval's model \
-                 runs): segment the images, or score DiffCut's 128² predictions with eval's \
-                 DiffCut protocol"
-                        .into(),
-                )),
             })
     }
 
@@ -735,9 +740,10 @@ mod tests {
             fit: Fit,
             feature_options: &FeatureOptions,
             cut_options: &CutOptions,
+            target: Target,
         ) -> Result<Segmentation, Error> {
             self.inner
-                .segment_diffcut(image, fit, feature_options, cut_options)
+                .segment_diffcut(image, fit, feature_options, cut_options, target)
         }
 
         fn stage_times(&self) -> StageTimes {

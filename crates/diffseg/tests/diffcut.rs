@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
-use diffseg::{BackendKind, CutOptions, FeatureOptions, Features, Fit, Segmenter};
+use diffseg::{
+    BackendKind, CutOptions, FeatureOptions, Features, Fit, Method, MethodKind, MethodSettings,
+    Segmenter,
+};
 use image::DynamicImage;
 
 fn segmenter(fit: Fit) -> Segmenter {
@@ -87,4 +90,27 @@ fn the_seed_fixes_the_features() {
     .cut(&CutOptions::default(), None)
     .unwrap();
     assert_eq!((square.width(), square.height()), (128, 128));
+}
+
+/// `tau auto` (`--tau auto`, Python `tau="auto"`) is DiffCut's eigengap variant, refused
+/// for DiffSeg and together with a τ value.
+#[test]
+fn tau_auto_is_diffcuts_eigengap_variant_only() {
+    let auto = MethodSettings {
+        auto_tau: Some(true),
+        ..MethodSettings::default()
+    };
+    let Method::DiffCut(options) = Method::from_settings(MethodKind::DiffCut, &auto).unwrap()
+    else {
+        panic!("DiffCut asked for");
+    };
+    assert!(options.cut.auto_tau());
+    let error = Method::from_settings(MethodKind::DiffSeg, &auto).unwrap_err();
+    assert!(error.to_string().contains("tau auto"), "{error}");
+    let both = MethodSettings {
+        tau: Some(vec![0.5]),
+        ..auto
+    };
+    let error = Method::from_settings(MethodKind::DiffCut, &both).unwrap_err();
+    assert!(error.to_string().contains("takes no tau"), "{error}");
 }

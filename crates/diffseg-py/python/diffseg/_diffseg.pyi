@@ -126,7 +126,7 @@ class Segmenter:
         model: str = ...,
         precision: Literal["f32", "f16"] = "f32",
         fit: Literal["pad", "center-crop"] = "pad",
-        tau: Optional[_Tau] = None,
+        tau: Union[_Tau, Literal["auto"], None] = None,
         iterations: Optional[int] = None,
         anchors: Optional[int] = None,
         refine: bool = False,
@@ -151,7 +151,8 @@ class Segmenter:
         features cut by a recursive normalized cut, docs/method.md §9).
         tau, iterations, anchors, refine: DiffSeg's merging options; None is the paper's value
         (tau 1.1, 3 iterations, 16 anchors per side). With "diffcut", tau is the cut's
-        threshold (None: 0.5) and iterations, anchors, refine are refused.
+        threshold (None: 0.5), or "auto" for DiffCut's eigengap variant (no threshold;
+        "auto" with "diffseg" raises ValueError), and iterations, anchors, refine are refused.
         alpha, mask_size, pamr, median, input_size, seed: DiffCut's options (None: alpha 10,
         128² mask, a 1024-pixel input, seed 42); refused with "diffseg".
         max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
@@ -215,7 +216,7 @@ def merge(
 
 def cut(
     features: npt.NDArray[np.float32],
-    tau: Optional[float] = None,
+    tau: Union[float, Literal["auto"], None] = None,
     alpha: Optional[float] = None,
     mask_size: Optional[int] = None,
     pamr: bool = False,
@@ -225,6 +226,6 @@ def cut(
     """DiffCut without the model: the recursive normalized cut of features (float32
     [h, w, c], as `diffseg features` writes them; at most 4096 pixels) on the CPU.
     Labels lie on a mask_size × mask_size grid. None is the published value (tau 0.5,
-    in (0, 1]; alpha 10; mask_size 128). pamr=True refines the labels on image (a path,
+    in (0, 1], or "auto": the eigengap variant; alpha 10; mask_size 128). pamr=True refines the labels on image (a path,
     PIL image or uint8 array; required then); median=True applies a 3×3 median filter
     last. Bad options or features raise ValueError."""

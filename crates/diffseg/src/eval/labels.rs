@@ -123,19 +123,30 @@ fn half_round_even(d: usize) -> usize {
     }
 }
 
+/// The square `eval_diffcut.py`'s data loader crops from a `width`×`height` image or
+/// label map, as `(top, left, side)`: side `min(H, W) − 1` (its `c`), offsets
+/// torchvision's `CenterCrop` rounds half to even. `None` when a side is 1 pixel or less.
+pub(crate) fn diffcut_crop_square(width: u32, height: u32) -> Option<(usize, usize, usize)> {
+    let (width, height) = (width as usize, height as usize);
+    let side = width.min(height).checked_sub(1).filter(|&c| c > 0)?;
+    Some((
+        half_round_even(height - side),
+        half_round_even(width - side),
+        side,
+    ))
+}
+
 /// `eval_diffcut.py`'s label pre-processing, to [`DIFFCUT_EVAL_SIDE`]² values: its data
 /// loader's centre square of side `min(H, W) − 1` (torchvision's `CenterCrop`, offsets
 /// rounded half to even), resized to `input_size` by nearest-exact (half-pixel centres,
 /// [`nearest_source_index`]), then to 128 by torch's legacy nearest (`floor(i · in /
 /// out)`). `None` for a map too small to crop (a side of 1 pixel).
 pub(crate) fn diffcut_crop_resize(labels: &LabelImage, input_size: usize) -> Option<Vec<u8>> {
-    let (width, height) = (labels.width as usize, labels.height as usize);
-    let crop = width.min(height).checked_sub(1).filter(|&c| c > 0)?;
+    let width = labels.width as usize;
+    let (top, left, crop) = diffcut_crop_square(labels.width, labels.height)?;
     if input_size == 0 {
         return None;
     }
-    let top = half_round_even(height - crop);
-    let left = half_round_even(width - crop);
     let source = |i: usize| {
         let resized = (i * input_size / DIFFCUT_EVAL_SIDE).min(input_size - 1);
         nearest_source_index(resized, crop, input_size)

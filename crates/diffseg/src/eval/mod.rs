@@ -26,9 +26,10 @@ pub use metric::{match_segments, score_image, ClassCounts, Confusion, Scores};
 pub use report::{ClassReport, EvalReport};
 
 use crate::Error;
+use image::DynamicImage;
 use labels::{
-    center_crop_resize_nearest, crop_resize_nearest, diffcut_crop_resize, read_label_png,
-    LabelImage,
+    center_crop_resize_nearest, crop_resize_nearest, diffcut_crop_resize, diffcut_crop_square,
+    read_label_png, LabelImage,
 };
 
 /// The input size of DiffCut's SD 1.4 setting (`eval_diffcut.py --img_size`), through
@@ -96,6 +97,25 @@ impl Protocol {
                 }),
         }
     }
+}
+
+/// The image of `sample` (opened as `image`) as `eval_diffcut.py`'s data loader crops it
+/// before resizing it to the model's input: the square of side `min(W, H) − 1` at its
+/// centre, offsets rounded half to even (the labels' crop in [`Protocol::DiffCut`]).
+/// Fitting the square to the model's input then only resizes it (bilinear, half-pixel
+/// centres, no antialiasing, as its `T.Resize` on tensors).
+pub fn diffcut_crop(sample: &Sample, image: &DynamicImage) -> Result<DynamicImage, Error> {
+    let (width, height) = (image.width(), image.height());
+    let (top, left, side) = diffcut_crop_square(width, height).ok_or_else(|| Error::ImageSize {
+        path: sample.image.clone(),
+        width,
+        height,
+        reason: "DiffCut's protocol crops a square of side min(width, height) - 1: \
+                     both must be at least 2"
+            .into(),
+    })?;
+    let side = side as u32;
+    Ok(image.crop_imm(left as u32, top as u32, side, side))
 }
 
 /// The ground truth of `sample` as the protocol compares it: `side`×`side` class
@@ -247,17 +267,30 @@ pub fn score_predictions_with(
     let predictions = locate_predictions(samples, folder)?;
     let mut result = FolderScores::default();
     for (sample, path) in samples.iter().zip(&predictions) {
-        let labels = read_label_png(&sample.label)?;
-        let (prediction, resized) = match protocol {
-            Protocol::Paper => load_prediction(path, EVAL_SIDE, labels.width, labels.height)?,
-            Protocol::DiffCut { .. } => (load_square_prediction(path, DIFFCUT_EVAL_SIDE)?, false),
-        };
-        let classes = protocol.ground_truth_from(dataset, sample, &labels)?;
-        result.scores.add(&score_image(&classes, &prediction));
+        let (counts, resized) = score_prediction_file(protocol, dataset, sample, path)?;
+        result.scores.add(&counts);
         result.resized += usize::from(resized);
         progress(sample, &result.scores);
     }
     Ok(result)
+}
+
+/// Scores the prediction PNG at `path` for `sample` with `protocol`, and says whether it
+/// was at its image's size and had to be cropped and resized ([`load_prediction`]; with
+/// [`Protocol::DiffCut`] it must be [`DIFFCUT_EVAL_SIDE`]²).
+pub fn score_prediction_file(
+    protocol: Protocol,
+    dataset: Dataset,
+    sample: &Sample,
+    path: &Path,
+) -> Result<(ClassCounts, bool), Error> {
+    let labels = read_label_png(&sample.label)?;
+    let (prediction, resized) = match protocol {
+        Protocol::Paper => load_prediction(path, EVAL_SIDE, labels.width, labels.height)?,
+        Protocol::DiffCut { .. } => (load_square_prediction(path, DIFFCUT_EVAL_SIDE)?, false),
+    };
+    let classes = protocol.ground_truth_from(dataset, sample, &labels)?;
+    Ok((score_image(&classes, &prediction), resized))
 }
 
 // The integration tests' fixture reader; they use all of it, the tests here only part.
