@@ -195,6 +195,11 @@ fn settings_difference(
         format!("{:?}", expected.merge),
     );
     differ(
+        "DiffCut options",
+        format!("{:?}", recorded.diffcut),
+        format!("{:?}", expected.diffcut),
+    );
+    differ(
         "diffseg version",
         recorded.version.clone(),
         expected.version.clone(),
@@ -987,5 +992,26 @@ mod tests {
         // A revision still to be downloaded is not compared.
         recorded.merge = expected.merge.clone();
         assert_eq!(settings_difference(&recorded, &expected, true), None);
+
+        // DiffCut's options are compared as DiffSeg's are: a result cut at another τ is not done.
+        let cut = diffseg::DiffCutSettings {
+            tau: 0.5,
+            auto_tau: false,
+            alpha: 10.0,
+            mask_size: 128,
+            pamr: false,
+            median: false,
+            input_size: 1024,
+            timestep: 50,
+            seed: 42,
+        };
+        let mut expected = expected;
+        expected.merge = None;
+        expected.diffcut = Some(cut.clone());
+        let mut recorded = expected.clone();
+        assert_eq!(settings_difference(&recorded, &expected, false), None);
+        recorded.diffcut = Some(diffseg::DiffCutSettings { tau: 0.3, ..cut });
+        let difference = settings_difference(&recorded, &expected, false).unwrap();
+        assert!(difference.contains("DiffCut options"), "{difference}");
     }
 }
