@@ -13,7 +13,10 @@ fn every_test_file_is_compiled() {
         let dir = crates.join(krate);
         let main = fs::read_to_string(dir.join("tests/main.rs")).unwrap();
         let manifest = fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-        assert!(manifest.contains("autotests = false"), "{krate}: expected autotests = false");
+        assert!(
+            manifest.contains("autotests = false"),
+            "{krate}: expected autotests = false"
+        );
         for entry in fs::read_dir(dir.join("tests")).unwrap() {
             let path = entry.unwrap().path();
             let (Some(stem), Some("rs")) = (
@@ -25,7 +28,10 @@ fn every_test_file_is_compiled() {
             let declared = stem == "main"
                 || main.lines().any(|line| line == format!("mod {stem};"))
                 || manifest.contains(&format!("path = \"tests/{stem}.rs\""));
-            assert!(declared, "{krate}/tests/{stem}.rs is not compiled: declare `mod {stem};` in tests/main.rs");
+            assert!(
+                declared,
+                "{krate}/tests/{stem}.rs is not compiled: declare `mod {stem};` in tests/main.rs"
+            );
         }
     }
 }
