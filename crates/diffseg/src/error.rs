@@ -226,9 +226,13 @@ pub enum Error {
     /// Feature options out of range (see [`crate::FeatureOptions::new`]).
     #[error("invalid feature options: {0}")]
     FeatureOptions(String),
+    /// A vocabulary that cannot be used: refused entries, or no tokenizer to read it with
+    /// (naming the folder looked in).
+    #[error(transparent)]
+    Vocabulary(#[from] crate::VocabularyError),
 
     /// A combination the library does not offer (yet), e.g. DiffCut labels on
-    /// the model's input grid.
+    /// the model's input grid, or DiffCut with a vocabulary.
     #[error("not supported: {0}")]
     Unsupported(String),
 
