@@ -92,6 +92,8 @@ fn for_library_error(error: &diffseg::Error) -> Exit {
         | Error::UnknownName { .. }
         | Error::FeatureOptions(_)
         | Error::OutputIsInput { .. }
+        | Error::Vocabulary(_)
+        | Error::IncompatibleOptions(_)
         | Error::NotOurs { .. } => Exit::Usage,
         // A command on one input (`attention IMAGE`, `merge FILE`, `cut FILE`) whose input fails.
         Error::ImageRead { .. }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use diffseg::weights::{FileVariant, DEFAULT_MODEL, DEFAULT_REVISION};
 use diffseg::{
     BackendKind, Fit, ImageLimits, MergeOptions, Method, MethodKind, MethodSettings, Precision,
-    SegmenterBuilder,
+    SegmenterBuilder, Vocabulary,
 };
 
 /// Where the model runs and which weights it loads.
@@ -215,6 +215,61 @@ impl std::fmt::Display for Tau {
         match self {
             Tau::Value(tau) => write!(f, "{tau}"),
             Tau::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// Naming segments from a vocabulary (`segment`): docs/method.md §10.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NamingArgs {
+    /// Name each segment from these entries: comma-separated ("sky,road surface,person"), or a
+    /// preset of an evaluation dataset's class names (coco-stuff-27, cityscapes-27). Each
+    /// segment in the JSON gets `name`, `name_score` and `names` (the --top-k best), and the
+    /// overlay a legend. DiffSeg only.
+    #[arg(
+        long,
+        value_name = "ENTRIES|PRESET",
+        conflicts_with = "vocabulary_file"
+    )]
+    pub vocabulary: Option<String>,
+    /// Name each segment from the entries of FILE, one per line (blank lines skipped).
+    #[arg(long, value_name = "FILE")]
+    pub vocabulary_file: Option<PathBuf>,
+    /// The CLIP tokenizer folder (vocab.json, merges.txt) that reads the vocabulary
+    /// (default: the model's tokenizer/; a single-file checkpoint needs this).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// How many best entries each named segment keeps, with their scores.
+    #[arg(long, default_value_t = diffseg::DEFAULT_TOP_K as u32, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
+}
+
+impl NamingArgs {
+    /// The vocabulary asked for, if any (refused entries are a usage error).
+    pub fn vocabulary(&self) -> anyhow::Result<Option<Vocabulary>> {
+        let vocabulary = match (&self.vocabulary, &self.vocabulary_file) {
+            (Some(text), _) => Some(Vocabulary::parse(text)),
+            (None, Some(file)) => Some(Vocabulary::from_file(file)),
+            (None, None) => None,
+        };
+        vocabulary.transpose().map_err(crate::exit::usage)
+    }
+
+    /// `builder` naming segments from `vocabulary` with these options.
+    pub fn apply(
+        &self,
+        builder: SegmenterBuilder,
+        vocabulary: Option<&Vocabulary>,
+    ) -> SegmenterBuilder {
+        let Some(vocabulary) = vocabulary else {
+            return builder;
+        };
+        let builder = builder
+            .vocabulary(vocabulary.clone())
+            .top_k(self.top_k as usize);
+        match &self.tokenizer {
+            Some(folder) => builder.tokenizer(folder),
+            None => builder,
         }
     }
 }

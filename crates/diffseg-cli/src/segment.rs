@@ -36,7 +36,7 @@ use image::DynamicImage;
 use crate::coco::{self, CocoFile};
 use crate::exit::{self, Exit};
 use crate::jobs::{collect_jobs, read_file_list, Job, Shard};
-use crate::options::{MergeArgs, MethodArgs, ModelArgs};
+use crate::options::{MergeArgs, MethodArgs, ModelArgs, NamingArgs};
 use crate::progress::Progress;
 
 /// Segment images (files or folders) into label PNGs, overlays and JSON.
@@ -139,6 +139,8 @@ pub struct Args {
     pub merge: MergeArgs,
     #[command(flatten)]
     pub method: MethodArgs,
+    #[command(flatten)]
+    pub naming: NamingArgs,
 }
 
 /// Where a job stands before the run.
@@ -194,6 +196,14 @@ fn settings_difference(
         format!("{:?}", recorded.merge),
         format!("{:?}", expected.merge),
     );
+    let naming = |settings: &SegmentSettings| match &settings.naming {
+        Some(naming) => format!(
+            "{:?} (template {:?}, top-k {})",
+            naming.vocabulary, naming.template, naming.top_k
+        ),
+        None => "none".into(),
+    };
+    differ("vocabulary", naming(recorded), naming(expected));
     differ(
         "DiffCut options",
         format!("{:?}", recorded.diffcut),
@@ -328,6 +338,41 @@ fn expected_settings(
     Ok((settings, located))
 }
 
+/// Refuses, before any work, a vocabulary that cannot name: with DiffCut, without a tokenizer
+/// for weights already found, or with entries the tokenizer cannot fit in a prompt.
+fn check_vocabulary(
+    args: &Args,
+    method: &Method,
+    vocabulary: &diffseg::Vocabulary,
+    located: Option<&ResolvedWeights>,
+) -> anyhow::Result<()> {
+    if matches!(method, Method::DiffCut(_)) {
+        return Err(exit::usage(
+            "--vocabulary names DiffSeg's segments only: DiffCut's UNet pass stops before most \
+             cross-attention layers",
+        ));
+    }
+    let explicit = args.naming.tokenizer.as_deref();
+    // Weights still to be downloaded (or Hub snapshots, whose tokenizer is fetched when the
+    // model loads) are checked then.
+    let Some(weights) = located.map(ResolvedWeights::found) else {
+        return Ok(());
+    };
+    let from_hub = matches!(
+        weights.origin,
+        WeightsOrigin::HuggingFaceCache | WeightsOrigin::Downloaded
+    );
+    if from_hub && explicit.is_none() {
+        return Ok(());
+    }
+    let tokenizer = diffseg::weights::load_tokenizer(&weights.path, explicit)
+        .map_err(|error| exit::usage(format!("--vocabulary: {error}")))?;
+    vocabulary
+        .prompts(&tokenizer)
+        .map_err(|error| exit::usage(format!("--vocabulary: {error}")))?;
+    Ok(())
+}
+
 /// The `--summary` report.
 #[derive(serde::Serialize)]
 struct Summary {
@@ -406,6 +451,8 @@ struct Timings {
     vae: f64,
     unet: f64,
     merge: f64,
+    /// Naming segments from `--vocabulary` (0 without one; encoding it counts as `clip`).
+    naming: f64,
     outputs: f64,
     total: f64,
 }
@@ -524,8 +571,18 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
                 .into(),
         );
     }
-    let builder = args.model.builder(&method);
+    let vocabulary = args.naming.vocabulary()?;
+    let builder = args
+        .naming
+        .apply(args.model.builder(&method), vocabulary.as_ref());
     let (expected, located) = expected_settings(args, &method, &builder)?;
+    let expected = match &vocabulary {
+        Some(vocabulary) => {
+            check_vocabulary(args, &method, vocabulary, located.as_ref())?;
+            expected.with_naming(vocabulary, args.naming.top_k as usize)
+        }
+        None => expected,
+    };
     match &located {
         Some(weights) => tracing::info!(
             path = %weights.found().path.display(),
@@ -779,6 +836,10 @@ fn execute(
         segmenter.fit(),
         segmenter.method(),
     );
+    let settings = match (segmenter.vocabulary(), segmenter.top_k()) {
+        (Some(vocabulary), Some(top_k)) => settings.with_naming(vocabulary, top_k),
+        _ => settings,
+    };
     tracing::info!(
         seconds = loading.elapsed().as_secs_f64(),
         backend = %args.model.backend,
@@ -908,6 +969,7 @@ fn report(
             vae: seconds(stages.vae),
             unet: seconds(stages.unet),
             merge: seconds(stages.merge),
+            naming: seconds(stages.naming),
             outputs: seconds(times.outputs),
             total: seconds(started.elapsed()),
         };

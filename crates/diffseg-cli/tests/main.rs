@@ -3,17 +3,20 @@
 //! Cargo's `autotests` is off, so a new test file is declared here; the CLI's
 //! `layout` test fails on a file that is not.
 
-mod common;
-#[path = "../../diffseg/tests/eval_support/mod.rs"]
-mod eval_support;
 mod bad_inputs;
+mod common;
 mod cut;
 mod eval_cli;
 mod eval_model;
+#[path = "../../diffseg/tests/eval_support/mod.rs"]
+mod eval_support;
 mod fetch;
 mod large_runs;
 mod layout;
 mod merge;
+mod names;
 mod outputs;
 mod segment;
+#[path = "../../diffseg-sd/tests/tokenizer_fixture/mod.rs"]
+mod tokenizer_fixture;
 mod view;

@@ -46,9 +46,12 @@ pub fn to_py_err(error: diffseg::Error) -> PyErr {
         | Error::InvalidInputSize(_)
         | Error::FeatureOptions(_)
         | Error::ImageSize { .. }
+        | Error::IncompatibleOptions(_)
         | Error::Features { .. }
         | Error::Attention { .. } => PyValueError::new_err(message),
         Error::Segment(error) => core_to_py_err(error),
+        // Refused entries, or no tokenizer to read them with (the message names the folder).
+        Error::Vocabulary(_) => PyValueError::new_err(message),
         Error::WeightsPathMissing { .. }
         | Error::WeightsNotFound { .. }
         | Error::HubNotFound { .. } => WeightsNotFoundError::new_err(message),

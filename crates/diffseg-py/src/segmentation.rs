@@ -131,7 +131,9 @@ impl PySegmentation {
 
     /// The segments as segment-anything's automatic mask generator lists
     /// them: dicts with `segmentation` (a bool `[height, width]` mask),
-    /// `area`, `bbox` (`[x, y, width, height]`) and `label`.
+    /// `area`, `bbox` (`[x, y, width, height]`) and `label`; with a
+    /// vocabulary also `name`, `name_score` and `names` (the `top_k` best
+    /// as `(name, score)` pairs, best first).
     #[getter]
     fn segments<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.records(py, OutputMode::BinaryMask)
@@ -274,6 +276,16 @@ impl PySegmentation {
             record.set_item("area", segment.area)?;
             record.set_item("bbox", segment.bbox.to_vec())?;
             record.set_item("label", segment.label)?;
+            // Only when the segmenter was given a vocabulary.
+            if let (Some(name), Some(score)) = (&segment.name, segment.name_score) {
+                record.set_item("name", name)?;
+                record.set_item("name_score", score)?;
+                let names = PyList::empty(py);
+                for entry in &segment.names {
+                    names.append((entry.name.as_str(), entry.score))?;
+                }
+                record.set_item("names", names)?;
+            }
             records.append(record)?;
         }
         Ok(records)

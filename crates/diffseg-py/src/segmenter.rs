@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use diffseg::{BackendKind, Fit, MergeOptions, Method, MethodKind, MethodSettings, Precision};
+use diffseg::{
+    BackendKind, Fit, MergeOptions, Method, MethodKind, MethodSettings, Precision, Vocabulary,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::IntoPyObjectExt;
@@ -87,6 +89,20 @@ impl PySegmenter {
     }
 }
 
+/// `vocabulary=`: a preset's name or comma-separated entries (a string), or a list of entries.
+fn vocabulary_argument(value: &Bound<'_, PyAny>) -> PyResult<Vocabulary> {
+    let vocabulary = match value.extract::<String>() {
+        Ok(text) => Vocabulary::parse(&text),
+        Err(_) => {
+            let entries: Vec<String> = value.extract().map_err(|_| {
+                type_error("vocabulary must be a preset name, a comma-separated string or a list of strings")
+            })?;
+            Vocabulary::new(entries, "vocabulary")
+        }
+    };
+    vocabulary.map_err(|error| to_py_err(error.into()))
+}
+
 #[pymethods]
 impl PySegmenter {
     #[new]
@@ -110,6 +126,9 @@ impl PySegmenter {
         median = false,
         input_size = None,
         seed = None,
+        vocabulary = None,
+        top_k = diffseg::DEFAULT_TOP_K,
+        tokenizer = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -133,6 +152,9 @@ impl PySegmenter {
         median: bool,
         input_size: Option<usize>,
         seed: Option<u64>,
+        vocabulary: Option<&Bound<'_, PyAny>>,
+        top_k: usize,
+        tokenizer: Option<PathBuf>,
     ) -> PyResult<Self> {
         let name_error = |error: diffseg::Error| value_error(error.to_string());
         let backend: BackendKind = backend.parse().map_err(name_error)?;
@@ -160,6 +182,14 @@ impl PySegmenter {
             .max_pixels(max_pixels);
         if let Some(weights) = weights {
             builder = builder.weights(weights);
+        }
+        if let Some(vocabulary) = vocabulary {
+            builder = builder
+                .vocabulary(vocabulary_argument(vocabulary)?)
+                .top_k(top_k);
+        }
+        if let Some(tokenizer) = tokenizer {
+            builder = builder.tokenizer(tokenizer);
         }
         let callback = progress::callback(py, progress)?;
         let mut reporter = PythonDownloadProgress::new(callback.as_ref());

@@ -3,8 +3,8 @@
 //! Cargo's `autotests` is off, so a new test file is declared here; the CLI's
 //! `layout` test fails on a file that is not.
 
-mod common;
 mod bounds;
+mod common;
 mod diffcut;
 mod parity;
 mod readers_prop;

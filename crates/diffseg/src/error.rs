@@ -226,6 +226,10 @@ pub enum Error {
     /// Feature options out of range (see [`crate::FeatureOptions::new`]).
     #[error("invalid feature options: {0}")]
     FeatureOptions(String),
+    /// A vocabulary that cannot be used: refused entries, or no tokenizer to read it with
+    /// (naming the folder looked in).
+    #[error(transparent)]
+    Vocabulary(#[from] crate::VocabularyError),
 
     /// An image an evaluation protocol cannot bring to the model's input.
     #[error("image {path} is {width}×{height}: {reason}")]
@@ -239,6 +243,10 @@ pub enum Error {
         /// Why it does not fit.
         reason: String,
     },
+    /// Options that cannot be combined, e.g. DiffCut with a vocabulary (its UNet pass stops
+    /// before most cross-attention layers).
+    #[error("incompatible options: {0}")]
+    IncompatibleOptions(String),
 
     /// A features file that cannot be read or is not DiffCut features.
     #[error("features {path}: {reason}")]

@@ -63,6 +63,7 @@ mod features;
 mod hub;
 mod input;
 mod method;
+mod naming;
 mod output;
 mod pipeline;
 mod segmentation;
@@ -84,11 +85,12 @@ pub use input::{
     DEFAULT_MAX_PIXELS, MAX_IMAGE_SIDE,
 };
 pub use method::{DiffCutOptions, Method, MethodKind, MethodSettings};
+pub use naming::{NameScore, SegmentName, DEFAULT_TOP_K};
 pub use output::{
     check_result, commit_in_order, is_diffseg_png, is_json_of, read_label_png, refuse_foreign,
     refuse_input_as_output, resolved_path, stage_file, write_atomically, write_json_atomically,
-    CocoRle, DiffCutSettings, FileRecord, JsonStyle, OutputKind, OutputKinds, ResultPaths,
-    ResultState, SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
+    CocoRle, DiffCutSettings, FileRecord, JsonStyle, NamingSettings, OutputKind, OutputKinds,
+    ResultPaths, ResultState, SegmentRecord, SegmentSettings, SegmentsFile, StagedFile,
 };
 pub use pipeline::{Pipeline, TIMESTEP};
 pub use segmentation::{palette_colour, BoundingBox, OverlayStyle, Segment, Segmentation};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::weights::{FoundWeights, WeightsOrigin};
-use crate::{DiffCutOptions, Error, Fit, MergeOptions, Method, Precision};
+use crate::{DiffCutOptions, Error, Fit, MergeOptions, Method, NameScore, Precision, Vocabulary};
 
 /// A segmentation described for JSON output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +54,15 @@ pub struct SegmentRecord {
     pub bbox: [u32; 4],
     /// The mask as COCO RLE (pycocotools' compressed form).
     pub segmentation: CocoRle,
+    /// The segment's best vocabulary entry, when segments were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// That entry's score ([`crate::NameScore::score`]), when segments were named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_score: Option<f32>,
+    /// The best entries with their scores, best first, when segments were named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameScore>,
 }
 
 /// A mask as COCO run-length encoding, in pycocotools' compressed form (what
@@ -257,6 +266,9 @@ pub(crate) fn describe_labels(
                 area: area[label],
                 bbox: [x0, y0, x1 - x0 + 1, y1 - y0 + 1],
                 segmentation: coco_rle(labels, width, height, label as u32),
+                name: None,
+                name_score: None,
+                names: Vec::new(),
             }
         })
         .collect();
@@ -291,6 +303,9 @@ pub struct SegmentSettings {
     /// DiffCut's options; `None` for another method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffcut: Option<DiffCutSettings>,
+    /// The vocabulary segments were named from; `None` when they were not named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub naming: Option<NamingSettings>,
     /// The version of the diffseg crate that made the segmentation.
     pub version: String,
 }
@@ -350,9 +365,35 @@ impl SegmentSettings {
                 Method::DiffSeg(_) => None,
                 Method::DiffCut(options) => Some(DiffCutSettings::from(options)),
             },
+            naming: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
+}
+
+impl SegmentSettings {
+    /// The same settings, recording that segments were named from `vocabulary` with `top_k`.
+    pub fn with_naming(self, vocabulary: &Vocabulary, top_k: usize) -> SegmentSettings {
+        SegmentSettings {
+            naming: Some(NamingSettings {
+                vocabulary: vocabulary.entries().to_vec(),
+                template: vocabulary.template().to_string(),
+                top_k,
+            }),
+            ..self
+        }
+    }
+}
+
+/// The vocabulary segments were named from, as a result records it (see [`SegmentSettings`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamingSettings {
+    /// The entries, in order.
+    pub vocabulary: Vec<String>,
+    /// The prompt template each entry went through.
+    pub template: String,
+    /// How many best entries each segment keeps.
+    pub top_k: usize,
 }
 
 /// DiffCut's options as a result records them (see [`SegmentSettings`]).

@@ -11,8 +11,8 @@ use diffseg_core::{
 };
 use diffseg_sd::{
     add_noise, ensure_finite, prompt_ids_tensor, AttentionLayer, AttentionSink, ClipTokenizer,
-    OpenedWeights, StableDiffusion, StableDiffusionConfig, WeightsSource, EMPTY_PROMPT_IDS,
-    MAX_TOKENS,
+    CrossAttentionQueries, OpenedWeights, StableDiffusion, StableDiffusionConfig, WeightsSource,
+    EMPTY_PROMPT_IDS, MAX_TOKENS,
 };
 
 use image::DynamicImage;
@@ -20,8 +20,10 @@ use image::DynamicImage;
 use crate::attention::{SelfAttention, SelfAttentionMap};
 use crate::features::{seeded_noise, FeatureOptions, Features};
 use crate::input::{prepare_image, Fit, ModelInput, Placement};
+use crate::naming::{batch_entry_maps, prompt_chunks, square_names, EncodedVocabulary};
 use crate::segmentation::Segmentation;
 use crate::timing::{timed, StageTimes};
+use crate::vocabulary::Vocabulary;
 use crate::Error;
 
 /// docs/method.md §2: the diffusion timestep of the single UNet pass.
@@ -86,6 +88,9 @@ pub struct Pipeline<B: Backend> {
     empty_prompt: Tensor<B, 3>,
     device: B::Device,
     input_size: usize,
+    /// The vocabulary segments are named from, encoded once ([`Self::with_vocabulary`]);
+    /// `None`: no naming, and no queries kept during the pass.
+    vocabulary: Option<EncodedVocabulary<B>>,
     /// Shared by the clones: totals over every copy of the model.
     times: Arc<Mutex<StageTimes>>,
 }
@@ -149,8 +154,36 @@ impl<B: Backend> Pipeline<B> {
             empty_prompt,
             device,
             input_size,
+            vocabulary: None,
             times: Arc::new(Mutex::new(times)),
         })
+    }
+
+    /// The same pipeline naming every DiffSeg segment from `vocabulary` (docs/method.md §10),
+    /// keeping each segment's `top_k` best entries: the entries are tokenized with
+    /// `tokenizer` (the model's own CLIP tokenizer) and encoded here, once, by the model's
+    /// text encoder (timed as its stage); every later pass keeps its cross-attention queries
+    /// to score them.
+    pub fn with_vocabulary(
+        mut self,
+        vocabulary: &Vocabulary,
+        tokenizer: &ClipTokenizer,
+        top_k: usize,
+    ) -> Result<Self, Error> {
+        let chunks = prompt_chunks(vocabulary, tokenizer)?;
+        let mut spent = std::time::Duration::ZERO;
+        let encoded = timed::<B, _>(&self.device, &mut spent, || {
+            EncodedVocabulary::new(
+                &self.model,
+                vocabulary.entries(),
+                &chunks,
+                top_k,
+                &self.device,
+            )
+        })?;
+        self.times().text_encoder += spent;
+        self.vocabulary = Some(encoded);
+        Ok(self)
     }
 
     /// The side of the model's square input in pixels (512 for SD 1.x).
@@ -306,7 +339,14 @@ impl<B: Backend> Pipeline<B> {
     /// docs/method.md §1–3 for a batch: the VAE latent (posterior mean × scaling), one
     /// UNet pass at t = 300 with the empty prompt, and per image the
     /// self-attention averaged over heads and layers per resolution.
-    fn attention_maps(&self, inputs: &[ModelInput]) -> Result<Vec<AttentionMaps<B>>, Error> {
+    ///
+    /// With `keep_queries`, also every cross-attention layer's queries for naming; else
+    /// none are kept and the pass is exactly the plain one.
+    fn attention_maps(
+        &self,
+        inputs: &[ModelInput],
+        keep_queries: bool,
+    ) -> Result<(Vec<AttentionMaps<B>>, Option<CrossAttentionQueries<B>>), Error> {
         // The parameters read the mapped weights files: a truncated one
         // would end the process mid-pass.
         self.model
@@ -334,6 +374,7 @@ impl<B: Backend> Pipeline<B> {
             accumulators: (0..batch)
                 .map(|_| AttentionAccumulator::new(&self.device))
                 .collect(),
+            queries: keep_queries.then(CrossAttentionQueries::default),
             error: None,
         };
         timed::<B, _>(&self.device, &mut times.unet, || {
@@ -349,7 +390,8 @@ impl<B: Backend> Pipeline<B> {
         if let Some(error) = sink.error {
             return Err(Error::Model(error.to_string()));
         }
-        sink.accumulators
+        let maps = sink
+            .accumulators
             .into_iter()
             .map(|accumulator| {
                 let maps = accumulator
@@ -359,7 +401,8 @@ impl<B: Backend> Pipeline<B> {
                     .map_err(|error| Error::Model(error.to_string()))?;
                 Ok(maps)
             })
-            .collect()
+            .collect::<Result<_, Error>>()?;
+        Ok((maps, sink.queries))
     }
 
     /// The model half of [`Self::features`] for a prepared input: latent,
@@ -412,35 +455,103 @@ impl<B: Backend> Pipeline<B> {
             .map_err(|error| Error::Model(format!("the hooked self-attention: {error}")))
     }
 
-    /// Segments a batch; each result covers its image at `Target`'s size.
+    /// Segments a batch; each result covers its image at `Target`'s size and, with a
+    /// vocabulary, names its segments.
     fn segment_inputs(
         &self,
         inputs: &[ModelInput],
         options: &MergeOptions,
         target: Target,
     ) -> Result<Vec<Segmentation>, Error> {
-        let maps = self.attention_maps(inputs)?;
+        let (maps, queries) = self.attention_maps(inputs, self.vocabulary.is_some())?;
         let start = std::time::Instant::now();
-        let segmentations = maps
+        let squares = maps
             .iter()
             .zip(inputs)
             .map(|(maps, input)| {
                 let proposals = merge_attention(maps, options)?;
-                match target {
-                    Target::ModelInput => label_square(proposals, self.input_size),
-                    Target::Image => label_image(proposals, &input.placement),
-                }
+                let side = match target {
+                    Target::ModelInput => self.input_size,
+                    Target::Image => label_side(&input.placement),
+                };
+                Ok(label_map(
+                    proposals.maps,
+                    proposals.height,
+                    proposals.width,
+                    side,
+                    side,
+                )?)
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        let mut total = self.times();
-        total.merge += start.elapsed();
-        total.images += inputs.len();
-        Ok(segmentations)
+        let segmentations = squares
+            .iter()
+            .zip(inputs)
+            .map(|(square, input)| match target {
+                Target::ModelInput => Ok(Segmentation::from(square.clone())),
+                Target::Image => Ok(square_to_image(square, &input.placement)?.into()),
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        {
+            let mut total = self.times();
+            total.merge += start.elapsed();
+            total.images += inputs.len();
+        }
+        match (&self.vocabulary, queries) {
+            (Some(vocabulary), Some(queries)) => self.name(
+                vocabulary,
+                &queries,
+                &squares,
+                inputs,
+                target,
+                segmentations,
+            ),
+            _ => Ok(segmentations),
+        }
+    }
+
+    /// Names the segments of a batch (docs/method.md §10) from its kept queries: each image's
+    /// entry maps scored over the segments of its label map on the model's input square
+    /// (`squares`), whose maps lie there; an image's segment takes the names of the square's
+    /// segment it was mapped from.
+    fn name(
+        &self,
+        vocabulary: &EncodedVocabulary<B>,
+        queries: &CrossAttentionQueries<B>,
+        squares: &[diffseg_core::Segmentation],
+        inputs: &[ModelInput],
+        target: Target,
+        segmentations: Vec<Segmentation>,
+    ) -> Result<Vec<Segmentation>, Error> {
+        let mut spent = std::time::Duration::ZERO;
+        let named = timed::<B, _>(&self.device, &mut spent, || {
+            let maps = batch_entry_maps(queries, vocabulary, inputs.len())?;
+            maps.iter()
+                .zip(squares)
+                .zip(inputs)
+                .zip(segmentations)
+                .map(|(((maps, square), input), segmentation)| {
+                    let by_square_label = square_names(maps, square, vocabulary)?;
+                    let names = match target {
+                        Target::ModelInput => by_square_label,
+                        Target::Image => kept_square_labels(square, &input.placement)
+                            .into_iter()
+                            .map(|label| by_square_label[label as usize].clone())
+                            .collect(),
+                    };
+                    segmentation.with_names(names)
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        });
+        self.times().naming += spent;
+        named
     }
 
     /// The per-resolution self-attention of one image, copied off the device.
     fn attention_of(&self, input: &ModelInput) -> Result<SelfAttention, Error> {
-        let maps = self.attention_maps(std::slice::from_ref(input))?.remove(0);
+        let maps = self
+            .attention_maps(std::slice::from_ref(input), false)?
+            .0
+            .remove(0);
         let maps = maps
             .iter()
             .map(|map| {
@@ -511,7 +622,7 @@ pub(crate) fn label_image<B: Backend>(
     proposals: Proposals<B>,
     placement: &Placement,
 ) -> Result<Segmentation, Error> {
-    let side = (placement.side as usize).min(MAX_LABEL_SIDE);
+    let side = label_side(placement);
     let square = label_map(
         proposals.maps,
         proposals.height,
@@ -520,6 +631,12 @@ pub(crate) fn label_image<B: Backend>(
         side,
     )?;
     Ok(square_to_image(&square, placement)?.into())
+}
+
+/// The side of the square label map an image's labels are taken from
+/// ([`label_image`]): the fitted square at the image's scale, at most [`MAX_LABEL_SIDE`].
+fn label_side(placement: &Placement) -> usize {
+    (placement.side as usize).min(MAX_LABEL_SIDE)
 }
 
 /// The largest square label map computed for [`Target::Image`]: 32 times the
@@ -545,6 +662,24 @@ pub(crate) fn square_to_image(
     square: &diffseg_core::Segmentation,
     placement: &Placement,
 ) -> Result<diffseg_core::Segmentation, diffseg_core::Error> {
+    diffseg_core::Segmentation::from_labels(
+        square_labels_of_pixels(square, placement),
+        placement.image_width as usize,
+        placement.image_height as usize,
+    )
+}
+
+/// The square's labels that [`square_to_image`] keeps, in increasing order: image label `i`
+/// is the square's label `kept[i]` (renumbering keeps the order).
+fn kept_square_labels(square: &diffseg_core::Segmentation, placement: &Placement) -> Vec<u32> {
+    let mut kept = square_labels_of_pixels(square, placement);
+    kept.sort_unstable();
+    kept.dedup();
+    kept
+}
+
+/// Each image pixel's label in the square, before renumbering ([`square_to_image`]).
+fn square_labels_of_pixels(square: &diffseg_core::Segmentation, placement: &Placement) -> Vec<u32> {
     let labelled = square.width() as i64;
     let side = placement.side as i64;
     // Square pixel (in image units) → label-map pixel, by the pixel centre.
@@ -564,12 +699,14 @@ pub(crate) fn square_to_image(
         let row = to_map(y - placement.top);
         labels.extend(columns.iter().map(|&column| square.label_at(column, row)));
     }
-    diffseg_core::Segmentation::from_labels(labels, width, height)
+    labels
 }
 
 /// Feeds each image's slice of the batch into its own running mean.
 struct BatchSink<B: Backend> {
     accumulators: Vec<AttentionAccumulator<B>>,
+    /// The cross-attention queries of the whole batch, kept only when naming segments.
+    queries: Option<CrossAttentionQueries<B>>,
     /// The first error (the sink interface cannot return one).
     error: Option<diffseg_core::Error>,
 }
@@ -595,6 +732,16 @@ impl<B: Backend> AttentionSink<B> for BatchSink<B> {
                 return;
             }
         }
+    }
+
+    fn cross_attention_queries(&mut self, layer: &AttentionLayer, queries: Tensor<B, 3>) {
+        if let Some(kept) = &mut self.queries {
+            kept.push(layer, queries);
+        }
+    }
+
+    fn wants_cross_attention_queries(&self) -> bool {
+        self.queries.is_some()
     }
 }
 

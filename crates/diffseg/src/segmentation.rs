@@ -6,6 +6,7 @@ use std::path::Path;
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
 
+use crate::naming::SegmentName;
 use crate::output::{
     describe_labels, encode_label_png, encode_png, write_atomically, write_json_atomically,
     write_result, JsonStyle, OutputKind, OutputKinds, ResultPaths, SegmentSettings, SegmentsFile,
@@ -28,14 +29,16 @@ pub use diffseg_core::{BoundingBox, Segment};
 /// assert_eq!(mask.get_pixel(0, 1)[0], 255);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Segmentation {
     map: diffseg_core::Segmentation,
+    /// Each segment's names, by label, when segments were named from a vocabulary.
+    names: Option<Vec<SegmentName>>,
 }
 
 impl From<diffseg_core::Segmentation> for Segmentation {
     fn from(map: diffseg_core::Segmentation) -> Self {
-        Self { map }
+        Self { map, names: None }
     }
 }
 
@@ -80,6 +83,28 @@ impl Segmentation {
         self.map.segments()
     }
 
+    /// Each segment's name, score and best entries, by label, when the segmenter was given a
+    /// vocabulary ([`crate::SegmenterBuilder::vocabulary`]); `None` otherwise.
+    pub fn names(&self) -> Option<&[SegmentName]> {
+        self.names.as_deref()
+    }
+
+    /// The same segmentation with these names, one per segment by label.
+    pub fn with_names(self, names: Vec<SegmentName>) -> Result<Self, Error> {
+        if names.len() != self.segment_count() {
+            return Err(diffseg_core::Error::Size(format!(
+                "{} names for {} segments",
+                names.len(),
+                self.segment_count()
+            ))
+            .into());
+        }
+        Ok(Self {
+            names: Some(names),
+            ..self
+        })
+    }
+
     /// Row-major mask of segment `index`: `true` inside.
     pub fn mask(&self, index: usize) -> Result<Vec<bool>, Error> {
         Ok(self.map.mask(index)?)
@@ -107,8 +132,15 @@ impl Segmentation {
 
     /// Nearest-neighbour resize (TF2 semantics: source index
     /// `floor((i + 0.5) · in / out)`); labels are renumbered if a segment vanishes.
+    ///
+    /// Names are kept when every segment survives (renumbering keeps the order), else dropped.
     pub fn resize_nearest(&self, width: usize, height: usize) -> Result<Self, Error> {
-        Ok(self.map.resize_nearest(width, height)?.into())
+        let map = self.map.resize_nearest(width, height)?;
+        let names = self
+            .names
+            .clone()
+            .filter(|_| map.segment_count() == self.segment_count());
+        Ok(Self { map, names })
     }
 
     /// `source` with every segment tinted in its own colour and, per `style`,
@@ -162,12 +194,20 @@ impl Segmentation {
     /// The JSON description: size, and per segment its label, area, box and
     /// COCO RLE mask; `image` names the source image.
     pub fn describe(&self, image: Option<String>) -> SegmentsFile {
-        describe_labels(
+        let mut description = describe_labels(
             self.labels(),
             self.width() as u32,
             self.height() as u32,
             image,
-        )
+        );
+        if let Some(names) = &self.names {
+            for (record, name) in description.segments.iter_mut().zip(names) {
+                record.name = Some(name.name.clone());
+                record.name_score = Some(name.score);
+                record.names = name.top.clone();
+            }
+        }
+        description
     }
 
     /// Writes the label map as a PNG whose pixel values are the labels,
@@ -237,9 +277,62 @@ impl Segmentation {
         )
     }
 
-    /// The overlay PNG's bytes (`path` names it in errors).
+    /// Draws the names' legend in `overlay`'s top-left corner when segments are named: one
+    /// row per segment (as many as fit), its colour then `label: name`, in an 8×8 bitmap font
+    /// (ASCII; other characters as `?`) scaled with the image, on a dark box. Without names
+    /// `overlay` is left as it is.
+    pub fn draw_legend(&self, overlay: &mut RgbaImage) {
+        let Some(names) = &self.names else {
+            return;
+        };
+        let scale = (overlay.width().min(overlay.height()) / LEGEND_SCALE_SIDE).max(1);
+        let glyph = 8 * scale;
+        let row = glyph + 2 * scale;
+        let rows = (overlay.height().saturating_sub(2 * scale) / row) as usize;
+        let lines: Vec<(u32, String)> = names
+            .iter()
+            .enumerate()
+            .take(rows)
+            .map(|(label, name)| (label as u32, format!("{label}: {}", name.name)))
+            .collect();
+        let Some(longest) = lines.iter().map(|(_, text)| text.chars().count()).max() else {
+            return;
+        };
+        // Swatch, a space, the text; a margin of `scale` all round.
+        let width = ((2 + longest as u32) * glyph + 2 * scale).min(overlay.width());
+        let height = lines.len() as u32 * row + 2 * scale;
+        for y in 0..height.min(overlay.height()) {
+            for x in 0..width {
+                let pixel = overlay.get_pixel_mut(x, y);
+                *pixel = Rgba([pixel[0] / 4, pixel[1] / 4, pixel[2] / 4, 255]);
+            }
+        }
+        for (index, (label, text)) in lines.iter().enumerate() {
+            let top = scale + index as u32 * row + scale;
+            let colour = palette_colour(*label);
+            fill(
+                overlay,
+                scale,
+                top,
+                glyph,
+                glyph,
+                [colour[0], colour[1], colour[2], 255],
+            );
+            for (position, character) in text.chars().enumerate() {
+                let left = scale + (2 + position as u32) * glyph;
+                if left + glyph > width {
+                    break;
+                }
+                draw_glyph(overlay, character, left, top, scale);
+            }
+        }
+    }
+
+    /// The overlay PNG's bytes (`path` names it in errors), with the names' legend when
+    /// segments are named ([`Segmentation::draw_legend`]).
     fn encode_overlay(&self, source: &DynamicImage, path: &Path) -> Result<Vec<u8>, Error> {
-        let overlay = self.overlay(source, &OverlayStyle::default())?;
+        let mut overlay = self.overlay(source, &OverlayStyle::default())?;
+        self.draw_legend(&mut overlay);
         let image = if source.color().has_alpha() {
             DynamicImage::ImageRgba8(overlay)
         } else {
@@ -280,6 +373,39 @@ impl OverlayStyle {
     pub fn with_outline(mut self, outline: Option<[u8; 3]>) -> Self {
         self.outline = outline;
         self
+    }
+}
+
+/// Images of at least this many pixels on their shorter side draw the legend's font at twice
+/// its 8×8 size (three times from twice this, and so on), so that it stays legible.
+const LEGEND_SCALE_SIDE: u32 = 512;
+
+/// Fills the `width × height` rectangle at `(left, top)` with `colour`, clipped to `image`.
+fn fill(image: &mut RgbaImage, left: u32, top: u32, width: u32, height: u32, colour: [u8; 4]) {
+    for y in top..(top + height).min(image.height()) {
+        for x in left..(left + width).min(image.width()) {
+            image.put_pixel(x, y, Rgba(colour));
+        }
+    }
+}
+
+/// Draws `character` (font8x8's public-domain ASCII glyphs; `?` for any other) in white at
+/// `(left, top)`, each font pixel a `scale × scale` square.
+fn draw_glyph(image: &mut RgbaImage, character: char, left: u32, top: u32, scale: u32) {
+    let code = if character.is_ascii() {
+        character as usize
+    } else {
+        '?' as usize
+    };
+    let rows = font8x8::legacy::BASIC_LEGACY[code];
+    for (y, bits) in rows.iter().enumerate() {
+        for x in 0..8 {
+            // Bit 0 is the glyph's leftmost pixel.
+            if bits >> x & 1 == 1 {
+                let (x, y) = (left + x * scale, top + y as u32 * scale);
+                fill(image, x, y, scale, scale, [255, 255, 255, 255]);
+            }
+        }
     }
 }
 
@@ -421,6 +547,47 @@ mod tests {
         assert!(segmentation
             .overlay(&big, &plain.with_opacity(1.5))
             .is_err());
+    }
+
+    #[test]
+    fn named_overlays_get_a_legend_in_their_corner() {
+        let named =
+            Segmentation::from_labels((0..64 * 48).map(|i| (i % 64 / 32) as u32).collect(), 64, 48)
+                .unwrap();
+        let name = |name: &str| crate::SegmentName {
+            name: name.into(),
+            score: 1.0,
+            top: Vec::new(),
+        };
+        let named = named.with_names(vec![name("sky"), name("road")]).unwrap();
+        let source = DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            64,
+            48,
+            image::Rgb([200, 200, 200]),
+        ));
+        let plain = named.overlay(&source, &OverlayStyle::default()).unwrap();
+        let mut legend = plain.clone();
+        named.draw_legend(&mut legend);
+        // Two rows of 10 pixels and a margin, "0: road" is 7 characters after the swatch.
+        let (rows, width) = (2 * 10 + 2, (2 + 7) * 8 + 2);
+        let differs = |x: u32, y: u32| plain.get_pixel(x, y) != legend.get_pixel(x, y);
+        assert!((0..width).any(|x| (0..rows).any(|y| differs(x, y))));
+        assert!(
+            (0..64).all(|x| (rows..48).all(|y| !differs(x, y))),
+            "the legend reaches past its rows"
+        );
+        // The first row's swatch is segment 0's colour.
+        let colour = palette_colour(0);
+        assert_eq!(
+            legend.get_pixel(5, 5).0,
+            [colour[0], colour[1], colour[2], 255]
+        );
+        // Without names nothing is drawn.
+        let mut untouched = plain.clone();
+        Segmentation::from_labels(vec![0; 64 * 48], 64, 48)
+            .unwrap()
+            .draw_legend(&mut untouched);
+        assert_eq!(untouched, plain);
     }
 
     #[test]

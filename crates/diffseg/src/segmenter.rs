@@ -6,18 +6,22 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::backend::Backend;
 use diffseg_core::{CutOptions, MergeOptions};
+use diffseg_sd::ClipTokenizer;
 use image::DynamicImage;
 
 use crate::attention::SelfAttention;
 use crate::features::{FeatureOptions, Features};
 use crate::input::{Fit, ImageLimits, DEFAULT_MAX_PIXELS};
 use crate::method::Method;
+use crate::naming::DEFAULT_TOP_K;
 use crate::pipeline::{Pipeline, Target};
 use crate::segmentation::Segmentation;
 use crate::timing::StageTimes;
+use crate::vocabulary::{Vocabulary, VocabularyError};
 use crate::weights::{
-    locate, resolve_weights, ConsoleProgress, DownloadProgress, FileVariant, FoundWeights,
-    HubModel, HubSettings, ResolvedWeights, DEFAULT_MODEL, DEFAULT_REVISION,
+    load_tokenizer, locate, resolve_weights, ConsoleProgress, DownloadProgress, FileVariant,
+    FoundWeights, HubModel, HubSettings, ResolvedWeights, WeightsOrigin, DEFAULT_MODEL,
+    DEFAULT_REVISION, TOKENIZER_DIR,
 };
 use crate::{BackendKind, BackendTask, Error, Precision};
 
@@ -100,19 +104,44 @@ impl<B: Backend> LoadedPipeline for Pipeline<B> {
     }
 }
 
-/// Loads a [`Pipeline`] on the backend [`BackendKind::run_in`] picks.
+/// Loads a [`Pipeline`] on the backend [`BackendKind::run_in`] picks, naming segments from
+/// `naming`'s vocabulary (read with its tokenizer) when given one.
 struct Load<'a> {
     weights: &'a ResolvedWeights,
+    naming: Option<(&'a Naming, ClipTokenizer)>,
 }
 
 impl BackendTask for Load<'_> {
     type Output = Result<Box<dyn LoadedPipeline>, Error>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        Ok(Box::new(Pipeline::<B>::load_opened(
-            self.weights.opened(),
-            device,
-        )?))
+        let pipeline = Pipeline::<B>::load_opened(self.weights.opened(), device)?;
+        Ok(Box::new(match self.naming {
+            Some((naming, tokenizer)) => {
+                pipeline.with_vocabulary(&naming.vocabulary, &tokenizer, naming.top_k)?
+            }
+            None => pipeline,
+        }))
+    }
+}
+
+/// What segments are named from: a vocabulary, and how many best entries each keeps.
+#[derive(Debug, Clone, PartialEq)]
+struct Naming {
+    vocabulary: Vocabulary,
+    top_k: usize,
+}
+
+/// DiffCut's pass stops at its hooked layer, before most cross-attention layers: it cannot
+/// name segments.
+fn check_naming(method: &Method, naming: Option<&Naming>) -> Result<(), Error> {
+    match (method, naming) {
+        (Method::DiffCut(_), Some(_)) => Err(Error::IncompatibleOptions(
+            "naming segments with DiffCut: its UNet pass stops before most cross-attention \
+             layers; name segments with DiffSeg, or leave out the vocabulary"
+                .into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -250,6 +279,7 @@ pub struct Segmenter {
     precision: Precision,
     fit: Fit,
     method: Method,
+    naming: Option<Naming>,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -260,6 +290,7 @@ impl std::fmt::Debug for Segmenter {
             .field("precision", &self.precision)
             .field("fit", &self.fit)
             .field("method", &self.method)
+            .field("naming", &self.naming)
             .field("input_size", &self.pipelines.input_size)
             .field("limits", &self.limits)
             .field("max_concurrent_runs", &self.pipelines.max_runs)
@@ -436,9 +467,20 @@ impl Segmenter {
         self.set_method(Method::DiffSeg(options))
     }
 
+    /// The vocabulary segments are named from, if any.
+    pub fn vocabulary(&self) -> Option<&Vocabulary> {
+        self.naming.as_ref().map(|naming| &naming.vocabulary)
+    }
+
+    /// How many best entries each named segment keeps.
+    pub fn top_k(&self) -> Option<usize> {
+        self.naming.as_ref().map(|naming| naming.top_k)
+    }
+
     /// Changes the method (no reload: every method runs on the same loaded model).
     pub fn set_method(&mut self, method: Method) -> Result<(), Error> {
         method.validate()?;
+        check_naming(&method, self.naming.as_ref())?;
         self.method = method;
         Ok(())
     }
@@ -468,6 +510,9 @@ pub struct SegmenterBuilder {
     allow_download: bool,
     max_pixels: u64,
     max_concurrent_runs: Option<usize>,
+    vocabulary: Option<Vocabulary>,
+    top_k: usize,
+    tokenizer: Option<PathBuf>,
 }
 
 impl Default for SegmenterBuilder {
@@ -485,6 +530,9 @@ impl Default for SegmenterBuilder {
             allow_download: true,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_concurrent_runs: None,
+            vocabulary: None,
+            top_k: DEFAULT_TOP_K,
+            tokenizer: None,
         }
     }
 }
@@ -578,6 +626,43 @@ impl SegmenterBuilder {
         self
     }
 
+    /// Names every segment from `vocabulary` (docs/method.md §10): its best entry, with
+    /// its score and the [`Self::top_k`] best, in [`Segmentation::names`]. The model's own
+    /// CLIP tokenizer reads the entries (the diffusers folder's `tokenizer/`, the Hub
+    /// snapshot's, or [`Self::tokenizer`]); the text encoder encodes them once, when
+    /// building. Without a vocabulary nothing is named and nothing extra is kept or computed.
+    /// DiffSeg only: with DiffCut, building is [`Error::IncompatibleOptions`].
+    pub fn vocabulary(mut self, vocabulary: Vocabulary) -> Self {
+        self.vocabulary = Some(vocabulary);
+        self
+    }
+
+    /// How many best entries a named segment keeps (default [`DEFAULT_TOP_K`], at least 1).
+    pub fn top_k(mut self, top_k: usize) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// The CLIP tokenizer folder (`vocab.json`, `merges.txt`) to read the vocabulary with,
+    /// instead of the model's own: the way for a single-file checkpoint, which holds none.
+    pub fn tokenizer(mut self, folder: impl AsRef<Path>) -> Self {
+        self.tokenizer = Some(folder.as_ref().to_path_buf());
+        self
+    }
+
+    /// The naming asked for, checked against the method and `top_k`.
+    fn naming(&self) -> Result<Option<Naming>, Error> {
+        let naming = self.vocabulary.clone().map(|vocabulary| Naming {
+            vocabulary,
+            top_k: self.top_k,
+        });
+        check_naming(&self.method, naming.as_ref())?;
+        if naming.is_some() && self.top_k == 0 {
+            return Err(diffseg_core::Error::Options("top_k must be at least 1".into()).into());
+        }
+        Ok(naming)
+    }
+
     /// The file variant read and downloaded: the one asked for, else the
     /// compute precision's.
     fn file_variant(&self) -> FileVariant {
@@ -630,6 +715,7 @@ impl SegmenterBuilder {
     /// the settings that need no model.
     fn max_runs(&self) -> Result<usize, Error> {
         self.method.validate()?;
+        self.naming()?;
         let max_runs = self
             .max_concurrent_runs
             .unwrap_or(default_max_concurrent_runs(self.backend));
@@ -653,25 +739,61 @@ impl SegmenterBuilder {
         // Checked before any download, and again by `build_with` for its own callers.
         self.max_runs()?;
         let weights = self.resolve_weights_with(progress)?;
-        self.build_with(weights)
+        self.with_hub_tokenizer(&weights, progress)?
+            .build_with(weights)
+    }
+
+    /// With a vocabulary and Hub weights whose snapshot lacks `tokenizer/`, the builder
+    /// reading the Hub's tokenizer, fetched into the cache (plain segmentation never
+    /// downloads it; naming needs it). Otherwise the builder as it is.
+    fn with_hub_tokenizer(
+        self,
+        weights: &ResolvedWeights,
+        progress: &mut dyn DownloadProgress,
+    ) -> Result<Self, Error> {
+        let from_hub = matches!(
+            weights.found().origin,
+            WeightsOrigin::HuggingFaceCache | WeightsOrigin::Downloaded
+        );
+        let lacks_tokenizer = !weights.found().path.join(TOKENIZER_DIR).is_dir();
+        if self.vocabulary.is_some() && self.tokenizer.is_none() && from_hub && lacks_tokenizer {
+            let folder = self.hub_model().fetch_tokenizer(progress)?;
+            return Ok(self.tokenizer(folder));
+        }
+        Ok(self)
     }
 
     /// Loads the model on the backend from weights resolved before (by
     /// [`Self::locate_weights`] or [`Self::resolve_weights`]), without
     /// looking them up or opening them again.
+    /// With a vocabulary, a Hub model's tokenizer is fetched here if its snapshot lacks it.
     pub fn build_with(self, weights: ResolvedWeights) -> Result<Segmenter, Error> {
         let max_runs = self.max_runs()?;
-        let pipeline = self
-            .backend
-            .run_in(self.precision, Load { weights: &weights })??;
+        let this = self.with_hub_tokenizer(&weights, &mut ConsoleProgress::default())?;
+        let naming = this.naming()?;
+        let tokenizer = match &naming {
+            Some(_) => Some(
+                load_tokenizer(&weights.found().path, this.tokenizer.as_deref())
+                    .map_err(VocabularyError::from)?,
+            ),
+            None => None,
+        };
+        let pipeline = this.backend.run_in(
+            this.precision,
+            Load {
+                weights: &weights,
+                naming: naming.as_ref().zip(tokenizer),
+            },
+        )??;
         Ok(Segmenter {
             pipelines: PipelinePool::new(pipeline, max_runs),
-            limits: ImageLimits::default().with_max_pixels(self.max_pixels),
+            limits: ImageLimits::default().with_max_pixels(this.max_pixels),
             weights: weights.found().clone(),
-            backend: self.backend,
-            precision: self.precision,
-            fit: self.fit,
-            method: self.method,
+            backend: this.backend,
+            precision: this.precision,
+            fit: this.fit,
+            method: this.method,
+            naming,
         })
     }
 }

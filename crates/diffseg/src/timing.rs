@@ -24,6 +24,10 @@ pub struct StageTimes {
     pub unet: Duration,
     /// Merging (or DiffCut's cut), label maps and mapping them back to the images.
     pub merge: Duration,
+    /// Naming segments from a vocabulary: the entries' attention from the kept queries and
+    /// every segment's scores (zero without a vocabulary; encoding the vocabulary, once,
+    /// counts as `text_encoder`).
+    pub naming: Duration,
     /// Images segmented.
     pub images: usize,
 }

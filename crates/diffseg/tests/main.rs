@@ -3,13 +3,16 @@
 //! Cargo's `autotests` is off, so a new test file is declared here; the CLI's
 //! `layout` test fails on a file that is not.
 
-mod eval_support;
 mod bad_inputs;
 mod diffcut;
+mod eval_support;
 mod eval_synthetic;
 mod f16_pipeline;
 mod hub;
 mod model_files;
 mod naming;
 mod pipeline;
+mod segment_names;
+#[path = "../../diffseg-sd/tests/tokenizer_fixture/mod.rs"]
+mod tokenizer_fixture;
 mod vocabulary;

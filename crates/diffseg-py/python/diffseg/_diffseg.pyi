@@ -85,7 +85,8 @@ class Segmentation:
     @property
     def segments(self) -> List[Dict[str, Any]]:
         """segment-anything's automatic-mask-generator records: `segmentation` (a bool
-        [height, width] mask), `area`, `bbox` ([x, y, width, height]) and `label`."""
+        [height, width] mask), `area`, `bbox` ([x, y, width, height]) and `label`; with a
+        vocabulary also `name`, `name_score` and `names` ((name, score) pairs, best first)."""
     def segments_as(
         self, output_mode: Literal["binary_mask", "coco_rle", "uncompressed_rle"] = "binary_mask"
     ) -> List[Dict[str, Any]]:
@@ -140,6 +141,9 @@ class Segmenter:
         median: bool = False,
         input_size: Optional[int] = None,
         seed: Optional[int] = None,
+        vocabulary: Optional[Union[str, Sequence[str]]] = None,
+        top_k: int = 3,
+        tokenizer: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> "Segmenter":
         """Finds (or downloads) the weights and loads the model.
 
@@ -155,6 +159,11 @@ class Segmenter:
         "auto" with "diffseg" raises ValueError), and iterations, anchors, refine are refused.
         alpha, mask_size, pamr, median, input_size, seed: DiffCut's options (None: alpha 10,
         128² mask, a 1024-pixel input, seed 42); refused with "diffseg".
+        vocabulary: name each segment (DiffSeg only, docs/method.md §10): a list of entries,
+        a comma-separated string, or a preset ("coco-stuff-27", "cityscapes-27"); each segment
+        dict then has `name`, `name_score` and `names` (the top_k best (name, score) pairs).
+        The model's tokenizer/ reads it, or `tokenizer` (a folder with vocab.json and
+        merges.txt: needed for a single-file checkpoint); without one, ValueError.
         max_pixels: the most pixels (width × height) an image may have, 64 megapixels by
         default; a larger image (a file: from its header, before decoding) raises ValueError.
         progress: called with {"stage": "download", "file", "done", "total"} (bytes) as
