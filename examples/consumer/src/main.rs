@@ -5,7 +5,7 @@
 //! ```
 //! WEIGHTS: a Stable Diffusion 1.x folder (diffusers layout) or checkpoint file.
 //! The backend is the CPU unless `wgpu` is asked for, which needs the `wgpu` feature:
-//! one build with that feature checks both backends as a user's project would.
+//! CI builds it with default features and runs it on the CPU; WGPU needs a Vulkan driver.
 
 use std::process::ExitCode;
 
