@@ -1,5 +1,6 @@
 //! Every crate whose integration tests are one binary declares each of its test files,
-//! since cargo no longer finds them on its own (`autotests = false`).
+//! since cargo no longer finds them on its own (`autotests = false`); and the consumer
+//! example's lock file (its own workspace) keeps up with the library's dependencies.
 
 use std::fs;
 use std::path::Path;
@@ -34,4 +35,25 @@ fn every_test_file_is_compiled() {
             );
         }
     }
+}
+
+/// CI builds `examples/consumer` with `--locked`, 30 minutes into its run: a dependency added
+/// to the library without the consumer's `Cargo.lock` fails there. This fails first. Fix:
+/// copy the workspace's `Cargo.lock` over the consumer's and run `cargo metadata
+/// --manifest-path examples/consumer/Cargo.toml` (which prunes it to the consumer's graph).
+#[test]
+fn the_consumer_lock_file_is_up_to_date() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/consumer/Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
