@@ -363,6 +363,21 @@ impl PySegmenter {
         Ok(self.merge()?.refine)
     }
 
+    /// The vocabulary's entries segments are named from (a preset's class names, or the
+    /// list given), or None when segments are not named.
+    #[getter]
+    fn vocabulary(&self) -> Option<Vec<String>> {
+        self.inner
+            .vocabulary()
+            .map(|vocabulary| vocabulary.entries().to_vec())
+    }
+
+    /// How many best names a named segment keeps, or None when segments are not named.
+    #[getter]
+    fn top_k(&self) -> Option<usize> {
+        self.inner.top_k()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Segmenter(backend={:?}, weights={:?}, precision={:?}, fit={:?}, input_size={})",

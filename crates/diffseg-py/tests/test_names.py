@@ -2,10 +2,14 @@
 tokenizer: segment dicts get `name`, `name_score` and `names`; the labels are unchanged."""
 
 import gzip
+import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import diffseg
 
@@ -56,3 +60,27 @@ def test_a_model_without_a_tokenizer_is_a_value_error():
         diffseg.Segmenter(weights=TINY_WEIGHTS, allow_download=False, vocabulary=["sky"])
     with pytest.raises(TypeError):
         diffseg.Segmenter(weights=TINY_WEIGHTS, allow_download=False, vocabulary=3)
+
+
+def test_the_naming_example_prints_names_and_writes_a_name_map(segmenter, rgb_path, tokenizer,
+                                                                tmp_path):
+    """examples/python/name_segments.py end to end: its name map is each pixel's segment's
+    name, as a vocabulary index, and a second run refuses to overwrite it."""
+    entries = ["sky", "a red car", "person"]
+    out = tmp_path / "names"
+    command = [sys.executable, str(REPOSITORY / "examples" / "python" / "name_segments.py"),
+               str(rgb_path), "--vocabulary", ",".join(entries), "--top-k", "2",
+               "--weights", str(TINY_WEIGHTS), "--tokenizer", str(tokenizer),
+               "--tau", str(TAU), "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    expected = named_segmenter(tokenizer, entries, top_k=2).segment(str(rgb_path))
+    assert f"{expected.num_segments} segments" in run.stdout
+    report = json.loads((out / "astronaut.names.json").read_text())
+    assert report["vocabulary"] == entries
+    assert [s["name"] for s in report["segments"]] == [s["name"] for s in expected.segments]
+    names = np.asarray(Image.open(out / "astronaut.names.png"))
+    by_label = np.array([entries.index(s["name"]) for s in expected.segments])
+    np.testing.assert_array_equal(names, by_label[expected.labels])
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode != 0 and "exists" in again.stderr

@@ -210,6 +210,13 @@ class Segmenter:
     def anchors(self) -> int: ...
     @property
     def refine(self) -> bool: ...
+    @property
+    def vocabulary(self) -> Optional[List[str]]:
+        """The entries segments are named from (a preset's class names, or the list given);
+        None when segments are not named."""
+    @property
+    def top_k(self) -> Optional[int]:
+        """How many best names a named segment keeps; None when segments are not named."""
 
 def merge(
     attention: Mapping[str, npt.NDArray[Any]],
