@@ -14,9 +14,12 @@ Writes two committed fixtures next to the Rust tests:
   channel 2 = 255 - label), the prediction's PNG bit depth and a 64x64 grid of
   segment indices that the 512x512 prediction repeats in 8x8 blocks. Also
   nearest-neighbour index tables and random matrices for the assignment check.
+  Per image also a 64x64 grid of predicted classes (`class_pred`, 0..26 or 255 =
+  no class) for the open-vocabulary protocol (`eval --semantic`).
 - eval_expected.json: per dataset and per image TP/FP/FN per class, labelled
   pixels, ACC, mIoU, per-class IoU (null = NaN); scipy's assignments of the
-  random matrices.
+  random matrices; under "semantic", the same numbers for the class grids,
+  compared pixel by pixel without matching (numpy's bincount).
 
 Usage: python3 tools/reference/eval_reference.py [--out crates/diffseg/tests/fixtures/eval]
 """
@@ -209,6 +212,50 @@ def evaluate(images, rng, seen):
     return summary
 
 
+def make_class_prediction(rng, classes512):
+    """A 64x64 grid of predicted classes: mostly the ground truth's class at the block's
+    centre, else another class (often one absent from the image), or 255 (no class)."""
+    centre = classes512[SIDE // GRID // 2 :: SIDE // GRID, SIDE // GRID // 2 :: SIDE // GRID]
+    grid = np.where(centre >= 0, centre, rng.integers(0, N_CLASS, size=centre.shape))
+    wrong = rng.random((GRID, GRID)) < 0.3
+    grid[wrong] = rng.integers(0, N_CLASS, size=wrong.sum())
+    none = rng.random((GRID, GRID)) < 0.05
+    grid[none] = 255
+    return grid
+
+
+def evaluate_by_class(images):
+    """The open-vocabulary protocol: per pixel, predicted class against ground truth."""
+    tp = np.zeros(N_CLASS, dtype=np.int64)
+    fp = np.zeros(N_CLASS, dtype=np.int64)
+    fn = np.zeros(N_CLASS, dtype=np.int64)
+    labelled = 0
+    per_image = []
+    for image_id, classes, predicted in images:
+        keep = classes >= 0
+        truth, guess = classes[keep], predicted[keep]
+        named = guess < N_CLASS
+        hist = np.bincount(truth[named] * N_CLASS + guess[named],
+                           minlength=N_CLASS * N_CLASS).reshape(N_CLASS, N_CLASS)
+        t = np.diag(hist)
+        p = hist.sum(0) - t
+        n = np.bincount(truth, minlength=N_CLASS) - t
+        tp += t
+        fp += p
+        fn += n
+        labelled += int(keep.sum())
+        per_image.append(dict(id=image_id, tp=t.tolist(), fp=p.tolist(), fn=n.tolist(),
+                              labelled=int(keep.sum())))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (tp + fp + fn)
+    return dict(
+        images=len(images), labelled=labelled,
+        acc=float(tp.sum() / labelled), miou=float(np.nanmean(iou)),
+        iou=[None if np.isnan(x) else float(x) for x in iou],
+        tp=tp.tolist(), fp=fp.tolist(), fn=fn.tolist(), per_image=per_image,
+    )
+
+
 def random_matrices(rng):
     cases = []
     shapes = [(27, 40), (27, 27), (27, 30), (5, 3), (3, 5), (8, 8), (12, 4), (1, 6), (6, 1)]
@@ -256,6 +303,17 @@ def main():
         "assignments": [dict(matched_rows=c["matched_rows"], matched_columns=c["matched_columns"])
                         for c in cases],
     }
+    # Class grids for the open-vocabulary protocol, from their own generator so that the
+    # fixture's other values stay as they were.
+    class_rng = np.random.default_rng(27)
+    expected["semantic"] = {}
+    for name in ("cocostuff27", "cityscapes"):
+        by_class = []
+        for entry, (image_id, classes, _) in zip(inputs[name], images[name]):
+            grid = make_class_prediction(class_rng, classes)
+            entry["class_pred"] = grid.reshape(-1).tolist()
+            by_class.append((image_id, classes, expand_grid(grid)))
+        expected["semantic"][name] = evaluate_by_class(by_class)
     # The cases the tests are meant to cover really occur.
     for case, occurs in seen.items():
         assert occurs, case
@@ -265,6 +323,8 @@ def main():
     for name in ("cocostuff27", "cityscapes"):
         e = expected[name]
         print(f"{name}: {e['images']} images, ACC {e['acc'] * 100:.3f}, mIoU {e['miou'] * 100:.3f}")
+        e = expected["semantic"][name]
+        print(f"{name} by class: ACC {e['acc'] * 100:.3f}, mIoU {e['miou'] * 100:.3f}")
 
 
 if __name__ == "__main__":

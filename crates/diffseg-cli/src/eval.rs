@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use diffseg::eval::{self, Dataset, EvalReport, Protocol, Sample, Scores};
-use diffseg::{DiffCutSettings, Fit, MergeOptions, Method, Segmenter};
+use diffseg::eval::{self, Dataset, EvalReport, Matching, Protocol, Sample, Scores};
+use diffseg::{
+    DiffCutSettings, Fit, MergeOptions, Method, Segmenter, Vocabulary, VocabularyPreset,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::{self, Exit};
@@ -32,6 +34,10 @@ use crate::options::{MergeArgs, MethodArgs, ModelArgs};
 /// centre-cropped and resized like the labels: close to the protocol, not exact,
 /// and the report says so.
 ///
+/// With `--semantic` segments are not matched: each is named from the dataset's 27 class
+/// names with the model's own cross-attention (docs/method.md §10) and counts for that class
+/// (the open-vocabulary protocol). Predictions are then class maps (pixel = class index).
+///
 /// The report (pixel accuracy and mean IoU after each image's segments are
 /// matched to classes, Hungarian, as in the paper; IoU per class) is printed as
 /// Markdown, and written as JSON (`--out`) and Markdown (`--markdown`) when asked.
@@ -43,6 +49,7 @@ Examples:
   diffseg eval --dataset cocostuff27 --root /data/coco --predictions results/
   diffseg eval --dataset cocostuff27 --root /data/coco --method diffcut --protocol diffcut
   diffseg eval --dataset cocostuff27 --root /data/coco --predictions masks128/ --protocol diffcut
+  diffseg eval --dataset cocostuff27 --root /data/coco --semantic     # segments named
   diffseg eval --dataset cocostuff27 --root /data/coco --limit 50      # a quick check
   diffseg eval --dataset cocostuff27 --root /data/coco --list ids.txt --cache cache/")]
 pub struct Args {
@@ -73,6 +80,17 @@ pub struct Args {
     /// --method diffcut). Both match each image's segments to classes (Hungarian).
     #[arg(long, default_value = "paper", value_name = "paper|diffcut", value_parser = ["paper", "diffcut"])]
     protocol: String,
+    /// Score by name (the open-vocabulary protocol): the model names each segment from the
+    /// dataset's 27 class names (the `coco-stuff-27` or `cityscapes-27` vocabulary) and its
+    /// pixels count for that class, with no matching. With --predictions, the PNGs are class
+    /// maps: pixel = class index 0–26, anything else no class. DiffSeg and the paper's
+    /// protocol only.
+    #[arg(long)]
+    semantic: bool,
+    /// With --semantic: the CLIP tokenizer folder (vocab.json, merges.txt) that reads the
+    /// class names (default: the model's tokenizer/; a single-file checkpoint needs this).
+    #[arg(long, value_name = "PATH", requires = "semantic")]
+    tokenizer: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// The merging options; `--tau` left out is the paper's for the dataset (1.1 for
@@ -135,7 +153,15 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         },
         _ => Protocol::Paper,
     };
+    if args.semantic {
+        check_semantic(method.as_ref(), protocol)?;
+    }
     let (scores, resized, source) = match &args.predictions {
+        Some(folder) if args.semantic => {
+            let folder_scores = score_class_folder(args.dataset, &samples, folder)?;
+            let source = format!("class maps in {}", folder.display());
+            (folder_scores.scores, folder_scores.resized, source)
+        }
         Some(folder) => {
             let folder_scores = score_folder(protocol, args.dataset, &samples, folder)?;
             let source = match protocol {
@@ -156,6 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
     };
     let mut report = EvalReport::new(args.dataset, &scores, samples.len(), source);
     report.resized_predictions = resized;
+    if args.semantic {
+        report.matching = Matching::Names;
+    }
     finish(&args, &report, available)
 }
 
@@ -210,6 +239,32 @@ fn check_protocol(method: &Method, protocol: Protocol) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses `--semantic` where nothing can be named: DiffCut's pass stops before most
+/// cross-attention layers, and DiffCut's protocol compares DiffCut's labels.
+fn check_semantic(method: Option<&Method>, protocol: Protocol) -> anyhow::Result<()> {
+    if let Some(Method::DiffCut(_)) = method {
+        return Err(exit::usage(
+            "--semantic names segments from DiffSeg's cross-attention: DiffCut cannot name \
+             them (its pass stops before most cross-attention layers); use --method diffseg",
+        ));
+    }
+    if protocol != Protocol::Paper {
+        return Err(exit::usage(
+            "--semantic scores on the paper's 512×512 grid: leave out --protocol diffcut",
+        ));
+    }
+    Ok(())
+}
+
+/// The vocabulary of `dataset`'s class names, in class order.
+fn class_vocabulary(dataset: Dataset) -> Vocabulary {
+    let preset = VocabularyPreset::ALL
+        .into_iter()
+        .find(|preset| preset.dataset() == dataset)
+        .expect("every dataset has a preset of its class names");
+    Vocabulary::preset(preset)
+}
+
 /// What the predictions in a cache folder were made with; a cache made otherwise
 /// is refused rather than mixed in. A DiffSeg cache keeps the fields it had before
 /// DiffCut existed (its merging options at the top level), so older caches still
@@ -227,6 +282,9 @@ struct CacheSettings {
     /// `paper` or `diffcut`: the grid the cached labels are on.
     #[serde(default = "paper_protocol")]
     protocol: String,
+    /// Whether the cache holds class maps (`--semantic`) instead of segment labels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    semantic: bool,
 }
 
 /// The protocol of a cache that does not record one (made before DiffCut's existed).
@@ -279,20 +337,16 @@ fn run_model(
         .cache
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("diffseg-eval-{}", args.dataset.name())));
+    let (merge, diffcut) = method.recorded_options();
     let settings = CacheSettings {
         dataset: args.dataset.name().to_string(),
         model: args.model.model.clone(),
         weights: args.model.weights.clone(),
         precision: args.model.precision.to_string(),
-        merge: match method {
-            Method::DiffSeg(options) => Some(options.clone()),
-            Method::DiffCut(_) => None,
-        },
-        diffcut: match method {
-            Method::DiffSeg(_) => None,
-            Method::DiffCut(options) => Some(DiffCutSettings::from(options)),
-        },
+        merge,
+        diffcut,
         protocol: protocol.name().to_string(),
+        semantic: args.semantic,
     };
     let cached = |sample: &Sample| folder.join(sample.prediction_file_name());
     for sample in samples {
@@ -314,22 +368,33 @@ fn run_model(
             samples.len(),
             folder.display()
         );
-        Some(args.model.builder(method).fit(Fit::CenterCrop).build()?)
+        let builder = args.model.builder(method).fit(Fit::CenterCrop);
+        let builder = match (args.semantic, &args.tokenizer) {
+            (false, _) => builder,
+            (true, None) => builder.vocabulary(class_vocabulary(args.dataset)),
+            (true, Some(tokenizer)) => builder
+                .vocabulary(class_vocabulary(args.dataset))
+                .tokenizer(tokenizer),
+        };
+        Some(builder.build()?)
     } else {
         None
     };
+    let semantic = args.semantic.then_some(args.dataset);
     let progress = progress_bar(samples.len());
     let mut scores = Scores::default();
     let mut resized = 0;
     for chunk in samples.chunks(args.batch_size as usize) {
         if let Some(segmenter) = &segmenter {
             let to_segment: Vec<&Sample> = chunk.iter().filter(|s| !cached(s).is_file()).collect();
-            segment_into_cache(segmenter, protocol, &to_segment, &folder)?;
+            segment_into_cache(segmenter, protocol, &to_segment, &folder, semantic)?;
         }
         for sample in chunk {
             let path = cached(sample);
             let counts = match method {
-                Method::DiffSeg(_) => score_model_square(args.dataset, sample, path)?,
+                Method::DiffSeg(_) => {
+                    score_model_square(args.dataset, sample, path, args.semantic)?
+                }
                 Method::DiffCut(_) => {
                     let (counts, was_resized) =
                         eval::score_prediction_file(protocol, args.dataset, sample, &path)?;
@@ -350,11 +415,16 @@ fn run_model(
         .map_or(args.model.model.clone(), |w| w.display().to_string());
     let source = match method {
         Method::DiffSeg(options) => format!(
-            "{model} (τ {:?}, M {}, N {}, refine {}), cached in {}",
+            "{model} (τ {:?}, M {}, N {}, refine {}{}), cached in {}",
             options.tau,
             options.anchors,
             options.iterations,
             options.refine,
+            if args.semantic {
+                ", segments named from the class names"
+            } else {
+                ""
+            },
             folder.display()
         ),
         Method::DiffCut(options) => format!(
@@ -378,11 +448,12 @@ fn run_model(
 }
 
 /// Scores a cached DiffSeg prediction: on the grid the model saw (512 for SD 1.x),
-/// the cache's square.
+/// the cache's square; with `semantic`, a class map scored by name.
 fn score_model_square(
     dataset: Dataset,
     sample: &Sample,
     path: PathBuf,
+    semantic: bool,
 ) -> anyhow::Result<eval::ClassCounts> {
     let prediction = eval::decode_prediction_png(&path)?;
     if prediction.width != prediction.height {
@@ -395,24 +466,25 @@ fn score_model_square(
         .into());
     }
     let side = prediction.width as usize;
-    Ok(eval::score_sample(
-        dataset,
-        sample,
-        &prediction.segments,
-        side,
-    )?)
+    let score = match semantic {
+        true => eval::score_sample_by_class,
+        false => eval::score_sample,
+    };
+    Ok(score(dataset, sample, &prediction.segments, side)?)
 }
 
 /// Segments `samples` as one batch and writes each label map into the cache folder
 /// as `<image stem>.png` (atomically). DiffSeg labels its square input grid (the
 /// centre crop: the protocol's 512×512 for SD 1.x). DiffCut labels, with its protocol,
 /// its mask-size square of the image cropped as eval_diffcut.py crops it, and with the
-/// paper's the image's own pixels.
+/// paper's the image's own pixels. With `semantic` (the dataset), each segment's name gives
+/// its pixels' class, and the class map is kept instead.
 fn segment_into_cache(
     segmenter: &Segmenter,
     protocol: Protocol,
     samples: &[&Sample],
     folder: &Path,
+    semantic: Option<Dataset>,
 ) -> anyhow::Result<()> {
     if samples.is_empty() {
         return Ok(());
@@ -440,7 +512,15 @@ fn segment_into_cache(
     };
     for (sample, segmentation) in samples.iter().zip(&segmentations) {
         let path = folder.join(sample.prediction_file_name());
-        segmentation.save_label_png(&path)?;
+        match semantic {
+            Some(dataset) => {
+                let classes = eval::class_map(dataset, segmentation)
+                    .expect("a segmenter with a vocabulary names every segment");
+                let (width, height) = (segmentation.width() as u32, segmentation.height() as u32);
+                eval::save_class_png(&path, width, height, &classes)?;
+            }
+            None => segmentation.save_label_png(&path)?,
+        }
     }
     Ok(())
 }
@@ -454,6 +534,21 @@ fn score_folder(
 ) -> anyhow::Result<eval::FolderScores> {
     let progress = progress_bar(samples.len());
     let scores = eval::score_predictions_with(protocol, dataset, samples, folder, |_, running| {
+        progress.set_message(running_metrics(running));
+        progress.inc(1);
+    });
+    progress.finish_and_clear();
+    Ok(scores?)
+}
+
+/// Scores a folder of class maps by name with a progress bar showing running ACC and mIoU.
+fn score_class_folder(
+    dataset: Dataset,
+    samples: &[Sample],
+    folder: &Path,
+) -> anyhow::Result<eval::FolderScores> {
+    let progress = progress_bar(samples.len());
+    let scores = eval::score_class_predictions(dataset, samples, folder, |_, running| {
         progress.set_message(running_metrics(running));
         progress.inc(1);
     });

@@ -4,8 +4,6 @@
 
 use crate::common;
 
-// Shared with the prediction-folder tests; this one writes no predictions.
-#[allow(dead_code)]
 use crate::eval_support;
 
 use common::{diffseg_subcommand, path_str, stderr_of, tiny_weights};
@@ -364,6 +362,88 @@ fn diffcut_paper_protocol_scores_as_segment_then_predictions() {
     assert!(!refused.status.success());
     assert!(
         stderr_of(&refused).contains("other settings"),
+        "{}",
+        stderr_of(&refused)
+    );
+}
+
+/// `eval --semantic` (the open-vocabulary protocol): the model names each segment from the
+/// Cityscapes class names, the cache keeps class maps, the report counts them by name, and
+/// what cannot name is refused before any work.
+#[test]
+fn semantic_runs_name_segments_and_score_the_class_maps() {
+    let (inputs, _) = load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    eval_support::write_labels(&inputs, "cityscapes", root.path(), false);
+    write_images(&inputs, root.path(), None);
+    let tokenizer = crate::tokenizer_fixture::unpacked();
+    let cache = work.path().join("cache");
+    let json = work.path().join("report.json");
+    let weights = tiny_weights();
+    let args = [
+        "--dataset",
+        "cityscapes",
+        "--root",
+        path_str(root.path()),
+        "--cache",
+        path_str(&cache),
+        "--weights",
+        &weights,
+        "--backend",
+        "cpu",
+        "--semantic",
+        "--tokenizer",
+        path_str(tokenizer.path()),
+        "--out",
+        path_str(&json),
+    ];
+    let output = diffseg(&args);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["matching"], "names", "{report}");
+
+    // The cache holds class maps on the model's grid (128 for the tiny model), every pixel
+    // one of the 27 classes (every name is a class name), and the report is their sum.
+    let dataset = diffseg::eval::Dataset::Cityscapes;
+    let samples = dataset.samples(root.path()).unwrap();
+    let mut scores = diffseg::eval::Scores::default();
+    for sample in &samples {
+        let png = cache.join(sample.prediction_file_name());
+        let classes = image::open(&png).unwrap().to_luma8();
+        assert_eq!(classes.dimensions(), (128, 128), "{png:?}");
+        assert!(classes.pixels().all(|p| p[0] < 27), "{png:?}");
+        let predicted: Vec<u16> = classes.pixels().map(|p| p[0] as u16).collect();
+        scores
+            .add(&diffseg::eval::score_sample_by_class(dataset, sample, &predicted, 128).unwrap());
+    }
+    for (class, counts) in report["classes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(counts["tp"], scores.counts.tp[class], "class {class}");
+        assert_eq!(counts["fp"], scores.counts.fp[class], "class {class}");
+        assert_eq!(counts["fn"], scores.counts.fn_[class], "class {class}");
+    }
+
+    // Segment labels and class maps never share a cache.
+    let unnamed: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|arg| !["--semantic", "--tokenizer", path_str(tokenizer.path())].contains(arg))
+        .collect();
+    let refused = diffseg(&unnamed);
+    assert!(!refused.status.success());
+    assert!(
+        stderr_of(&refused).contains("other settings"),
+        "{}",
+        stderr_of(&refused)
+    );
+
+    // DiffCut cannot name: a usage error before the model loads.
+    let mut diffcut = args.to_vec();
+    diffcut.extend(["--method", "diffcut"]);
+    let refused = diffseg(&diffcut);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr_of(&refused));
+    assert!(
+        stderr_of(&refused).contains("DiffCut cannot name"),
         "{}",
         stderr_of(&refused)
     );

@@ -8,6 +8,8 @@ mod common;
 mod cut;
 mod eval_cli;
 mod eval_model;
+// The library's evaluation fixture reader; these tests use part of it.
+#[allow(dead_code)]
 #[path = "../../diffseg/tests/eval_support/mod.rs"]
 mod eval_support;
 mod fetch;

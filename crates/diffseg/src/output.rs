@@ -352,21 +352,27 @@ impl SegmentSettings {
         } else {
             (weights.path.display().to_string(), None)
         };
+        let (merge, diffcut) = method.recorded_options();
         SegmentSettings {
             model,
             revision,
             precision: precision.to_string(),
             fit: fit.to_string(),
-            merge: match method {
-                Method::DiffSeg(options) => Some(options.clone()),
-                Method::DiffCut(_) => None,
-            },
-            diffcut: match method {
-                Method::DiffSeg(_) => None,
-                Method::DiffCut(options) => Some(DiffCutSettings::from(options)),
-            },
+            merge,
+            diffcut,
             naming: None,
             version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+impl Method {
+    /// The options a result or an evaluation cache records for this method, in one slot per
+    /// method: DiffSeg's merging options, or DiffCut's settings (the other slot empty).
+    pub fn recorded_options(&self) -> (Option<MergeOptions>, Option<DiffCutSettings>) {
+        match self {
+            Method::DiffSeg(options) => (Some(options.clone()), None),
+            Method::DiffCut(options) => (None, Some(DiffCutSettings::from(options))),
         }
     }
 }

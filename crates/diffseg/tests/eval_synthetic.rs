@@ -10,14 +10,15 @@ use crate::eval_support;
 use std::path::Path;
 
 use diffseg::eval::{
-    check_images, check_labels, load_ground_truth, match_segments, score_image, score_predictions,
-    score_predictions_with, score_sample, Confusion, Dataset, EvalReport, Protocol, Scores,
-    DIFFCUT_EVAL_SIDE, EVAL_SIDE, NUM_CLASSES,
+    check_images, check_labels, class_map, load_ground_truth, match_segments, save_class_png,
+    score_class_predictions, score_image, score_predictions, score_predictions_with, score_sample,
+    score_sample_by_class, Confusion, Dataset, EvalReport, Matching, Protocol, Scores,
+    DIFFCUT_EVAL_SIDE, EVAL_SIDE, IGNORED, NUM_CLASSES,
 };
-use diffseg::Error;
+use diffseg::{Error, NameScore, SegmentName, Segmentation};
 use eval_support::{
-    images, load_diffcut_reference, load_fixture, numbers, prediction, write_diffcut_predictions,
-    write_labels, write_predictions,
+    class_prediction, images, load_diffcut_reference, load_fixture, numbers, prediction,
+    write_diffcut_predictions, write_labels, write_predictions,
 };
 use serde_json::Value;
 
@@ -184,6 +185,110 @@ fn prediction_folders_score_as_the_reference() {
             nulls
         );
     }
+}
+
+/// The open-vocabulary protocol (`eval --semantic`): class maps written by the library's
+/// own writer, read back from a folder and compared pixel by pixel, as the reference's
+/// numpy bincount does, image by image and in total.
+#[test]
+fn class_maps_score_by_name_as_the_reference() {
+    let (inputs, expected) = load_fixture();
+    for name in ["cocostuff27", "cityscapes"] {
+        let want = &expected["semantic"][name];
+        let root = tempfile::tempdir().unwrap();
+        let predictions = tempfile::tempdir().unwrap();
+        write_labels(&inputs, name, root.path(), false);
+        let fixture_images = images(&inputs, name);
+        let samples = samples(name, root.path(), fixture_images.len());
+        for ((image, sample), want) in fixture_images
+            .iter()
+            .zip(&samples)
+            .zip(want["per_image"].as_array().unwrap())
+        {
+            let id = image["id"].as_str().unwrap();
+            assert_eq!(sample.id, id);
+            let classes = class_prediction(&inputs, image);
+            let path = predictions.path().join(format!("{id}.png"));
+            save_class_png(&path, EVAL_SIDE as u32, EVAL_SIDE as u32, &classes).unwrap();
+            let wide: Vec<u16> = classes.iter().map(|&class| class as u16).collect();
+            let counts = score_sample_by_class(dataset(name), sample, &wide, EVAL_SIDE).unwrap();
+            assert_eq!(counts.labelled, want["labelled"].as_u64().unwrap(), "{id}");
+            assert_eq!(counts.tp.to_vec(), numbers::<u64>(&want["tp"]), "{id} TP");
+            assert_eq!(counts.fp.to_vec(), numbers::<u64>(&want["fp"]), "{id} FP");
+            assert_eq!(counts.fn_.to_vec(), numbers::<u64>(&want["fn"]), "{id} FN");
+        }
+        let folder_scores =
+            score_class_predictions(dataset(name), &samples, predictions.path(), |_, _| {})
+                .unwrap();
+        assert_eq!(folder_scores.resized, 0, "all on the protocol's grid");
+        assert_scores_match(&folder_scores.scores, want);
+        // Naming every segment after the next class leaves the Hungarian protocol's accuracy
+        // as it was (matching undoes any renaming; per-class FP may move with the choice among
+        // tied optima) but not the score by name.
+        let renamed = tempfile::tempdir().unwrap();
+        for (image, sample) in fixture_images.iter().zip(&samples) {
+            let next: Vec<u8> = class_prediction(&inputs, image)
+                .iter()
+                .map(|&class| match class {
+                    IGNORED => IGNORED,
+                    class => (class + 1) % NUM_CLASSES as u8,
+                })
+                .collect();
+            let path = renamed.path().join(format!("{}.png", sample.id));
+            save_class_png(&path, EVAL_SIDE as u32, EVAL_SIDE as u32, &next).unwrap();
+        }
+        let hungarian = |folder: &Path| {
+            score_predictions(dataset(name), &samples, folder, |_, _| {})
+                .unwrap()
+                .scores
+                .accuracy()
+        };
+        assert_eq!(
+            hungarian(renamed.path()),
+            hungarian(predictions.path()),
+            "{name}"
+        );
+        let by_name = score_class_predictions(dataset(name), &samples, renamed.path(), |_, _| {})
+            .unwrap()
+            .scores;
+        assert!(
+            by_name.accuracy().unwrap() < folder_scores.scores.accuracy().unwrap() / 2.0,
+            "{name}"
+        );
+        let mut report = EvalReport::new(dataset(name), &folder_scores.scores, 3, "synthetic");
+        report.matching = Matching::Names;
+        assert!(report.to_json().contains("\"matching\": \"names\""));
+        assert!(report.to_markdown().contains("compared by name"));
+    }
+}
+
+/// A named segmentation's class map: each pixel its segment's class, a name that is no
+/// class of the dataset gives no class, and an unnamed segmentation gives none.
+#[test]
+fn class_maps_follow_segment_names() {
+    let named = |name: &str| SegmentName {
+        name: name.into(),
+        score: 1.0,
+        top: vec![NameScore {
+            name: name.into(),
+            score: 1.0,
+        }],
+    };
+    let segmentation = Segmentation::from_labels(vec![0, 0, 1, 2, 2, 1], 3, 2).unwrap();
+    assert_eq!(class_map(Dataset::Cityscapes, &segmentation), None);
+    let segmentation = segmentation
+        .with_names(vec![named("car"), named("sky"), named("a cloud")])
+        .unwrap();
+    let car = 19;
+    let sky = Dataset::Cityscapes
+        .class_names()
+        .iter()
+        .position(|class| *class == "sky")
+        .unwrap() as u8;
+    assert_eq!(
+        class_map(Dataset::Cityscapes, &segmentation).unwrap(),
+        vec![car, car, sky, IGNORED, IGNORED, sky]
+    );
 }
 
 #[test]

@@ -132,6 +132,36 @@ pub fn score_image(classes: &[u8], segments: &[u16]) -> ClassCounts {
     counts
 }
 
+/// Scores one image whose prediction is a class per pixel (the open-vocabulary protocol of
+/// `diffseg eval --semantic`: each segment's name is its class, docs/method.md §10), compared
+/// with the ground truth directly, without matching. TP = pixels of the class predicted as it,
+/// FN = its other pixels, FP = labelled pixels of other classes predicted as it. A predicted
+/// value outside `0..27` is no class: its pixels are only false negatives.
+///
+/// # Panics
+///
+/// If the two maps differ in length.
+pub fn score_image_by_class(classes: &[u8], predicted: &[u16]) -> ClassCounts {
+    assert_eq!(classes.len(), predicted.len(), "label maps of one size");
+    let mut counts = ClassCounts::default();
+    for (&class, &prediction) in classes.iter().zip(predicted) {
+        if class == IGNORED {
+            continue;
+        }
+        let (class, prediction) = (class as usize, prediction as usize);
+        counts.labelled += 1;
+        if prediction == class {
+            counts.tp[class] += 1;
+        } else {
+            counts.fn_[class] += 1;
+            if prediction < NUM_CLASSES {
+                counts.fp[prediction] += 1;
+            }
+        }
+    }
+    counts
+}
+
 /// Dataset-level sums of per-image [`ClassCounts`], and the metrics from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Scores {
@@ -260,5 +290,22 @@ mod tests {
         // Classes 2..27 have neither pixels nor predictions matched to them.
         assert!(iou[2..].iter().all(Option::is_none));
         assert_eq!(scores.mean_iou(), Some(0.65));
+    }
+
+    #[test]
+    fn by_class_counts_compare_pixels_directly() {
+        // Class 0 right twice and called 1 once; class 1 right once; a pixel of class 2
+        // predicted as no class (255); an ignored pixel predicted as 0 counts nowhere.
+        let classes = [0, 0, 0, 1, 2, IGNORED];
+        let predicted = [0, 0, 1, 1, 255, 0];
+        let counts = score_image_by_class(&classes, &predicted);
+        assert_eq!(counts.labelled, 5);
+        assert_eq!((counts.tp[0], counts.fp[0], counts.fn_[0]), (2, 0, 1));
+        assert_eq!((counts.tp[1], counts.fp[1], counts.fn_[1]), (1, 1, 0));
+        assert_eq!((counts.tp[2], counts.fp[2], counts.fn_[2]), (0, 0, 1));
+        let mut scores = Scores::default();
+        scores.add(&counts);
+        assert_eq!(scores.accuracy(), Some(3.0 / 5.0));
+        assert_eq!(scores.mean_iou(), Some((2.0 / 3.0 + 0.5 + 0.0) / 3.0));
     }
 }

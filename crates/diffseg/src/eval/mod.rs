@@ -12,6 +12,9 @@
 //! - [`score_predictions`] does all of it for a folder of predicted label PNGs named
 //!   `<image stem>.png` (see [`Sample::prediction_file_name`]), either on the
 //!   protocol's 512×512 grid or at their image's own size ([`load_prediction`]).
+//! - The open-vocabulary protocol (`eval --semantic`) scores class maps instead: each
+//!   segment named from the dataset's class names ([`class_map`]) and compared without
+//!   matching ([`score_image_by_class`], [`score_class_predictions`]).
 
 mod dataset;
 mod labels;
@@ -22,11 +25,13 @@ use std::path::{Path, PathBuf};
 
 pub use dataset::{check_images, check_labels, Dataset, Sample, IGNORED, NUM_CLASSES};
 pub use labels::{decode_prediction_png, PredictionImage, DIFFCUT_EVAL_SIDE, EVAL_SIDE};
-pub use metric::{match_segments, score_image, ClassCounts, Confusion, Scores};
-pub use report::{ClassReport, EvalReport};
+pub use metric::{
+    match_segments, score_image, score_image_by_class, ClassCounts, Confusion, Scores,
+};
+pub use report::{ClassReport, EvalReport, Matching};
 
-use crate::Error;
-use image::DynamicImage;
+use crate::{Error, Segmentation};
+use image::{DynamicImage, GrayImage};
 use labels::{
     center_crop_resize_nearest, crop_resize_nearest, diffcut_crop_resize, diffcut_crop_square,
     read_label_png, LabelImage,
@@ -291,6 +296,86 @@ pub fn score_prediction_file(
     };
     let classes = protocol.ground_truth_from(dataset, sample, &labels)?;
     Ok((score_image(&classes, &prediction), resized))
+}
+
+/// The class map of a segmentation named from `dataset`'s class names (the preset
+/// vocabulary of [`crate::VocabularyPreset`]): each pixel the class index of its segment's
+/// name, or [`IGNORED`] for a name that is none of the classes. `None` when the segments
+/// were not named.
+pub fn class_map(dataset: Dataset, segmentation: &Segmentation) -> Option<Vec<u8>> {
+    let class_names = dataset.class_names();
+    let segment_classes: Vec<u8> = segmentation
+        .names()?
+        .iter()
+        .map(|named| {
+            class_names
+                .iter()
+                .position(|class| *class == named.name)
+                .map_or(IGNORED, |class| class as u8)
+        })
+        .collect();
+    Some(
+        segmentation
+            .labels()
+            .iter()
+            .map(|&label| segment_classes[label as usize])
+            .collect(),
+    )
+}
+
+/// Writes a `width`×`height` class map (from [`class_map`]) as an 8-bit greyscale PNG whose
+/// pixel values are the classes, durably and atomically: what [`score_class_predictions`]
+/// reads.
+///
+/// # Panics
+///
+/// If `classes` does not hold `width * height` values.
+pub fn save_class_png(path: &Path, width: u32, height: u32, classes: &[u8]) -> Result<(), Error> {
+    let image = GrayImage::from_raw(width, height, classes.to_vec())
+        .expect("a class per pixel of a width × height map");
+    let bytes = crate::output::encode_png(path, &DynamicImage::ImageLuma8(image))?;
+    crate::write_atomically(path, &bytes)
+}
+
+/// [`score_sample`] for a class map (the open-vocabulary protocol, [`score_image_by_class`]).
+///
+/// # Panics
+///
+/// If `prediction` does not hold `side * side` values.
+pub fn score_sample_by_class(
+    dataset: Dataset,
+    sample: &Sample,
+    prediction: &[u16],
+    side: usize,
+) -> Result<ClassCounts, Error> {
+    let classes = load_ground_truth(dataset, sample, side)?;
+    Ok(score_image_by_class(&classes, prediction))
+}
+
+/// [`score_predictions`] for class maps (pixel = class index of the dataset, anything from
+/// 27 up = no class): the open-vocabulary protocol of `eval --semantic`, no matching. The
+/// PNGs are on the protocol's 512×512 grid or at their image's own size, as there.
+pub fn score_class_predictions(
+    dataset: Dataset,
+    samples: &[Sample],
+    folder: impl AsRef<Path>,
+    mut progress: impl FnMut(&Sample, &Scores),
+) -> Result<FolderScores, Error> {
+    let folder = folder.as_ref();
+    check_labels(samples)?;
+    let predictions = locate_predictions(samples, folder)?;
+    let mut result = FolderScores::default();
+    for (sample, path) in samples.iter().zip(&predictions) {
+        let labels = read_label_png(&sample.label)?;
+        let (prediction, resized) = load_prediction(path, EVAL_SIDE, labels.width, labels.height)?;
+        let classes = ground_truth_from(dataset, &labels, EVAL_SIDE);
+        result
+            .scores
+            .add(&score_image_by_class(&classes, &prediction));
+        result.resized += usize::from(resized);
+        progress(sample, &result.scores);
+    }
+    Ok(result)
 }
 
 // The integration tests' fixture reader; they use all of it, the tests here only part.

@@ -28,6 +28,19 @@ pub struct ClassReport {
     pub fn_: u64,
 }
 
+/// How predictions meet the ground-truth classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Matching {
+    /// The paper's: each image's segments matched to classes (Hungarian).
+    #[default]
+    Hungarian,
+    /// The open-vocabulary protocol (`eval --semantic`): each segment's name is its
+    /// class, compared directly.
+    Names,
+}
+
 /// The result of an evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
@@ -51,6 +64,9 @@ pub struct EvalReport {
     /// [`super::load_prediction`]).
     #[serde(default)]
     pub resized_predictions: usize,
+    /// How segments met classes (reports made before `--semantic` existed are Hungarian).
+    #[serde(default)]
+    pub matching: Matching,
     /// Per-class results, by class index.
     pub classes: Vec<ClassReport>,
 }
@@ -83,6 +99,7 @@ impl EvalReport {
             miou: scores.mean_iou(),
             source: source.into(),
             resized_predictions: 0,
+            matching: Matching::Hungarian,
             classes,
         }
     }
@@ -112,6 +129,13 @@ impl EvalReport {
                  resized to the protocol's grid like the labels: close to the protocol, \
                  not exact.\n",
                 self.resized_predictions
+            );
+        }
+        if self.matching == Matching::Names {
+            let _ = writeln!(
+                text,
+                "Segments were named from the class names and compared by name \
+                 (open-vocabulary protocol), not matched to classes.\n"
             );
         }
         let _ = writeln!(text, "| metric | % |\n| --- | ---: |");

@@ -96,6 +96,18 @@ pub fn prediction(inputs: &Value, image: &Value) -> Vec<u16> {
         .collect()
 }
 
+/// The 512×512 class map (`eval --semantic`) the fixture's 64×64 `class_pred` grid
+/// repeats in 8×8 blocks: classes 0..26, 255 for no class.
+pub fn class_prediction(inputs: &Value, image: &Value) -> Vec<u8> {
+    let side = inputs["side"].as_u64().unwrap() as usize;
+    let grid = inputs["grid"].as_u64().unwrap() as usize;
+    let cells: Vec<u8> = numbers(&image["class_pred"]);
+    let block = side / grid;
+    (0..side * side)
+        .map(|i| cells[(i / side / block) * grid + (i % side) / block])
+        .collect()
+}
+
 /// Writes the predictions of `dataset` into `folder` as `<image stem>.png`, 8- or
 /// 16-bit as the fixture says; with `nested`, Cityscapes ones go in `<city>/`.
 pub fn write_predictions(inputs: &Value, dataset: &str, folder: &Path, nested: bool) {
